@@ -1,0 +1,143 @@
+"""The ``paas-channels`` command: one entrypoint for every process type.
+
+    paas-channels run --combined        # laptop / one dyno
+    paas-channels run web               # split mode: interface server
+    paas-channels run worker            # split mode: worker
+    paas-channels run wsgi              # no CHANNEL_LAYERS: plain WSGI
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .conf import EXIT_BOOT_ERROR, MODES, Config, add_arguments, load_config
+from .exceptions import ConfigError
+
+logger = logging.getLogger("paas_channels")
+
+#: mode -> module whose ``run(config) -> int`` serves it.
+MODE_RUNNERS = {
+    "web": "paas_channels.interface",
+    "worker": "paas_channels.worker",
+    "combined": "paas_channels.combined",
+    "wsgi": "paas_channels.wsgi",
+}
+
+_MANAGE_PY_SETTINGS = re.compile(r"""DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([\w.]+)['"]""")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paas-channels",
+        description="Run real-time Django (WebSockets, long-poll, background channels) on a PaaS.",
+    )
+    parser.add_argument("--version", action="version", version=f"paas-channels {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    modes = "\n".join(f"  {name:<9} {text}" for name, text in MODES.items())
+    run = commands.add_parser(
+        "run",
+        help="run a process: combined, web, worker or wsgi",
+        description="Run one process of the project.\n\nmodes:\n" + modes
+        + "\n\nWith no mode: combined when settings define CHANNEL_LAYERS, else wsgi.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("mode", nargs="?", choices=sorted(MODES), metavar="MODE", help="one of: " + ", ".join(MODES))
+    run.add_argument("--combined", action="store_true", help="same as the mode 'combined'")
+    add_arguments(run)
+    return parser
+
+
+def find_settings_module(config_settings: str | None, cwd: Path) -> str | None:
+    """``--settings`` / ``DJANGO_SETTINGS_MODULE``, else the module ./manage.py names."""
+    if config_settings:
+        return config_settings
+    manage = cwd / "manage.py"
+    if manage.is_file():
+        match = _MANAGE_PY_SETTINGS.search(manage.read_text(encoding="utf-8", errors="replace"))
+        if match:
+            return match.group(1)
+    return None
+
+
+def setup_django(config: Config) -> None:
+    """Find the settings module, put the project on sys.path and run ``django.setup()``."""
+    cwd = Path.cwd()
+    if str(cwd) not in sys.path:
+        sys.path.insert(0, str(cwd))
+    module = find_settings_module(config.settings, cwd)
+    if not module:
+        raise ConfigError(
+            "no Django settings found: pass --settings myproject.settings, set "
+            "DJANGO_SETTINGS_MODULE, or run from the directory that holds manage.py"
+        )
+    os.environ["DJANGO_SETTINGS_MODULE"] = module
+    import django
+
+    try:
+        django.setup()
+    except ImportError as exc:
+        raise ConfigError(f"settings module {module!r} cannot be imported: {exc}") from None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    mode = "combined" if args.combined else args.mode
+    if args.combined and args.mode not in (None, "combined"):
+        raise ConfigError(f"--combined and the mode {args.mode!r} contradict each other; give one")
+    provisional = load_config(mode or "combined", vars(args))
+    _configure_logging(provisional.log_level)
+    setup_django(provisional)
+    if mode is None:
+        from .layers import has_channel_layers
+
+        mode = "combined" if has_channel_layers() else "wsgi"
+        logger.info(
+            "no mode given: running %s (%s)", mode,
+            "settings define CHANNEL_LAYERS" if mode == "combined" else "settings define no CHANNEL_LAYERS",
+        )
+    config = load_config(mode, vars(args))
+    logger.info("paas-channels %s: %s", __version__, config.describe())
+    try:
+        runner = importlib.import_module(MODE_RUNNERS[mode])
+    except ModuleNotFoundError as exc:
+        if exc.name != MODE_RUNNERS[mode]:
+            raise
+        print(f"paas-channels: the {mode!r} mode is not built yet", file=sys.stderr)
+        return 2
+    return runner.run(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "run":
+            return _run(args)
+    except ConfigError as exc:
+        print(f"paas-channels: {exc}", file=sys.stderr)
+        return EXIT_BOOT_ERROR
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

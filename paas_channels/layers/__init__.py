@@ -1,0 +1,145 @@
+"""Channel layers and the ``CHANNEL_LAYERS`` setting.
+
+``get_channel_layer(alias)`` returns this process's layer for ``alias``, built
+once from ``settings.CHANNEL_LAYERS[alias]``::
+
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "paas_channels.layers.RedisChannelLayer",
+            "ROUTING": "example_project.routing.channel_routing",
+            "CONFIG": {"hosts": ["redis://localhost:6379/0"]},
+        }
+    }
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from django.utils.module_loading import import_string
+
+from ..exceptions import ConfigError
+from .base import BaseChannelLayer, ChannelFull, MessageTooLarge
+from .memory import InMemoryChannelLayer
+
+__all__ = [
+    "BaseChannelLayer",
+    "ChannelFull",
+    "ConfigError",
+    "InMemoryChannelLayer",
+    "MessageTooLarge",
+    "RedisChannelLayer",
+    "DEFAULT_CHANNEL_LAYER",
+    "build_channel_layer",
+    "channel_layer_settings",
+    "get_channel_layer",
+    "has_channel_layers",
+]
+
+DEFAULT_CHANNEL_LAYER = "default"
+
+_layers: dict[str, BaseChannelLayer] = {}
+_layers_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis layer pulls in redis-py; import it only when it is asked for.
+    if name == "RedisChannelLayer":
+        from .redis import RedisChannelLayer
+
+        return RedisChannelLayer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def has_channel_layers() -> bool:
+    """True when the project's settings define ``CHANNEL_LAYERS``."""
+    from django.conf import settings
+
+    return bool(getattr(settings, "CHANNEL_LAYERS", None))
+
+
+def channel_layer_settings(alias: str = DEFAULT_CHANNEL_LAYER) -> dict[str, Any]:
+    """``settings.CHANNEL_LAYERS[alias]``, checked, with a clear error when it is wrong."""
+    from django.conf import settings
+
+    layers = getattr(settings, "CHANNEL_LAYERS", None)
+    if not layers:
+        raise ConfigError(
+            "settings.CHANNEL_LAYERS is not set: add "
+            "CHANNEL_LAYERS = {'default': {'BACKEND': 'paas_channels.layers.InMemoryChannelLayer'}} "
+            "(or RedisChannelLayer), or run the project as plain WSGI with `paas-channels run wsgi`"
+        )
+    if not isinstance(layers, dict):
+        raise ConfigError(f"settings.CHANNEL_LAYERS must be a dict of alias -> layer; got {type(layers).__name__}")
+    if alias not in layers:
+        raise ConfigError(
+            f"settings.CHANNEL_LAYERS has no alias {alias!r}; defined: {', '.join(map(repr, layers)) or 'none'}"
+        )
+    entry = layers[alias]
+    where = f"CHANNEL_LAYERS[{alias!r}]"
+    if not isinstance(entry, dict) or "BACKEND" not in entry:
+        raise ConfigError(
+            f"settings.{where} must be a dict with a 'BACKEND' dotted path, e.g. "
+            "{'BACKEND': 'paas_channels.layers.RedisChannelLayer', 'CONFIG': {...}}"
+        )
+    config = entry.get("CONFIG", {}) or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"settings.{where}['CONFIG'] must be a dict of keyword arguments; got {type(config).__name__}")
+    routing = entry.get("ROUTING")
+    if routing is not None and not isinstance(routing, (str, list, tuple)):
+        raise ConfigError(
+            f"settings.{where}['ROUTING'] must be a dotted path to a routing list, e.g. "
+            f"'myproject.routing.channel_routing'; got {type(routing).__name__}"
+        )
+    return {"BACKEND": entry["BACKEND"], "CONFIG": config, "ROUTING": routing}
+
+
+def build_channel_layer(backend: str | type, config: dict[str, Any] | None = None, where: str = "BACKEND") -> BaseChannelLayer:
+    """Make a new layer from a dotted path (or class) and its CONFIG keywords."""
+    config = config or {}
+    if isinstance(backend, str):
+        try:
+            cls = import_string(backend)
+        except ImportError as exc:
+            raise ConfigError(
+                f"settings.{where} = {backend!r} cannot be imported ({exc}); use a dotted path "
+                "such as 'paas_channels.layers.InMemoryChannelLayer' or "
+                "'paas_channels.layers.RedisChannelLayer'"
+            ) from None
+    else:
+        cls = backend
+    if not (isinstance(cls, type) and issubclass(cls, BaseChannelLayer)):
+        raise ConfigError(
+            f"settings.{where} = {backend!r} is not a channel layer class "
+            "(a subclass of paas_channels.layers.BaseChannelLayer)"
+        )
+    try:
+        return cls(**config)
+    except TypeError as exc:
+        raise ConfigError(f"settings.{where.replace('BACKEND', 'CONFIG')} is not accepted by {cls.__name__}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"settings.{where.replace('BACKEND', 'CONFIG')}: {exc}") from None
+
+
+def get_channel_layer(alias: str = DEFAULT_CHANNEL_LAYER) -> BaseChannelLayer:
+    """This process's layer for ``alias``, built on first use from settings."""
+    layer = _layers.get(alias)
+    if layer is not None:
+        return layer
+    with _layers_lock:
+        layer = _layers.get(alias)
+        if layer is None:
+            entry = channel_layer_settings(alias)
+            layer = build_channel_layer(
+                entry["BACKEND"], entry["CONFIG"], where=f"CHANNEL_LAYERS[{alias!r}]['BACKEND']"
+            )
+            layer.alias = alias
+            _layers[alias] = layer
+        return layer
+
+
+def reset_channel_layers() -> None:
+    """Forget the layers built so far (tests, and settings reloaded in one process)."""
+    with _layers_lock:
+        _layers.clear()

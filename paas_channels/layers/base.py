@@ -1,0 +1,228 @@
+"""The channel-layer contract every backend shares.
+
+ASGI 1.0 channel layers (the Channels 1.x model): named channels carrying dict
+messages, process-specific ``!`` channels, single-reader ``?`` channels, groups,
+expiry and capacity.  Backends subclass :class:`BaseChannelLayer` and implement
+the storage; names, capacity lookup and serialization live here once so that
+every backend behaves the same.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import secrets
+import string
+from typing import Any, Iterable
+
+import msgpack
+
+__all__ = [
+    "BaseChannelLayer",
+    "ChannelFull",
+    "MessageTooLarge",
+    "MAX_MESSAGE_SIZE",
+    "MAX_NAME_LENGTH",
+]
+
+#: Largest encoded message a layer accepts, in bytes (1 MiB).
+MAX_MESSAGE_SIZE = 1024 * 1024
+#: Channel and group names must be shorter than this.
+MAX_NAME_LENGTH = 100
+
+_CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+((\?|\!)[\d\w\-_.]*)?$")
+_GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
+_RANDOM_ALPHABET = string.ascii_letters + string.digits
+_ALLOWED_TYPES = "dict, list, tuple, str, bytes, int, float, bool or None"
+
+
+class ChannelFull(Exception):
+    """The channel is at capacity: the message was not sent.
+
+    The caller decides what to do: an interface server answers 503, a worker
+    may retry later.  ``send_group`` never raises it.
+    """
+
+
+class MessageTooLarge(ValueError):
+    """The encoded message is over :data:`MAX_MESSAGE_SIZE` bytes."""
+
+
+def _reject_type(value: Any) -> Any:
+    raise TypeError(
+        f"message values must be {_ALLOWED_TYPES}; got {type(value).__name__} "
+        f"({value!r:.60}). Convert it first, e.g. str() for a date or list() for a set."
+    )
+
+
+class BaseChannelLayer:
+    """Shared behaviour of all channel layers.
+
+    ``expiry``: seconds a message waits in a channel before it is dropped.
+    ``group_expiry``: seconds a group membership lasts after the last ``group_add``.
+    ``capacity``: messages a channel holds before ``send`` raises ``ChannelFull``.
+    ``channel_capacity``: ``{glob: capacity}`` overrides, first match wins in
+    the order given, e.g. ``{"http.request": 200, "websocket.send*": 20}``.
+    """
+
+    extensions: list[str] = ["groups", "flush", "statistics"]
+
+    def __init__(
+        self,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: dict[str, int] | None = None,
+    ) -> None:
+        self.expiry = _positive_number("expiry", expiry)
+        self.group_expiry = _positive_number("group_expiry", group_expiry)
+        self.capacity = _positive_int("capacity", capacity)
+        if channel_capacity is None:
+            channel_capacity = {}
+        if not isinstance(channel_capacity, dict):
+            raise TypeError(
+                "channel_capacity must be a dict of {glob: capacity}, e.g. "
+                f'{{"http.request": 200}}; got {type(channel_capacity).__name__}'
+            )
+        self.channel_capacity = {
+            str(pattern): _positive_int(f"channel_capacity[{pattern!r}]", value)
+            for pattern, value in channel_capacity.items()
+        }
+        # Globs compiled once: capacity is looked up on every send.
+        self._capacity_patterns = [
+            (re.compile(fnmatch.translate(pattern)), value)
+            for pattern, value in self.channel_capacity.items()
+        ]
+        self._capacity_cache: dict[str, int] = {}
+
+    ### Names ###
+
+    @staticmethod
+    def valid_channel_name(name: Any, receive: bool = False) -> str:
+        """Return ``name`` if it is a valid channel name, else raise.
+
+        With ``receive=True`` a process-specific name must be given as its
+        prefix ending in ``!`` (a process receives on its whole inbox).
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"channel name must be a str; got {type(name).__name__} {name!r:.60}")
+        if len(name) >= MAX_NAME_LENGTH or not _CHANNEL_NAME.match(name):
+            raise ValueError(
+                f"invalid channel name {name!r:.120}: expected under {MAX_NAME_LENGTH} "
+                "characters of ASCII letters, digits, '-', '_' or '.', optionally "
+                "followed by one '!' or '?' and a suffix"
+            )
+        if receive and "!" in name and not name.endswith("!"):
+            raise ValueError(
+                f"cannot receive on {name!r}: receive on process-specific channels by "
+                f"their prefix {name[: name.index('!') + 1]!r} instead; the full name "
+                "is what receive() reports"
+            )
+        return name
+
+    @staticmethod
+    def valid_group_name(name: Any) -> str:
+        """Return ``name`` if it is a valid group name, else raise."""
+        if not isinstance(name, str):
+            raise TypeError(f"group name must be a str; got {type(name).__name__} {name!r:.60}")
+        if len(name) >= MAX_NAME_LENGTH or not _GROUP_NAME.match(name):
+            raise ValueError(
+                f"invalid group name {name!r:.120}: expected under {MAX_NAME_LENGTH} "
+                "characters of ASCII letters, digits, '-', '_' or '.'"
+            )
+        return name
+
+    def valid_receive_channels(self, channels: Iterable[str]) -> list[str]:
+        """Validate the list given to ``receive``."""
+        if isinstance(channels, str):
+            raise TypeError(
+                f"receive() takes a list of channel names; got the str {channels!r:.60}. "
+                "Wrap it: receive([name])"
+            )
+        names = [self.valid_channel_name(name, receive=True) for name in channels]
+        if not names:
+            raise ValueError("receive() needs at least one channel name")
+        return names
+
+    @staticmethod
+    def valid_new_channel_pattern(pattern: Any) -> str:
+        if not isinstance(pattern, str):
+            raise TypeError(f"new_channel pattern must be a str; got {type(pattern).__name__}")
+        if not (pattern.endswith("?") or pattern.endswith("!")) or pattern.count("?") + pattern.count("!") != 1:
+            raise ValueError(
+                f"new_channel pattern {pattern!r:.120} must end with '?' (single-reader "
+                "channel) or '!' (process-specific channel) and contain no other '?' or '!'"
+            )
+        BaseChannelLayer.valid_channel_name(pattern)
+        return pattern
+
+    @staticmethod
+    def random_suffix(length: int = 12) -> str:
+        return "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(length))
+
+    @staticmethod
+    def non_local_name(name: str) -> str:
+        """The part of a channel name that is stored: up to and including ``!``."""
+        index = name.find("!")
+        return name if index < 0 else name[: index + 1]
+
+    ### Capacity ###
+
+    def get_capacity(self, channel: str) -> int:
+        """Capacity of ``channel``: the first matching ``channel_capacity`` glob, else ``capacity``.
+
+        Process-specific channels share one capacity per ``!`` prefix, so the
+        prefix is what is matched.
+        """
+        key = self.non_local_name(channel)
+        try:
+            return self._capacity_cache[key]
+        except KeyError:
+            pass
+        capacity = self.capacity
+        for pattern, value in self._capacity_patterns:
+            if pattern.match(key):
+                capacity = value
+                break
+        if len(self._capacity_cache) < 10_000:
+            self._capacity_cache[key] = capacity
+        return capacity
+
+    ### Serialization ###
+
+    @staticmethod
+    def serialize(message: Any) -> bytes:
+        """Encode a message dict with msgpack; bytes stay bytes, str stays str."""
+        if not isinstance(message, dict):
+            raise TypeError(f"a message must be a dict; got {type(message).__name__} {message!r:.60}")
+        try:
+            data = msgpack.packb(message, use_bin_type=True, default=_reject_type)
+        except OverflowError as exc:
+            raise ValueError(f"message contains an integer outside the 64-bit range: {exc}") from None
+        except ValueError as exc:  # msgpack's own limits, e.g. nesting depth
+            raise ValueError(f"message cannot be encoded: {exc}") from None
+        if len(data) > MAX_MESSAGE_SIZE:
+            raise MessageTooLarge(
+                f"message is {len(data):,} bytes encoded; the limit is {MAX_MESSAGE_SIZE:,}. "
+                "Send large bodies in chunks (HTTP bodies go through body_channel)."
+            )
+        return data
+
+    @staticmethod
+    def deserialize(data: bytes) -> dict:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} expiry={self.expiry} capacity={self.capacity}>"
+
+
+def _positive_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds; got {value!r}")
+    return value
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return value

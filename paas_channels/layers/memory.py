@@ -1,0 +1,306 @@
+"""In-memory channel layer for one process: combined mode, laptops and tests.
+
+One instance is shared by Daphne's event loop and the worker threads of the
+combined mode, so every operation takes one lock and blocking receives sleep on
+a condition (threads) or a future (asyncio) until a send wakes them: no polling.
+Messages are stored encoded, so a message changed after ``send`` is not changed
+for its receiver, and bytes/str behave exactly as on Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from typing import Any, Iterable
+
+from .base import BaseChannelLayer, ChannelFull
+
+__all__ = ["InMemoryChannelLayer"]
+
+# (expires_at, full channel name, encoded message)
+_Item = tuple[float, str, bytes]
+
+
+class InMemoryChannelLayer(BaseChannelLayer):
+    """A thread-safe, asyncio-safe channel layer living in this process.
+
+    ``blocking_timeout``: how long ``receive(..., block=True)`` waits for a
+    message before it returns ``(None, None)``.
+    """
+
+    def __init__(
+        self,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: dict[str, int] | None = None,
+        blocking_timeout: float = 1.0,
+    ) -> None:
+        super().__init__(
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+        )
+        self.blocking_timeout = blocking_timeout
+        self._lock = threading.Lock()
+        self._message_sent = threading.Condition(self._lock)
+        # Stored name (a `!` channel's prefix) -> queue of items, oldest first.
+        self._channels: dict[str, deque[_Item]] = {}
+        # Group -> {channel: membership expires_at}
+        self._groups: dict[str, dict[str, float]] = {}
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._reset_statistics()
+
+    ### Channel layer API ###
+
+    def send(self, channel: str, message: dict) -> None:
+        """Put ``message`` on ``channel``; raise ``ChannelFull`` at capacity."""
+        self.valid_channel_name(channel)
+        data = self.serialize(message)
+        with self._lock:
+            self._send_locked(channel, data, raise_full=True)
+
+    def receive(self, channels: Iterable[str], block: bool = False) -> tuple[str | None, dict | None]:
+        """Take the oldest message from the first of ``channels`` that has one.
+
+        ``!`` channels are given by prefix and reported by full name. With
+        ``block=True`` waits up to ``blocking_timeout`` seconds.
+        """
+        names = self.valid_receive_channels(channels)
+        deadline = time.monotonic() + self.blocking_timeout
+        with self._lock:
+            while True:
+                item = self._pop_locked(names)
+                if item is not None:
+                    return item[1], self.deserialize(item[2])
+                remaining = deadline - time.monotonic()
+                if not block or remaining <= 0:
+                    return None, None
+                self._message_sent.wait(remaining)
+
+    def new_channel(self, pattern: str) -> str:
+        """A new, unused channel name: ``pattern`` (ending ``?`` or ``!``) plus a random suffix."""
+        self.valid_new_channel_pattern(pattern)
+        with self._lock:
+            while True:
+                name = pattern + self.random_suffix()
+                if self.non_local_name(name) not in self._channels:
+                    return name
+
+    ### Groups ###
+
+    def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group``; the membership lasts ``group_expiry`` seconds."""
+        self.valid_group_name(group)
+        self.valid_channel_name(channel)
+        with self._lock:
+            self._groups.setdefault(group, {})[channel] = time.monotonic() + self.group_expiry
+
+    def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; a no-op if it is not a member."""
+        self.valid_group_name(group)
+        self.valid_channel_name(channel)
+        with self._lock:
+            members = self._groups.get(group)
+            if members is not None:
+                members.pop(channel, None)
+                if not members:
+                    del self._groups[group]
+
+    def group_channels(self, group: str) -> list[str]:
+        """The channels currently in ``group``."""
+        self.valid_group_name(group)
+        with self._lock:
+            self._expire_locked()
+            return list(self._groups.get(group, ()))
+
+    def send_group(self, group: str, message: dict) -> None:
+        """Send ``message`` to every member of ``group``.
+
+        Members at capacity are skipped and counted in statistics
+        (``channel_full_count``); this never raises ``ChannelFull``.
+        """
+        self.valid_group_name(group)
+        data = self.serialize(message)
+        with self._lock:
+            self._expire_locked()
+            for channel in list(self._groups.get(group, ())):
+                self._send_locked(channel, data, raise_full=False)
+
+    ### Flush, statistics, close ###
+
+    def flush(self) -> None:
+        """Drop every message, group and statistic."""
+        with self._lock:
+            self._channels.clear()
+            self._groups.clear()
+            self._reset_statistics()
+
+    def global_statistics(self) -> dict[str, int]:
+        """``messages_count`` (sent) and ``channel_full_count`` over all channels."""
+        with self._lock:
+            return {
+                "messages_count": self._messages_count,
+                "channel_full_count": self._channel_full_count,
+            }
+
+    def channel_statistics(self, channel: str) -> dict[str, Any]:
+        """Counts for one channel (a ``!`` channel is counted by its prefix)."""
+        self.valid_channel_name(channel)
+        key = self.non_local_name(channel)
+        with self._lock:
+            now = time.monotonic()
+            self._expire_channel_locked(key, now)
+            queue = self._channels.get(key) or ()
+            oldest = queue[0][0] - self.expiry if queue else now
+            return {
+                "messages_count": self._per_channel_count.get(key, 0),
+                "messages_pending": len(queue),
+                "messages_max_age": max(0.0, now - oldest),
+                "channel_full_count": self._per_channel_full.get(key, 0),
+            }
+
+    def close(self) -> None:
+        """Nothing to release; present so every layer can be closed the same way."""
+
+    ### Async API: same operations for an event loop ###
+
+    async def asend(self, channel: str, message: dict) -> None:
+        self.send(channel, message)
+
+    async def areceive(self, channels: Iterable[str], block: bool = False) -> tuple[str | None, dict | None]:
+        """Like ``receive``; a blocking wait parks on a future, never the loop's thread."""
+        names = self.valid_receive_channels(channels)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.blocking_timeout
+        while True:
+            with self._lock:
+                item = self._pop_locked(names)
+                if item is not None:
+                    return item[1], self.deserialize(item[2])
+                remaining = deadline - loop.time()
+                if not block or remaining <= 0:
+                    return None, None
+                waiter = (loop, loop.create_future())
+                self._async_waiters.append(waiter)
+            try:
+                await asyncio.wait({waiter[1]}, timeout=remaining)
+            finally:
+                with self._lock:
+                    if waiter in self._async_waiters:
+                        self._async_waiters.remove(waiter)
+
+    async def anew_channel(self, pattern: str) -> str:
+        return self.new_channel(pattern)
+
+    async def agroup_add(self, group: str, channel: str) -> None:
+        self.group_add(group, channel)
+
+    async def agroup_discard(self, group: str, channel: str) -> None:
+        self.group_discard(group, channel)
+
+    async def agroup_channels(self, group: str) -> list[str]:
+        return self.group_channels(group)
+
+    async def asend_group(self, group: str, message: dict) -> None:
+        self.send_group(group, message)
+
+    async def aflush(self) -> None:
+        self.flush()
+
+    async def aglobal_statistics(self) -> dict[str, int]:
+        return self.global_statistics()
+
+    async def achannel_statistics(self, channel: str) -> dict[str, Any]:
+        return self.channel_statistics(channel)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    ### Internals (call with self._lock held) ###
+
+    def _reset_statistics(self) -> None:
+        self._messages_count = 0
+        self._channel_full_count = 0
+        self._per_channel_count: dict[str, int] = {}
+        self._per_channel_full: dict[str, int] = {}
+
+    def _send_locked(self, channel: str, data: bytes, raise_full: bool) -> None:
+        key = self.non_local_name(channel)
+        now = time.monotonic()
+        self._expire_channel_locked(key, now)
+        queue = self._channels.get(key)
+        if queue is None:
+            queue = self._channels[key] = deque()
+        if len(queue) >= self.get_capacity(channel):
+            self._channel_full_count += 1
+            self._per_channel_full[key] = self._per_channel_full.get(key, 0) + 1
+            if raise_full:
+                raise ChannelFull(channel)
+            return
+        queue.append((now + self.expiry, channel, data))
+        self._messages_count += 1
+        self._per_channel_count[key] = self._per_channel_count.get(key, 0) + 1
+        self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        self._message_sent.notify_all()
+        if self._async_waiters:
+            for loop, future in self._async_waiters:
+                try:
+                    loop.call_soon_threadsafe(_resolve, future)
+                except RuntimeError:  # that loop is closed; nobody is waiting there
+                    pass
+            self._async_waiters.clear()
+
+    def _pop_locked(self, names: list[str]) -> _Item | None:
+        now = time.monotonic()
+        for name in names:
+            if name in self._channels:
+                self._expire_channel_locked(name, now)
+                queue = self._channels.get(name)
+                if queue:
+                    item = queue.popleft()
+                    if not queue:
+                        del self._channels[name]
+                    return item
+        return None
+
+    def _expire_channel_locked(self, key: str, now: float) -> None:
+        queue = self._channels.get(key)
+        if not queue:
+            return
+        # Every message gets the same expiry, so expired ones are at the front.
+        while queue and queue[0][0] <= now:
+            _, channel, _ = queue.popleft()
+            self._drop_from_groups_locked(channel)
+        if not queue:
+            del self._channels[key]
+
+    def _expire_locked(self) -> None:
+        now = time.monotonic()
+        for key in list(self._channels):
+            self._expire_channel_locked(key, now)
+        for group in list(self._groups):
+            members = self._groups[group]
+            for channel, expires_at in list(members.items()):
+                if expires_at <= now:
+                    del members[channel]
+            if not members:
+                del self._groups[group]
+
+    def _drop_from_groups_locked(self, channel: str) -> None:
+        # A message left to expire means nobody reads that channel any more:
+        # stop sending it group messages (ASGI 1.0 group semantics).
+        for group in list(self._groups):
+            members = self._groups[group]
+            if members.pop(channel, None) is not None and not members:
+                del self._groups[group]
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

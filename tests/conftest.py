@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from tests.layer_backends import LAYER_BACKENDS  # noqa: E402
+
+
+@pytest.fixture(params=sorted(LAYER_BACKENDS))
+def make_layer(request):
+    """Factory for fresh layers of each backend: ``make_layer(expiry=1, capacity=3)``."""
+    factory = LAYER_BACKENDS[request.param]
+    made = []
+
+    def make(**config):
+        layer = factory(request, **config)
+        layer.flush()
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        layer.flush()
+        layer.close()
+
+
+@pytest.fixture
+def layer(make_layer):
+    return make_layer()

@@ -1,0 +1,36 @@
+"""Every channel-layer backend the conformance suite runs against.
+
+Each entry makes a fresh, empty layer from keyword arguments (expiry,
+capacity, ...). A backend joins the suite by adding itself here; a backend
+that needs a service it cannot start here is reported as an error, never
+skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from paas_channels.layers import BaseChannelLayer, InMemoryChannelLayer
+
+
+def make_memory(request: Any, **config: Any) -> BaseChannelLayer:
+    return InMemoryChannelLayer(**config)
+
+
+#: name -> factory(pytest request, **layer config) -> layer
+LAYER_BACKENDS: dict[str, Callable[..., BaseChannelLayer]] = {
+    "memory": make_memory,
+}
+
+
+# The suite's own check: PAAS_CHANNELS_TEST_BACKEND=broken:ClassName runs the
+# suite against one deliberately broken layer from tests/broken_layers.py.
+_only = os.environ.get("PAAS_CHANNELS_TEST_BACKEND")
+if _only and _only.startswith("broken:"):
+    from tests import broken_layers
+
+    _broken = getattr(broken_layers, _only.split(":", 1)[1])
+    LAYER_BACKENDS = {_only: lambda request, **config: _broken(**config)}
+elif _only:
+    LAYER_BACKENDS = {_only: LAYER_BACKENDS[_only]}

@@ -1,0 +1,34 @@
+"""The conformance suite fails deliberately broken layers (a suite that can't fail is no suite)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES = {
+    "ForgetsExpiry": ["test_message_expiry", "test_channel_dropped_from_groups_when_its_message_expires"],
+    "SharesReferences": ["test_message_changed_after_send_is_not_changed_for_receiver"],
+    "GroupSendRaises": ["test_send_group_never_raises_channel_full"],
+    "IgnoresCapacity": ["test_capacity_on_normal_channel", "test_capacity_shared_by_all_channels_of_one_prefix"],
+    "ReportsPrefix": ["test_process_specific_channels_received_by_prefix"],
+}
+
+
+@pytest.mark.parametrize("broken", sorted(CASES))
+def test_suite_fails_broken_layer(broken):
+    expected = CASES[broken]
+    env = {**os.environ, "PAAS_CHANNELS_TEST_BACKEND": f"broken:{broken}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_layer_conformance.py",
+         "-k", " or ".join(expected)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    for name in expected:
+        assert f"FAILED tests/test_layer_conformance.py::{name}" in result.stdout, result.stdout[-3000:]

@@ -497,3 +497,19 @@ def test_async_blocking_receive_does_not_block_the_loop(layer):
     result, ticks = asyncio.run(scenario())
     assert result == (None, None)
     assert ticks >= 10
+
+
+### Worker heartbeats (paas-channels extension) ###
+
+
+def test_heartbeats_visible_until_ttl(layer):
+    assert layer.heartbeats() == {}
+    layer.heartbeat("host-1.42", {"pid": 42, "channels": ["http.request"], "busy": 0, "done": 7}, ttl=1)
+    layer.heartbeat("host-1.43", {"pid": 43, "channels": [], "busy": 1, "done": 0}, ttl=30)
+    beats = layer.heartbeats()
+    assert beats["host-1.42"] == {"pid": 42, "channels": ["http.request"], "busy": 0, "done": 7}
+    assert set(beats) == {"host-1.42", "host-1.43"}
+    layer.heartbeat("host-1.43", {"pid": 43, "channels": [], "busy": 0, "done": 1}, ttl=30)
+    time.sleep(PAST_EXPIRY)
+    assert layer.heartbeats() == {"host-1.43": {"pid": 43, "channels": [], "busy": 0, "done": 1}}
+    assert asyncio.run(layer.aheartbeats()) == layer.heartbeats()

@@ -63,9 +63,13 @@ class BaseChannelLayer:
     ``capacity``: messages a channel holds before ``send`` raises ``ChannelFull``.
     ``channel_capacity``: ``{glob: capacity}`` overrides, first match wins in
     the order given, e.g. ``{"http.request": 200, "websocket.send*": 20}``.
+
+    Besides the ASGI 1.0 API every backend keeps worker heartbeats, readable
+    from any process on the same layer: ``heartbeat(worker_id, info, ttl)``
+    and ``heartbeats() -> {worker_id: info}`` (and ``aheartbeat``/``aheartbeats``).
     """
 
-    extensions: list[str] = ["groups", "flush", "statistics"]
+    extensions: list[str] = ["groups", "flush", "statistics", "heartbeats"]
 
     def __init__(
         self,

@@ -52,6 +52,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         # Group -> {channel: membership expires_at}
         self._groups: dict[str, dict[str, float]] = {}
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        # Worker id -> (expires_at, info)
+        self._heartbeats: dict[str, tuple[float, dict]] = {}
         self._reset_statistics()
 
     ### Channel layer API ###
@@ -137,6 +139,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         with self._lock:
             self._channels.clear()
             self._groups.clear()
+            self._heartbeats.clear()
             self._reset_statistics()
 
     def global_statistics(self) -> dict[str, int]:
@@ -162,6 +165,23 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 "messages_max_age": max(0.0, now - oldest),
                 "channel_full_count": self._per_channel_full.get(key, 0),
             }
+
+    ### Worker heartbeats ###
+
+    def heartbeat(self, worker_id: str, info: dict, ttl: float = 30) -> None:
+        """Record that worker ``worker_id`` is alive, with ``info``, for ``ttl`` seconds."""
+        self.serialize(info)  # same value rules as messages
+        with self._lock:
+            self._heartbeats[worker_id] = (time.monotonic() + ttl, dict(info))
+
+    def heartbeats(self) -> dict[str, dict]:
+        """Live workers' latest heartbeat info, by worker id."""
+        with self._lock:
+            now = time.monotonic()
+            for worker_id, (expires_at, _) in list(self._heartbeats.items()):
+                if expires_at <= now:
+                    del self._heartbeats[worker_id]
+            return {worker_id: dict(info) for worker_id, (_, info) in self._heartbeats.items()}
 
     def close(self) -> None:
         """Nothing to release; present so every layer can be closed the same way."""
@@ -216,6 +236,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     async def achannel_statistics(self, channel: str) -> dict[str, Any]:
         return self.channel_statistics(channel)
+
+    async def aheartbeat(self, worker_id: str, info: dict, ttl: float = 30) -> None:
+        self.heartbeat(worker_id, info, ttl)
+
+    async def aheartbeats(self) -> dict[str, dict]:
+        return self.heartbeats()
 
     async def aclose(self) -> None:
         self.close()

@@ -96,6 +96,14 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _describe_settings() -> str:
+    from django.conf import settings
+
+    from .envsettings import describe_settings
+
+    return describe_settings(settings)
+
+
 def _run(args: argparse.Namespace) -> int:
     mode = "combined" if args.combined else args.mode
     if args.combined and args.mode not in (None, "combined"):
@@ -112,7 +120,11 @@ def _run(args: argparse.Namespace) -> int:
             "settings define CHANNEL_LAYERS" if mode == "combined" else "settings define no CHANNEL_LAYERS",
         )
     config = load_config(mode, vars(args))
+    if config.sources.get("log_level") != "default":
+        # django.setup() applied settings.LOGGING; an explicit --log-level still wins.
+        logging.getLogger().setLevel(config.log_level.upper())
     logger.info("paas-channels %s: %s", __version__, config.describe())
+    logger.info("settings %s: %s", os.environ.get("DJANGO_SETTINGS_MODULE"), _describe_settings())
     try:
         runner = importlib.import_module(MODE_RUNNERS[mode])
     except ModuleNotFoundError as exc:

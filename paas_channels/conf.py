@@ -16,7 +16,10 @@ from typing import Any, Callable, Mapping
 
 from .exceptions import ConfigError
 
-__all__ = ["Config", "MODES", "OPTIONS", "Option", "add_arguments", "load_config", "on_heroku"]
+__all__ = [
+    "Config", "MODES", "OPTIONS", "Option", "add_arguments", "configure", "load_config", "on_heroku",
+    "settings_from_env",
+]
 
 #: Exit code for a boot failure (bad settings, unreachable layer), distinct from
 #: a crash so that a platform does not restart into a crash loop unnoticed.
@@ -237,3 +240,8 @@ def _convert(option: Option, raw: Any, source: str) -> Any:
     if option.choices and value not in option.choices:
         raise ValueError(f"expected one of {', '.join(option.choices)}; got {value!r}")
     return value
+
+
+# Django settings from the environment live in their own module; re-exported so
+# that a settings file needs one import: ``from paas_channels.conf import configure``.
+from .envsettings import configure, settings_from_env  # noqa: E402

@@ -96,6 +96,14 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _gevent_monkey_patch() -> None:
+    """Make blocking I/O cooperative for gevent; as early as possible (before Django's imports)."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
+
+
 def _describe_settings() -> str:
     from django.conf import settings
 
@@ -110,6 +118,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--combined and the mode {args.mode!r} contradict each other; give one")
     provisional = load_config(mode or "combined", vars(args))
     _configure_logging(provisional.log_level)
+    if mode == "wsgi":
+        _gevent_monkey_patch()
     setup_django(provisional)
     if mode is None:
         from .layers import has_channel_layers
@@ -119,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
             "no mode given: running %s (%s)", mode,
             "settings define CHANNEL_LAYERS" if mode == "combined" else "settings define no CHANNEL_LAYERS",
         )
+        if mode == "wsgi":
+            _gevent_monkey_patch()
     config = load_config(mode, vars(args))
     if config.sources.get("log_level") != "default":
         # django.setup() applied settings.LOGGING; an explicit --log-level still wins.

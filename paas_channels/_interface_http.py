@@ -1,0 +1,243 @@
+"""One HTTP request through the channel layer: ``http.request`` out, the reply back.
+
+The request goes to the normal channel ``http.request`` (any worker may take
+it); a body bigger than one chunk follows on a single-reader ``body_channel``.
+The reply arrives on this connection's channel in the process inbox and is
+written out as it comes, so streaming responses stream.  No reply within the
+HTTP timeout is a 503 that says so; a full ``http.request`` channel is a 503
+at once, because queueing more work behind a backlog only makes it worse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from .layers import ChannelFull
+
+if TYPE_CHECKING:
+    from .interface import InterfaceApplication
+
+logger = logging.getLogger(__name__)
+
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+#: Body bytes per layer message: well under the layer's 1 MiB message limit.
+BODY_CHUNK = 256 * 1024
+#: First and longest pause when the body channel is full.
+_BACKOFF_START, _BACKOFF_MAX = 0.01, 0.5
+
+
+async def send_plain(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A short ``text/plain`` response answered by the interface itself."""
+    body = text.encode("utf-8")
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *(headers or []),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+class HttpConnection:
+    """Carries one HTTP request to a worker and its reply back to the client."""
+
+    def __init__(self, app: "InterfaceApplication", scope: dict, receive: Receive, send: Send) -> None:
+        self.app = app
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.timeout = app.http_timeout
+        self.reply_channel = app.register()
+        self._disconnected = asyncio.Event()
+        self._response_started = False
+
+    async def run(self) -> None:
+        """Forward the request, then stream the reply until done, timed out or the client leaves."""
+        try:
+            started = time.monotonic()
+            body, chunks = await self._read_body()
+            if self._disconnected.is_set():
+                return
+            if not await self._send_request(body, chunks is not None):
+                return
+            if chunks is not None and not await self._send_body(chunks, started):
+                return
+            await self._relay_reply()
+        finally:
+            self.app.unregister(self.reply_channel)
+
+    ### Request ###
+
+    async def _read_body(self) -> tuple[bytes, list[bytes] | None]:
+        """The whole body inline when it fits one chunk, else ``(b"", chunks)`` for body_channel."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            event = await self.receive()
+            if event["type"] == "http.disconnect":
+                self._disconnected.set()
+                return b"", None
+            chunk = event.get("body", b"")
+            if chunk:
+                parts.append(chunk)
+                size += len(chunk)
+            if not event.get("more_body", False):
+                break
+        data = b"".join(parts)
+        if size <= BODY_CHUNK:
+            return data, None
+        return b"", [data[offset:offset + BODY_CHUNK] for offset in range(0, size, BODY_CHUNK)]
+
+    async def _send_request(self, body: bytes, streamed: bool) -> bool:
+        scope = self.scope
+        self.body_channel = await self.app.layer.anew_channel("http.request.body?") if streamed else None
+        message = {
+            "reply_channel": self.reply_channel,
+            "http_version": scope.get("http_version", "1.1"),
+            "method": scope["method"],
+            "scheme": scope.get("scheme", "http"),
+            "path": scope["path"],
+            "query_string": scope.get("query_string", b""),
+            "root_path": scope.get("root_path", ""),
+            "headers": [[name, value] for name, value in scope.get("headers", ())],
+            "body": body,
+            "body_channel": self.body_channel,
+            "client": list(scope["client"]) if scope.get("client") else None,
+            "server": list(scope["server"]) if scope.get("server") else None,
+        }
+        try:
+            await self.app.layer.asend("http.request", message)
+        except ChannelFull:
+            logger.warning("http.request is full: answering 503 to %s %s at once", scope["method"], scope["path"])
+            await send_plain(
+                self.send, 503,
+                "503 Service Unavailable: the request queue is full; the workers are behind. "
+                "Try again shortly.\n",
+                [(b"retry-after", b"1")],
+            )
+            return False
+        return True
+
+    async def _send_body(self, chunks: list[bytes], started: float) -> bool:
+        """Every chunk on body_channel in order, waiting out a full channel until the HTTP timeout."""
+        deadline = started + self.timeout
+        for index, chunk in enumerate(chunks):
+            message = {"content": chunk, "closed": False, "more_content": index < len(chunks) - 1}
+            delay = _BACKOFF_START
+            while True:
+                try:
+                    await self.app.layer.asend(self.body_channel, message)
+                    break
+                except ChannelFull:
+                    if time.monotonic() + delay > deadline:
+                        await self._no_worker_answer("no worker read the request body")
+                        return False
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _BACKOFF_MAX)
+        return True
+
+    ### Reply ###
+
+    async def _relay_reply(self) -> None:
+        queue = self.app.reply_queue(self.reply_channel)
+        disconnect = asyncio.ensure_future(self._watch_disconnect())
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, disconnect}, timeout=self.timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    if disconnect in done:
+                        await self._client_gone()
+                    elif self._response_started:
+                        logger.warning(
+                            "%s %s: no more response content within %.0f s; ending the response",
+                            self.scope["method"], self.scope["path"], self.timeout,
+                        )
+                        await self.send({"type": "http.response.body", "body": b""})
+                    else:
+                        await self._no_worker_answer("no worker answered")
+                    return
+                if not await self._write_reply(getter.result()):
+                    return
+        finally:
+            disconnect.cancel()
+
+    async def _watch_disconnect(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
+    async def _write_reply(self, reply: Any) -> bool:
+        """Write one reply message; False when the response is complete (or broken)."""
+        if not isinstance(reply, dict):
+            return await self._bad_reply(f"expected a dict, got {type(reply).__name__}")
+        more = bool(reply.get("more_content", False))
+        content = reply.get("content", b"")
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        if not isinstance(content, bytes):
+            return await self._bad_reply(f"'content' must be bytes, got {type(content).__name__}")
+        if not self._response_started:
+            status = reply.get("status")
+            if not isinstance(status, int) or isinstance(status, bool):
+                return await self._bad_reply(f"the first reply message needs an int 'status'; got {status!r:.40}")
+            try:
+                headers = [(_header_bytes(name), _header_bytes(value)) for name, value in reply.get("headers", ())]
+            except (TypeError, ValueError) as exc:
+                return await self._bad_reply(f"bad 'headers': {exc}")
+            await self.send({"type": "http.response.start", "status": status, "headers": headers})
+            self._response_started = True
+        elif "status" in reply:
+            logger.error("%s %s: a second reply with a 'status' after the response started; ignored",
+                         self.scope["method"], self.scope["path"])
+        await self.send({"type": "http.response.body", "body": content, "more_body": more})
+        return more
+
+    async def _bad_reply(self, problem: str) -> bool:
+        logger.error(
+            "%s %s: invalid reply on %s: %s. A reply is {'status': int, 'headers': [[bytes, bytes]], "
+            "'content': bytes, 'more_content': bool}",
+            self.scope["method"], self.scope["path"], self.reply_channel, problem,
+        )
+        if self._response_started:
+            await self.send({"type": "http.response.body", "body": b""})
+        else:
+            await send_plain(self.send, 500, "500 Internal Server Error: the worker sent an invalid reply.\n")
+        return False
+
+    async def _no_worker_answer(self, what: str) -> None:
+        workers = self.app.worker_count
+        hint = "" if workers else " No worker is running: start one with `paas-channels run worker`."
+        logger.warning("%s %s: %s within %.0f s; answering 503.%s",
+                       self.scope["method"], self.scope["path"], what, self.timeout, hint)
+        await send_plain(
+            self.send, 503,
+            f"503 Service Unavailable: {what} within {self.timeout:g} s. Try again shortly.\n",
+            [(b"retry-after", b"5")],
+        )
+
+    async def _client_gone(self) -> None:
+        """Tell the workers (long-poll consumers) the client left before its response ended."""
+        try:
+            await self.app.layer.asend("http.disconnect", {"reply_channel": self.reply_channel,
+                                                           "path": self.scope["path"]})
+        except ChannelFull:
+            logger.debug("http.disconnect is full; dropped the disconnect of %s", self.reply_channel)
+
+
+def _header_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("latin1")
+    raise TypeError(f"header names and values must be bytes or str; got {type(value).__name__}")

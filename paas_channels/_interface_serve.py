@@ -1,0 +1,163 @@
+"""Running the interface app on Daphne, with an orderly shutdown.
+
+Importing this module installs Twisted's asyncio reactor (through
+``daphne.server``), so it is imported only when a process actually serves.
+Signal handlers only schedule the shutdown; the shutdown itself runs in order:
+stop listening, close WebSockets with 1012 so clients reconnect at once,
+let responses in flight finish within ``--graceful-timeout``, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import TYPE_CHECKING, Callable
+
+from daphne.endpoints import build_endpoint_description_strings
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import reactor
+
+from .conf import Config
+from .exceptions import ConfigError
+from ._interface_http import BODY_CHUNK
+
+if TYPE_CHECKING:
+    from .interface import InterfaceApplication
+
+logger = logging.getLogger(__name__)
+
+#: Close codes a server may send that autobahn's ``sendClose`` refuses (it allows 1000, 3000-4999).
+_SERVER_CLOSE_CODES = frozenset({1001, 1011, 1012, 1013, 1014})
+#: Largest WebSocket message: it must fit a layer message (1 MiB) with its envelope.
+_MAX_WS_MESSAGE = 1024 * 1024 - 64 * 1024
+
+
+class _WebSocketProtocol(WebSocketProtocol):
+    """Daphne's protocol, also able to close with the server codes 1012 (restart) and 1013 (try later)."""
+
+    def serverClose(self, code: int | None = None) -> None:
+        if code in _SERVER_CLOSE_CODES:
+            self.sendCloseFrame(code=code)
+        else:
+            super().serverClose(code)
+
+
+class _Server(Server):
+    """Daphne's server, remembering its listening ports so a shutdown can stop accepting first."""
+
+    def __init__(self, *args, on_listening: Callable[[], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.ports: list = []
+        self.listen_failure: str | None = None
+        self._on_listening = on_listening
+
+    @property
+    def ws_factory(self):
+        return self._ws_factory
+
+    @ws_factory.setter
+    def ws_factory(self, factory) -> None:
+        factory.protocol = _WebSocketProtocol
+        self._ws_factory = factory
+
+    def listen_success(self, port) -> None:
+        super().listen_success(port)
+        self.ports.append(port)
+        if len(self.ports) == len(self.endpoints):
+            self._on_listening()
+
+    def listen_error(self, failure) -> None:
+        self.listen_failure = failure.getErrorMessage()
+        self.stop()
+
+
+class _Shutdown:
+    """Signal handling and the ordered shutdown of one served app."""
+
+    def __init__(self, app: "InterfaceApplication", config: Config, server: _Server) -> None:
+        self.app = app
+        self.config = config
+        self.server = server
+        self.started = False
+
+    def install(self) -> None:
+        loop = asyncio.get_event_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+
+    def uninstall(self) -> None:
+        loop = asyncio.get_event_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+    def on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.started:
+            logger.warning("%s again: stopping now", name)
+            if reactor.running:
+                reactor.stop()
+            return
+        self.started = True
+        logger.info("%s: shutting down gracefully (up to %g s)", name, self.config.graceful_timeout)
+        asyncio.ensure_future(self.run())
+
+    async def run(self) -> None:
+        try:
+            for port in self.server.ports:
+                port.stopListening()
+            await self.app.shutdown(self.config.graceful_timeout)
+        finally:
+            if reactor.running:
+                reactor.stop()
+
+
+def serve_daphne(app: "InterfaceApplication", config: Config, ready: Callable[[], None] | None = None) -> int:
+    """Serve ``app`` until a signal; see :func:`paas_channels.interface.serve`."""
+    timeout = app.http_timeout
+
+    def on_listening() -> None:
+        logger.info("listening on http://%s:%s", config.bind, config.port)
+        if ready is not None:
+            ready()
+
+    server = _Server(
+        app,
+        endpoints=build_endpoint_description_strings(host=config.bind, port=config.port),
+        signal_handlers=False,
+        http_timeout=None,  # the app answers its own 503; Daphne's would also cut long streams
+        request_buffer_size=BODY_CHUNK,
+        ping_interval=config.ping_interval,
+        ping_timeout=30,
+        # The handshake waits for a worker's accept as long as a request waits for its reply.
+        websocket_connect_timeout=timeout + 5,
+        websocket_handshake_timeout=timeout + 5,
+        websocket_max_message_size=_MAX_WS_MESSAGE,
+        websocket_max_frame_size=_MAX_WS_MESSAGE,
+        application_close_timeout=10,
+        root_path=config.root_path or "",
+        proxy_forwarded_address_header="X-Forwarded-For" if config.proxy_headers else None,
+        proxy_forwarded_port_header="X-Forwarded-Port" if config.proxy_headers else None,
+        proxy_forwarded_proto_header="X-Forwarded-Proto" if config.proxy_headers else None,
+        on_listening=on_listening,
+    )
+    shutdown = _Shutdown(app, config, server)
+
+    def on_running() -> None:
+        shutdown.install()
+        app.start()
+
+    reactor.callWhenRunning(on_running)
+    server.run()
+    if server.listen_failure is not None:
+        raise ConfigError(
+            f"cannot listen on {config.bind}:{config.port}: {server.listen_failure}. "
+            "Is another process using the port? Choose another with --port or PORT"
+        )
+    try:
+        shutdown.uninstall()
+    except RuntimeError:  # the loop is closed: nothing to restore
+        pass
+    logger.info("interface server stopped")
+    return 0

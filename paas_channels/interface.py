@@ -1,0 +1,327 @@
+"""The interface server: Daphne turning HTTP and WebSocket connections into channel messages.
+
+``paas-channels run web`` holds every client connection and never runs the
+project's code: it imports settings (for the layer, static files and allowed
+hosts) but never the URLconf, ROUTING or consumers, so deploying new code
+restarts workers only and WebSockets stay up.
+
+One process owns one **inbox**, a process-specific channel ``interface.<host>.<random>!``;
+each connection's reply channel is the inbox plus a suffix.  ONE task receives
+on the inbox and hands each message to its connection: no per-connection
+polling of the layer.  Static files and a health endpoint are answered here,
+without a worker hop.
+
+Public pieces (combined mode reuses them on a shared layer):
+:class:`InterfaceApplication` (an ASGI 3 app built from a layer and the config),
+:func:`serve` (runs an app on Daphne with graceful shutdown) and :func:`run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import socket
+import time
+from typing import Any, Awaitable, Callable
+
+from .conf import Config
+from .exceptions import ConfigError
+from .layers import BaseChannelLayer
+from ._interface_http import HttpConnection, send_plain
+from ._interface_ws import WebSocketConnection
+from ._static import StaticFiles
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HEALTH_PATH", "InterfaceApplication", "run", "serve"]
+
+#: Answered in-process with layer reachability and the number of live workers.
+HEALTH_PATH = "/.paas-channels/health"
+#: How often the worker heartbeats are read, and how long none may be seen before a warning.
+WORKER_CHECK_INTERVAL = 5.0
+NO_WORKER_GRACE = 10.0
+_NO_WORKER_REPEAT = 300.0
+#: Pauses after a failed inbox receive (layer down): first and longest.
+_RETRY_START, _RETRY_MAX = 0.5, 5.0
+
+Scope = dict
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+
+def _inbox_name() -> str:
+    host = re.sub(r"[^a-zA-Z\d\-_.]", "-", socket.gethostname())[:40].strip(".-") or "host"
+    return f"interface.{host}.{BaseChannelLayer.random_suffix(8)}!"
+
+
+class InterfaceApplication:
+    """ASGI 3 application relaying HTTP and WebSocket connections over ``layer``.
+
+    ``config`` supplies ``http_timeout``, ``ws_protocols``, ``proxy_headers`` and
+    ``allowed_origins``.  ``static`` is the static-file index (default: built
+    from ``STATIC_URL``/``STATIC_ROOT``; pass ``False`` for none).  Call
+    :meth:`start` on the serving event loop (``serve`` does); the first
+    connection starts it otherwise.
+    """
+
+    def __init__(self, layer: BaseChannelLayer, config: Config, static: StaticFiles | None | bool = None) -> None:
+        from django.conf import settings
+
+        self.layer = layer
+        self.config = config
+        self.http_timeout = float(config.http_timeout or 120.0)
+        self.inbox = _inbox_name()
+        self.static = StaticFiles.from_settings() if static is None else (static or None)
+        origins = tuple(getattr(config, "allowed_origins", ()) or ())
+        if not origins:
+            origins = tuple(settings.ALLOWED_HOSTS)
+            if not origins and settings.DEBUG:
+                origins = (".localhost", "127.0.0.1", "[::1]")  # what Django itself allows then
+        self.allowed_origins = origins
+        self.closing = False
+        self.worker_count = 0
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._websockets: dict[str, WebSocketConnection] = {}
+        self._http_active = 0
+        self._tasks: list[asyncio.Task] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    ### ASGI ###
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._tasks and not self.closing:
+            self.start()
+        if scope["type"] == "websocket":
+            await WebSocketConnection(self, scope, receive, send).run()
+        elif scope["type"] == "http":
+            self._http_active += 1
+            self._idle.clear()
+            try:
+                await self._http(scope, receive, send)
+            finally:
+                self._http_active -= 1
+                self._check_idle()
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        else:
+            raise ValueError(f"unsupported ASGI scope type {scope['type']!r}; expected 'http' or 'websocket'")
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        if path == HEALTH_PATH:
+            await self._health(send)
+            return
+        if self.static is not None:
+            entry = self.static.lookup(path)
+            if entry is not None:
+                await self.static.serve(entry, scope, send)
+                return
+        if self.closing:
+            await send_plain(send, 503, "503 Service Unavailable: this server is restarting; try again.\n",
+                             [(b"retry-after", b"1"), (b"connection", b"close")])
+            return
+        await HttpConnection(self, scope, receive, send).run()
+
+    ### Inbox and connections ###
+
+    def start(self) -> None:
+        """Start the inbox receive loop and the worker monitor on the running event loop."""
+        if self._tasks:
+            return
+        self._tasks = [asyncio.ensure_future(self._receive_loop()), asyncio.ensure_future(self._monitor_workers())]
+        logger.info("interface inbox %s on %r; HTTP timeout %g s", self.inbox, self.layer, self.http_timeout)
+
+    def register(self, websocket: WebSocketConnection | None = None) -> str:
+        """A new reply channel in this process's inbox, with a queue for its messages."""
+        while True:
+            name = self.inbox + BaseChannelLayer.random_suffix(12)
+            if name not in self._queues:
+                break
+        self._queues[name] = asyncio.Queue()
+        if websocket is not None:
+            self._websockets[name] = websocket
+            self._idle.clear()
+        return name
+
+    def unregister(self, name: str) -> None:
+        """Forget a reply channel; later replies to it are dropped."""
+        self._queues.pop(name, None)
+        if self._websockets.pop(name, None) is not None:
+            self._check_idle()
+
+    def reply_queue(self, name: str) -> asyncio.Queue:
+        return self._queues[name]
+
+    def websocket_scheme(self, scope: Scope) -> str:
+        """``ws`` or ``wss``; behind a trusted proxy, from ``X-Forwarded-Proto``."""
+        if self.config.proxy_headers:
+            for name, value in scope.get("headers", ()):
+                if name == b"x-forwarded-proto":
+                    return "wss" if value.split(b",")[0].strip().lower() in (b"https", b"wss") else "ws"
+        return "wss" if scope.get("scheme") in ("wss", "https") else "ws"
+
+    async def _receive_loop(self) -> None:
+        delay = _RETRY_START
+        while True:
+            try:
+                channel, message = await self.layer.areceive([self.inbox], block=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.error("receiving on the inbox %s failed (%s: %s); retrying in %.1f s",
+                             self.inbox, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            delay = _RETRY_START
+            if channel is None:
+                continue
+            queue = self._queues.get(channel)
+            if queue is None:
+                logger.debug("reply for %s dropped: that connection is gone", channel)
+            else:
+                queue.put_nowait(message)
+
+    async def _monitor_workers(self) -> None:
+        """Keep ``worker_count`` fresh and warn while no worker is alive."""
+        started = last_seen = time.monotonic()
+        warned_at = None
+        while True:
+            try:
+                beats = await asyncio.wait_for(self.layer.aheartbeats(), WORKER_CHECK_INTERVAL)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("reading worker heartbeats failed (%s); is the channel layer up?", type(exc).__name__)
+                beats = None
+            now = time.monotonic()
+            if beats is not None:
+                count = len(beats)
+                if count:
+                    if warned_at is not None:
+                        logger.info("%d worker(s) alive again", count)
+                    last_seen, warned_at = now, None
+                elif now - last_seen >= NO_WORKER_GRACE and (warned_at is None or now - warned_at >= _NO_WORKER_REPEAT):
+                    logger.warning(
+                        "no worker heartbeat for %.0f s: HTTP requests will wait %g s (--http-timeout) and "
+                        "then get 503. Start a worker: `paas-channels run worker` (a `worker` process type "
+                        "in the Procfile, scaled with `heroku ps:scale worker=1`)",
+                        now - max(last_seen, started), self.http_timeout,
+                    )
+                    warned_at = now
+                self.worker_count = count
+            await asyncio.sleep(WORKER_CHECK_INTERVAL)
+
+    ### Health ###
+
+    async def _health(self, send: Send) -> None:
+        try:
+            beats = await asyncio.wait_for(self.layer.aheartbeats(), 5.0)
+            layer_state, workers, status = "reachable", len(beats), 200
+            self.worker_count = workers
+        except Exception as exc:
+            layer_state, workers, status = f"unreachable ({type(exc).__name__})", None, 503
+        body = {
+            "status": "ok" if status == 200 else "error",
+            "layer": layer_state,
+            "workers": workers,
+            "connections": {"http": self._http_active, "websocket": len(self._websockets)},
+            "closing": self.closing,
+        }
+        data = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"cache-control", b"no-store"),
+            (b"content-length", str(len(data)).encode()),
+        ]})
+        await send({"type": "http.response.body", "body": data})
+
+    ### Shutdown ###
+
+    async def shutdown(self, timeout: float) -> int:
+        """Close WebSockets with 1012, let HTTP responses finish within ``timeout``; return how many were cut.
+
+        New requests get 503 and new WebSockets 403 from now on.  The inbox
+        loop runs until the end so replies to in-flight requests still arrive.
+        """
+        self.closing = True
+        websockets = list(self._websockets.values())
+        logger.info("shutting down: closing %d WebSocket(s) with 1012, waiting up to %g s for %d HTTP response(s)",
+                    len(websockets), timeout, self._http_active)
+        for websocket in websockets:
+            try:
+                await websocket.close_for_restart()
+            except Exception:  # the connection is already gone
+                logger.debug("closing %s failed", websocket.reply_channel, exc_info=True)
+        self._check_idle()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            cut = 0
+        except asyncio.TimeoutError:
+            cut = self._http_active + len(self._websockets)
+            logger.warning("graceful timeout (%g s): %d connection(s) still open are cut", timeout, cut)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        return cut
+
+    def _check_idle(self) -> None:
+        if self._http_active == 0 and not self._websockets:
+            self._idle.set()
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        event = await receive()
+        if event["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif event["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def serve(app: InterfaceApplication, config: Config, ready: Callable[[], None] | None = None) -> int:
+    """Serve ``app`` with Daphne on ``config.bind``/``config.port`` until SIGTERM/SIGINT; return an exit code.
+
+    Runs Twisted's asyncio reactor in this thread (once per process).  On the
+    first signal: stop listening, close WebSockets with 1012, finish responses
+    within ``graceful_timeout``, stop.  ``ready`` is called once listening.
+    """
+    from ._interface_serve import serve_daphne
+
+    return serve_daphne(app, config, ready)
+
+
+def run(config: Config) -> int:
+    """``paas-channels run web``: build the layer from settings and serve until stopped."""
+    from .layers import get_channel_layer
+
+    layer = get_channel_layer(config.layer)
+    try:
+        layer.heartbeats()
+    except Exception as exc:
+        raise ConfigError(
+            f"the channel layer {config.layer!r} ({type(layer).__name__}) is unreachable: "
+            f"{type(exc).__name__}. Check REDIS_URL and that Redis is running"
+        ) from None
+    if layer.__class__.__name__ == "InMemoryChannelLayer":
+        logger.warning(
+            "`run web` on InMemoryChannelLayer: workers in other processes cannot see this layer, so only "
+            "static files and the health endpoint will answer. Set REDIS_URL (RedisChannelLayer) or use "
+            "`paas-channels run --combined`"
+        )
+    app = InterfaceApplication(layer, config)
+    try:
+        return serve(app, config)
+    finally:
+        try:
+            layer.close()
+        except Exception:
+            logger.debug("closing the layer failed", exc_info=True)
+

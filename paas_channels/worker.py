@@ -1,0 +1,308 @@
+"""The worker: takes messages off the layer and runs their consumers.
+
+``Worker(layer, routing, threads=N)`` runs N receive loops (threads, or
+greenlets when gevent has patched the process).  A loop receives only when it
+is free, so a worker never takes a message it cannot start at once (no
+prefetch): what it has not taken, another worker can.
+
+A consumer's exception is logged with its traceback and the loop goes on.
+``stop()`` (thread-safe; what SIGTERM does) stops receiving and lets the
+in-flight consumers finish within ``graceful_timeout``: a deploy never loses
+a message a worker took.  :func:`run` is the ``paas-channels run worker``
+process: signals, boot errors, exit codes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from typing import Any, Iterable
+
+from django.core import signals as django_signals
+
+from .conf import Config
+from .exceptions import ConfigError
+from .layers import BaseChannelLayer, channel_layer_settings, get_channel_layer
+from .message import Message, deferred_sends
+from .routing import Router, default_routing
+
+__all__ = ["Worker", "build_worker", "run", "select_channels"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between heartbeats (also sent at once when the worker turns busy or idle).
+HEARTBEAT_INTERVAL = 5.0
+#: Seconds after a receive error before trying again (layer restarting, network blip).
+_RECEIVE_ERROR_PAUSE = 1.0
+
+
+def select_channels(channels: Iterable[str], only: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[str]:
+    """The routed channels to consume: those matching any ``only`` glob (all if none),
+    minus those matching any ``exclude`` glob."""
+    only, exclude = list(only), list(exclude)
+    chosen = sorted(
+        channel for channel in channels
+        if (not only or any(fnmatch.fnmatchcase(channel, glob) for glob in only))
+        and not any(fnmatch.fnmatchcase(channel, glob) for glob in exclude)
+    )
+    for glob in only + exclude:
+        if not any(fnmatch.fnmatchcase(channel, glob) for channel in channels):
+            logger.warning("channel glob %r matches no routed channel (routed: %s)", glob, ", ".join(sorted(channels)))
+    return chosen
+
+
+class Worker:
+    """Consumes the routed channels of one layer with a pool of receive loops.
+
+    Usable inside another process (combined mode): no signal handling and no
+    ``sys.exit`` here; call :meth:`serve` (blocks) and :meth:`stop` from
+    another thread.
+    """
+
+    def __init__(
+        self,
+        layer: BaseChannelLayer,
+        routing: Any,
+        *,
+        threads: int = 1,
+        only_channels: Iterable[str] = (),
+        exclude_channels: Iterable[str] = (),
+        graceful_timeout: float = 25.0,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        host: str | None = None,
+    ) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer; got {threads!r}")
+        self.layer = layer
+        self.router = routing if isinstance(routing, Router) else Router(routing)
+        self.threads = threads
+        self.graceful_timeout = graceful_timeout
+        self.heartbeat_interval = heartbeat_interval
+        routed = self.router.channels
+        self.channels = select_channels(routed, only_channels, exclude_channels)
+        if not self.channels:
+            raise ConfigError(
+                f"this worker would consume no channel: the routing names {', '.join(sorted(routed)) or 'none'}; "
+                f"--only-channels {list(only_channels) or '-'} / --exclude-channels {list(exclude_channels) or '-'} "
+                "leave nothing. Loosen the globs or add routes"
+            )
+        self.host = host or socket.gethostname()
+        self.worker_id = f"{self.host}.{os.getpid()}.{BaseChannelLayer.random_suffix(6)}"
+        self.started = time.time()
+        self.busy = 0
+        self.done = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._forced = threading.Event()
+        self._beat_now = threading.Event()
+        self._loops: list[threading.Thread] = []
+
+    ### Control ###
+
+    def stop(self, force: bool = False) -> None:
+        """Stop receiving; in-flight consumers finish (``force``: don't wait for them)."""
+        self._stopping.set()
+        if force:
+            self._forced.set()
+        self._beat_now.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def check_layer(self) -> None:
+        """Publish a first heartbeat; a layer that cannot take it is a boot error."""
+        try:
+            self._heartbeat()
+        except Exception as exc:
+            alias = getattr(self.layer, "alias", "default")
+            raise ConfigError(
+                f"channel layer {alias!r} ({type(self.layer).__name__}) is unreachable: {exc}. "
+                "Check REDIS_URL / CONFIG['hosts'] and that the server is running"
+            ) from None
+
+    def serve(self) -> int:
+        """Run until :meth:`stop`, then drain.  Returns how many consumers were cut off (0 = clean)."""
+        logger.info(
+            "worker %s consuming %s with %d loop(s)", self.worker_id, ", ".join(self.channels), self.threads
+        )
+        self._loops = [
+            threading.Thread(target=self._loop, name=f"paas-worker-{index + 1}", daemon=True)
+            for index in range(self.threads)
+        ]
+        for loop in self._loops:
+            loop.start()
+        beater = threading.Thread(target=self._heartbeat_loop, name="paas-worker-heartbeat", daemon=True)
+        beater.start()
+        try:
+            while not self._stopping.wait(0.5):
+                pass
+            return self._drain()
+        finally:
+            self._beat_now.set()
+            beater.join(2)
+            try:
+                self._heartbeat(ttl=1.0)  # let the status command see us go soon
+            except Exception as exc:
+                logger.debug("last heartbeat not sent: %s", exc)
+
+    def _drain(self) -> int:
+        in_flight = self.busy
+        logger.info(
+            "stopping: no new messages; waiting up to %.0f s for %d in-flight consumer(s)",
+            self.graceful_timeout, in_flight,
+        )
+        deadline = time.monotonic() + self.graceful_timeout
+        for loop in self._loops:
+            while loop.is_alive() and not self._forced.is_set() and time.monotonic() < deadline:
+                loop.join(0.1)
+        cut = self.busy
+        if cut:
+            why = "forced stop" if self._forced.is_set() else f"graceful timeout {self.graceful_timeout:.0f} s"
+            logger.warning("%s: %d consumer(s) still running were abandoned", why, cut)
+        else:
+            logger.info("stopped cleanly after %d message(s)", self.done)
+        return cut
+
+    ### Receive loops ###
+
+    def _loop(self) -> None:
+        channels = list(self.channels)
+        while not self._stopping.is_set():
+            # Shuffled so a busy first channel cannot starve the others.
+            random.shuffle(channels)
+            try:
+                channel, content = self.layer.receive(channels, block=True)
+            except Exception as exc:
+                logger.error("receive from the channel layer failed (%s); retrying in %.0f s", exc, _RECEIVE_ERROR_PAUSE)
+                self._stopping.wait(_RECEIVE_ERROR_PAUSE)
+                continue
+            if channel is None:
+                continue
+            # Taken, so it runs even if stop() came meanwhile: never lose a taken message.
+            self._handle(channel, content)
+
+    def _handle(self, channel: str, content: dict) -> None:
+        with self._lock:
+            self.busy += 1
+            if self.busy == 1:
+                self._beat_now.set()
+        try:
+            self.run_consumer(channel, content)
+        finally:
+            with self._lock:
+                self.busy -= 1
+                self.done += 1
+                if self.busy == 0:
+                    self._beat_now.set()
+
+    def run_consumer(self, channel: str, content: dict) -> None:
+        """Route one message and run its consumer; errors are logged, never raised."""
+        match = self.router.match(channel, content)
+        if match is None:
+            logger.warning(
+                "no route for a message on %s (path %r): dropped; add a route or a catch-all",
+                channel, content.get("path"),
+            )
+            return
+        consumer, kwargs = match
+        message = Message(content, channel, self.layer)
+        # Django's request signals close stale database connections, as for a request.
+        django_signals.request_started.send(sender=type(self), message=message)
+        try:
+            with deferred_sends():
+                consumer(message, **kwargs)
+        except Exception:
+            logger.exception(
+                "consumer %s failed on %s (path %r); its sends were discarded",
+                getattr(consumer, "__qualname__", consumer), channel, content.get("path"),
+            )
+        finally:
+            django_signals.request_finished.send(sender=type(self))
+
+    ### Heartbeats ###
+
+    def info(self) -> dict[str, Any]:
+        """What the heartbeat publishes about this worker."""
+        return {
+            "host": self.host,
+            "pid": os.getpid(),
+            "channels": list(self.channels),
+            "threads": self.threads,
+            "busy": self.busy,
+            "done": self.done,
+            "started": self.started,
+        }
+
+    def _heartbeat(self, ttl: float | None = None) -> None:
+        self.layer.heartbeat(self.worker_id, self.info(), ttl if ttl is not None else 3 * self.heartbeat_interval)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._beat_now.wait(self.heartbeat_interval)
+            self._beat_now.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._heartbeat()
+            except Exception as exc:
+                logger.warning("heartbeat failed: %s", exc)
+
+
+def build_worker(config: Config, layer: BaseChannelLayer | None = None, threads: int | None = None) -> Worker:
+    """A ``Worker`` from the process configuration and the layer's ``ROUTING`` setting."""
+    alias = config.layer
+    routing_path = channel_layer_settings(alias)["ROUTING"]
+    if routing_path is None:
+        logger.info("CHANNEL_LAYERS[%r] names no ROUTING: Django views for HTTP, WebSockets accepted", alias)
+        routing: Any = default_routing()
+    else:
+        routing = routing_path
+    return Worker(
+        layer if layer is not None else get_channel_layer(alias),
+        routing,
+        threads=threads or config.threads,
+        only_channels=config.only_channels,
+        exclude_channels=config.exclude_channels,
+        graceful_timeout=config.graceful_timeout,
+    )
+
+
+def run(config: Config) -> int:
+    """``paas-channels run worker``: serve until SIGTERM/SIGINT, drain, exit 0.
+
+    A second SIGINT (or SIGTERM) abandons the in-flight consumers.  Boot errors
+    raise ``ConfigError`` (the CLI prints one line and exits 3).
+    """
+    pool = config.gevent or config.threads
+    worker = build_worker(config, threads=pool)
+    worker.check_layer()
+    if config.gevent:
+        logger.info("gevent pool of %d greenlets", config.gevent)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # Only set flags here; the main loop does the work.
+        if worker.stopping:
+            logger.warning("second %s: forcing exit", signal.Signals(signum).name)
+            worker.stop(force=True)
+        else:
+            logger.info("%s received: finishing in-flight consumers", signal.Signals(signum).name)
+            worker.stop()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cut = worker.serve()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        try:
+            worker.layer.close()
+        except Exception as exc:
+            logger.debug("closing the layer: %s", exc)
+    return 0 if cut == 0 else 1

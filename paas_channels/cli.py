@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--combined and the mode {args.mode!r} contradict each other; give one")
     provisional = load_config(mode or "combined", vars(args))
     _configure_logging(provisional.log_level)
-    if mode == "wsgi":
+    if mode == "wsgi" or (mode == "worker" and provisional.gevent):
         _gevent_monkey_patch()
     setup_django(provisional)
     if mode is None:

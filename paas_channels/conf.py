@@ -179,9 +179,11 @@ class Config:
         return f"mode={self.mode} " + " ".join(parts)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every option as a flag; defaults are left to :func:`load_config`."""
+def add_arguments(parser: argparse.ArgumentParser, mode: str | None = None, skip: tuple[str, ...] = ()) -> None:
+    """Add every option (only ``mode``'s, minus ``skip``) as a flag; defaults are left to :func:`load_config`."""
     for option in OPTIONS:
+        if (mode is not None and mode not in option.modes) or option.name in skip:
+            continue
         kwargs: dict[str, Any] = {"dest": option.name, "default": None}
         where = "" if option.modes == frozenset(MODES) else f" [{', '.join(sorted(option.modes))}]"
         env = f" (env {option.env})" if option.env else ""

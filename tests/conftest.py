@@ -40,3 +40,24 @@ def make_layer(request):
 @pytest.fixture
 def layer(make_layer):
     return make_layer()
+
+
+@pytest.fixture(scope="session")
+def redis_shard_servers():
+    """Three private Redis servers for the whole session (the Redis layer's shards)."""
+    from tests.support import RedisServer
+
+    servers = []
+    try:
+        for _ in range(3):
+            servers.append(RedisServer().start())
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_shard_servers):
+    """One private Redis server for the session (shared; tests use unique prefixes)."""
+    return redis_shard_servers[0]

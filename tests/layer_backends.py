@@ -9,6 +9,7 @@ skipped silently.
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any, Callable
 
 from paas_channels.layers import BaseChannelLayer, InMemoryChannelLayer
@@ -18,9 +19,29 @@ def make_memory(request: Any, **config: Any) -> BaseChannelLayer:
     return InMemoryChannelLayer(**config)
 
 
+def _unique_prefix() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+def make_redis_1shard(request: Any, **config: Any) -> BaseChannelLayer:
+    from paas_channels.layers.redis import RedisChannelLayer
+
+    server = request.getfixturevalue("redis_server")
+    return RedisChannelLayer(hosts=[server.url], prefix=_unique_prefix(), **config)
+
+
+def make_redis_3shard(request: Any, **config: Any) -> BaseChannelLayer:
+    from paas_channels.layers.redis import RedisChannelLayer
+
+    servers = request.getfixturevalue("redis_shard_servers")
+    return RedisChannelLayer(hosts=[server.url for server in servers], prefix=_unique_prefix(), **config)
+
+
 #: name -> factory(pytest request, **layer config) -> layer
 LAYER_BACKENDS: dict[str, Callable[..., BaseChannelLayer]] = {
     "memory": make_memory,
+    "redis-1shard": make_redis_1shard,
+    "redis-3shard": make_redis_3shard,
 }
 
 

@@ -1,0 +1,193 @@
+"""Lua scripts, key scheme and stored-message envelope of the Redis channel layer.
+
+Shared by the sync and async sides: only the I/O differs between them.
+
+Keys (``P`` is the layer's prefix; every key of a layer starts with ``P:``):
+
+* ``P:c:<name>``   list of envelopes for a normal or ``?`` channel, or for a
+  whole ``!`` inbox (``<name>`` is then the part up to and including ``!``);
+* ``P:g:<group>``  sorted set: member channel -> membership expiry (ms);
+* ``P:s``          hash of this shard's global counters (``count``, ``full``);
+* ``P:s:<name>``   hash of one stored channel's counters on this shard;
+* ``P:hb``         hash of worker id -> envelope of heartbeat info (first shard).
+
+An envelope is ``13 ASCII digits of expiry (ms since the epoch)`` + ``8 hex
+digits: length of T`` + ``T`` (msgpack: the full channel name, or for a group
+send to an inbox the list of its member channels) + the msgpack message.  Lua
+reads only the first 13 bytes, so scripts stay cheap whatever the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+__all__ = ["Script", "PUSH", "POP", "STATS", "GROUP_ADD", "GROUP_MEMBERS", "FLUSH", "Keys", "pack", "unpack"]
+
+_HEADER = 21  # 13 digits of expiry + 8 hex digits of target length
+
+
+def pack(expires_ms: int, target: str | list[str], data: bytes) -> bytes:
+    """An envelope: expiry, target channel(s), encoded message."""
+    packed_target = msgpack.packb(target, use_bin_type=True)
+    return b"%013d%08x" % (expires_ms, len(packed_target)) + packed_target + data
+
+
+def unpack(envelope: bytes) -> tuple[int, str | list[str], bytes]:
+    """``(expires_ms, target(s), encoded message)`` from an envelope."""
+    length = int(envelope[13:_HEADER], 16)
+    target = msgpack.unpackb(envelope[_HEADER : _HEADER + length], raw=False)
+    return int(envelope[:13]), target, envelope[_HEADER + length :]
+
+
+def expires_of(envelope: bytes) -> int:
+    return int(envelope[:13])
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script run by SHA (``EVALSHA``), re-sent with ``EVAL`` when Redis lost it."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+class Keys:
+    """The key scheme of one layer prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.stats = f"{prefix}:s"
+        self.heartbeats = f"{prefix}:hb"
+        self.pattern = f"{prefix}:*"
+
+    def channel(self, name: str) -> str:
+        return f"{self.prefix}:c:{name}"
+
+    def channel_stats(self, name: str) -> str:
+        return f"{self.prefix}:s:{name}"
+
+    def group(self, name: str) -> str:
+        return f"{self.prefix}:g:{name}"
+
+
+# Expired messages sit at the head (all messages of a layer share one expiry),
+# so trimming the head is enough to free their capacity.
+_TRIM = """
+local function expired_head(key, now)
+  local head = redis.call('LINDEX', key, 0)
+  return head and tonumber(string.sub(head, 1, 13)) <= now
+end
+local function trim(key, n, now)
+  while n > 0 and expired_head(key, now) do
+    redis.call('LPOP', key)
+    n = n - 1
+  end
+  return n
+end
+"""
+
+#: Store envelopes on this shard, one per list key, checking capacity.
+#: KEYS: global stats, then (list, list stats) per envelope.
+#: ARGV: now ms, list ttl ms, stats ttl ms, then (envelope, capacity,
+#: count_full 0/1, check_dead 0/1) per envelope.
+#: Returns one status per envelope: 0 stored, 1 full, 2 dead (its oldest
+#: message expired unread: nobody reads it; nothing stored).
+PUSH = Script("push", _TRIM + """
+local now = tonumber(ARGV[1])
+local statuses = {}
+for i = 2, #KEYS, 2 do
+  local key, stats = KEYS[i], KEYS[i + 1]
+  local a = (i - 2) * 2 + 4
+  local capacity = tonumber(ARGV[a + 1])
+  local n = redis.call('LLEN', key)
+  local status = 0
+  if ARGV[a + 3] == '1' and n > 0 and expired_head(key, now) then
+    trim(key, n, now)
+    status = 2
+  else
+    if n >= capacity then n = trim(key, n, now) end
+    if n >= capacity then
+      status = 1
+      if ARGV[a + 2] == '1' then
+        redis.call('HINCRBY', stats, 'full', 1)
+        redis.call('PEXPIRE', stats, ARGV[3])
+        redis.call('HINCRBY', KEYS[1], 'full', 1)
+      end
+    else
+      redis.call('RPUSH', key, ARGV[a])
+      redis.call('PEXPIRE', key, ARGV[2])
+      redis.call('HINCRBY', stats, 'count', 1)
+      redis.call('PEXPIRE', stats, ARGV[3])
+      redis.call('HINCRBY', KEYS[1], 'count', 1)
+    end
+  end
+  statuses[#statuses + 1] = status
+end
+return statuses
+""")
+
+#: Pop the oldest unexpired envelope from the first of KEYS that has one.
+#: ARGV: now ms.  Returns {key index (1-based), envelope} or nil.
+POP = Script("pop", """
+local now = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  while true do
+    local item = redis.call('LPOP', KEYS[i])
+    if not item then break end
+    if tonumber(string.sub(item, 1, 13)) > now then return {i, item} end
+  end
+end
+return nil
+""")
+
+#: Counters of one stored channel on this shard.  KEYS: list, list stats.
+#: ARGV: now ms.  Returns {count, full, pending, oldest expiry ms or -1}.
+STATS = Script("stats", _TRIM + """
+local now = tonumber(ARGV[1])
+local n = trim(KEYS[1], redis.call('LLEN', KEYS[1]), now)
+local oldest = -1
+if n > 0 then oldest = tonumber(string.sub(redis.call('LINDEX', KEYS[1], 0), 1, 13)) end
+local counts = redis.call('HMGET', KEYS[2], 'count', 'full')
+return {tonumber(counts[1]) or 0, tonumber(counts[2]) or 0, n, oldest}
+""")
+
+#: KEYS: group.  ARGV: member, membership expiry ms, key ttl ms.
+GROUP_ADD = Script("group_add", """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+""")
+
+#: KEYS: group.  ARGV: now ms.  Drops expired memberships, returns the rest.
+GROUP_MEMBERS = Script("group_members", """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+""")
+
+#: ARGV: key pattern.  Unlinks every key of the layer on this shard.
+FLUSH = Script("flush", """
+local cursor = '0'
+local n = 0
+repeat
+  local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = reply[1]
+  for _, key in ipairs(reply[2]) do
+    redis.call('UNLINK', key)
+    n = n + 1
+  end
+until cursor == '0'
+return n
+""")
+
+
+def decode_strs(values: Any) -> list[str]:
+    """Redis replies (bytes) as str."""
+    return [value.decode() if isinstance(value, bytes) else str(value) for value in values or ()]

@@ -1,17 +1,23 @@
 """Settings of the example project: a real Django project using paas-channels.
 
-Runs on the in-memory layer by default (combined mode) and on Redis when
-REDIS_URL is set (split mode, several dynos).
+Everything a platform provides comes from the environment through
+``paas_channels.conf.configure`` at the bottom: with no ``REDIS_URL`` it runs
+on the in-memory layer (combined mode, one process), with ``REDIS_URL`` on
+Redis (split mode: ``web`` and ``worker`` dynos); ``DATABASE_URL`` picks the
+database (SQLite by default).
 """
 
 import os
 from pathlib import Path
 
+from paas_channels.conf import configure
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("SECRET_KEY", "example-project-insecure-key-change-me")
 DEBUG = os.environ.get("DEBUG", "") == "1"
-ALLOWED_HOSTS = [host for host in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if host]
+# A demo: a fixed key when none is given, so `paas-channels run --combined` just works.
+# app.json generates a real one on Heroku.
+SECRET_KEY = os.environ.get("SECRET_KEY", "example-project-insecure-key-change-me")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -52,31 +58,11 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
-    }
-}
-
 USE_TZ = True
-STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "example_project" / "static"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATICFILES_DIRS = [BASE_DIR / "example_project" / "static"]
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
 
-if os.environ.get("REDIS_URL"):
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "paas_channels.layers.RedisChannelLayer",
-            "ROUTING": "example_project.routing.channel_routing",
-            "CONFIG": {"hosts": os.environ["REDIS_URL"].split(",")},
-        }
-    }
-else:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "paas_channels.layers.InMemoryChannelLayer",
-            "ROUTING": "example_project.routing.channel_routing",
-        }
-    }
+# CHANNEL_LAYERS, DATABASES, ALLOWED_HOSTS, static files and logging from the environment.
+configure(globals(), routing="example_project.routing.channel_routing")

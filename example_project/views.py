@@ -127,12 +127,14 @@ def live_publish(request: HttpRequest) -> HttpResponse:
     text = request.POST.get("text", "")
     group = Group(LIVE_GROUP)
     waiting = group.channel_layer.group_channels(LIVE_GROUP)
+    # immediately: inside a worker sends wait for the view to return, and the
+    # members are discarded below, before that.
     group.send({
         "status": 200,
         "headers": [[b"Content-Type", b"application/json"]],
         "content": json.dumps({"text": text}).encode(),
         "more_content": False,
-    })
+    }, immediately=True)
     # Each waiting request is answered once: take them out of the group.
     for channel in waiting:
         group.discard(channel)

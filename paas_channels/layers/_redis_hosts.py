@@ -44,7 +44,8 @@ def redact_url(url: str) -> str:
     except ValueError:
         return "<unparseable URL>"
     if parts.password is None:
-        return url
+        # Without a scheme nothing is parsed: hide whatever precedes an '@'.
+        return "***@" + url.rsplit("@", 1)[1] if "@" in url and not parts.netloc else url
     user = parts.username or ""
     host = parts.hostname or ""
     try:
@@ -74,12 +75,10 @@ class RedisHost:
         return [str(self.kwargs[name]) for name in ("password", "ssl_password") if self.kwargs.get(name)]
 
     def _pool_kwargs(self, socket_timeout: float) -> dict[str, Any]:
-        kwargs = {
-            "socket_connect_timeout": 5,
-            "socket_keepalive": True,
-            "socket_timeout": socket_timeout,
-            **self.kwargs,
-        }
+        kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5}
+        if self.kind != "unix":
+            kwargs["socket_keepalive"] = True
+        kwargs.update(self.kwargs)
         # One retry reconnects a pooled connection that went stale (Redis was
         # restarted); more would stretch an outage into minutes of silence.
         kwargs["retry"] = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))

@@ -53,7 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("mode", nargs="?", choices=sorted(MODES), metavar="MODE", help="one of: " + ", ".join(MODES))
     run.add_argument("--combined", action="store_true", help="same as the mode 'combined'")
     add_arguments(run)
+
+    check = commands.add_parser(
+        "check",
+        help="check settings, layer, routing, Procfile/app.json/runtime.txt and Django's checks",
+        description="Check that the project will run: one line per problem, exit status 1 when there is any.",
+    )
+    check.add_argument("--deploy", action="store_true", help="also run Django's deployment checks (check --deploy)")
+    _add_project_arguments(check)
+
+    status = commands.add_parser(
+        "status",
+        help="channel depths, groups, workers and how busy they are",
+        description="Show the layer's channels, groups and live workers (from their heartbeats).",
+    )
+    status.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until Ctrl-C")
+    status.add_argument("--channel", action="append", default=[], metavar="NAME",
+                        help="also show this channel's depth (repeatable; routed channels are always shown)")
+    status.add_argument("--group", action="append", default=[], metavar="NAME",
+                        help="show how many members this group has (repeatable)")
+    _add_project_arguments(status)
     return parser
+
+
+def _add_project_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", help="Django settings module (else DJANGO_SETTINGS_MODULE, else ./manage.py)")
+    parser.add_argument("--layer", help="alias in CHANNEL_LAYERS (default 'default')")
 
 
 def find_settings_module(config_settings: str | None, cwd: Path) -> str | None:
@@ -147,6 +173,32 @@ def _run(args: argparse.Namespace) -> int:
     return runner.run(config)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .check import run_checks
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    config = load_config("combined", {"settings": args.settings, "layer": args.layer})
+    problems, notes = run_checks(config, deploy=args.deploy)
+    for note in notes:
+        print(f"note: {note}")
+    for problem in problems:
+        print(f"problem: {problem}")
+    if problems:
+        print(f"paas-channels check: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("paas-channels check: no problems" + (" (with deployment checks)" if args.deploy else ""))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .status import run_status
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    config = load_config("combined", {"settings": args.settings, "layer": args.layer})
+    setup_django(config)
+    return run_status(config, watch=args.watch, extra_channels=args.channel, groups=args.group)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -156,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "check":
+            return _check(args)
+        if args.command == "status":
+            return _status(args)
     except ConfigError as exc:
         print(f"paas-channels: {exc}", file=sys.stderr)
         return EXIT_BOOT_ERROR

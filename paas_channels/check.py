@@ -1,0 +1,267 @@
+"""``paas-channels check [--deploy]``: will this project run, here and on the platform?
+
+Checks, each problem reported as one line that says what is wrong and what to do:
+
+1. the settings load (``SECRET_KEY``, URLs, imports);
+2. the channel layer answers (Redis reachable);
+3. ``ROUTING`` imports, and the channels the interface server sends to are routed;
+4. Procfile, app.json, runtime.txt and .python-version agree with each other and
+   with the settings (split mode needs a shared layer, every routed channel needs
+   a worker process type that consumes it, ...);
+5. Django's own system checks (with ``--deploy``: its deployment checks too,
+   whose warnings then count as problems).
+
+Exit status 0 when nothing is wrong, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from . import _deployfiles as files
+from .conf import Config
+from .exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LAYER_TIMEOUT", "run_checks"]
+
+#: Seconds the layer gets to answer before it counts as unreachable.
+LAYER_TIMEOUT = 10.0
+_MEMORY_BACKEND = "InMemoryChannelLayer"
+#: Channels the interface server sends to, and what happens when nobody consumes them.
+_INTERFACE_CHANNELS = {
+    "http.request": "every HTTP request waits for --http-timeout and gets a 503",
+    "websocket.receive": "frames from connected sockets pile up until the channel is full",
+}
+
+
+def _settings_problems(config: Config) -> list[str]:
+    from .cli import setup_django
+
+    try:
+        setup_django(config)
+    except ConfigError as exc:
+        return [f"settings: {exc}"]
+    except Exception as exc:  # a settings module can raise anything; report it, don't crash
+        return [f"settings: loading them raised {type(exc).__name__}: {exc}"]
+    return []
+
+
+def _probe(layer: Any) -> None:
+    layer.global_statistics()
+    layer.heartbeats()
+
+
+def _layer_problems(alias: str) -> tuple[Any, list[str]]:
+    """The layer (or None) and why it cannot be used."""
+    from .layers import get_channel_layer
+
+    try:
+        layer = get_channel_layer(alias)
+    except ConfigError as exc:
+        return None, [f"channel layer: {exc}"]
+    failure: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            _probe(layer)
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=probe, name="paas-check-layer", daemon=True)
+    thread.start()
+    thread.join(LAYER_TIMEOUT)
+    where = f"channel layer {alias!r} ({type(layer).__name__}{_hosts_text(layer)})"
+    if thread.is_alive():
+        return None, [f"{where} did not answer within {LAYER_TIMEOUT:.0f} s: check REDIS_URL and the network"]
+    if failure:
+        return None, [
+            f"{where} is unreachable: {type(failure[0]).__name__}: {failure[0]}. Check REDIS_URL / "
+            "CONFIG['hosts'] and that the Redis server is running"
+        ]
+    return layer, []
+
+
+def _hosts_text(layer: Any) -> str:
+    from django.conf import settings
+
+    from .envsettings import mask_url
+
+    entry = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(getattr(layer, "alias", "default"), {})
+    hosts = (entry.get("CONFIG") or {}).get("hosts") or []
+    shown = [mask_url(host if isinstance(host, str) else str(host.get("address", "?")) if isinstance(host, dict)
+                      else str(host)) for host in hosts]
+    return f" at {', '.join(shown)}" if shown else ""
+
+
+def _routing_problems(alias: str) -> tuple[set[str] | None, list[str]]:
+    """The routed channels (None when the routing cannot be loaded) and problems."""
+    from .layers import channel_layer_settings
+    from .routing import Router, default_routing
+
+    try:
+        path = channel_layer_settings(alias)["ROUTING"]
+        router = Router(default_routing() if path is None else path)
+    except ConfigError as exc:
+        return None, [f"routing: {exc}"]
+    except Exception as exc:
+        return None, [f"routing: importing CHANNEL_LAYERS[{alias!r}]['ROUTING'] raised {type(exc).__name__}: {exc}"]
+    channels = router.channels
+    problems = [
+        f"routing: no route for {channel!r}: {consequence}; add route({channel!r}, ...) "
+        f"(for HTTP: route('http.request', view_consumer))"
+        for channel, consequence in _INTERFACE_CHANNELS.items()
+        if channel not in channels and (channel != "websocket.receive" or "websocket.connect" in channels)
+    ]
+    return channels, problems
+
+
+def _procfile_problems(
+    procfile: files.Procfile, app: dict[str, Any] | None, backend: str | None, routed: set[str] | None,
+    redis_in_env: bool,
+) -> list[str]:
+    from .worker import select_channels
+
+    problems = []
+    webs = procfile.by_mode("web")
+    workers = procfile.by_mode("worker")
+    consumers = procfile.by_mode("worker", "combined", "auto")
+    if backend is None and procfile.by_mode("web", "worker", "combined"):
+        problems.append(
+            "Procfile runs channel processes but the settings define no CHANNEL_LAYERS: add CHANNEL_LAYERS "
+            "(paas_channels.conf.configure does it) or serve plain WSGI with 'web: paas-channels run wsgi'"
+        )
+    if backend is not None:
+        for process in procfile.by_mode("wsgi"):
+            problems.append(
+                f"Procfile line {process.line} ({process.name}): 'run wsgi' serves no WebSockets and no "
+                "channels although the settings define CHANNEL_LAYERS; use 'run web' plus a worker, or '--combined'"
+            )
+    if webs and not workers:
+        problems.append(
+            "Procfile has a 'run web' process but no 'run worker' process: nothing would answer the requests; "
+            "add 'worker: paas-channels run worker' (or run 'web: paas-channels run --combined')"
+        )
+    if workers and not webs:
+        problems.append(
+            "Procfile has a 'run worker' process but no 'run web' process: no interface server feeds the layer; "
+            "add 'web: paas-channels run web'"
+        )
+    split = bool(webs or workers)
+    plans = files.addon_plans(app) if app else []
+    redis_planned = redis_in_env or any("redis" in plan for plan in plans) or (
+        bool(app) and "REDIS_URL" in (app.get("env") or {}))
+    if split and backend == _MEMORY_BACKEND and not redis_planned:
+        problems.append(
+            "Procfile runs split mode (separate web and worker processes) but the layer is InMemoryChannelLayer, "
+            "which processes cannot share and REDIS_URL is set nowhere: add the heroku-redis add-on to app.json "
+            "(\"addons\": [\"heroku-redis:mini\"]) or set REDIS_URL"
+        )
+    if routed:
+        uncovered = set(routed)
+        for process in consumers:
+            only = process.options.get("only_channels") or ()
+            exclude = process.options.get("exclude_channels") or ()
+            for glob in [*only, *exclude]:
+                if not any(fnmatch.fnmatchcase(channel, glob) for channel in routed):
+                    problems.append(
+                        f"Procfile line {process.line} ({process.name}): channel glob {glob!r} matches no routed "
+                        f"channel (routed: {', '.join(sorted(routed))})"
+                    )
+            uncovered -= set(select_channels(routed, only, exclude))
+        if consumers and uncovered:
+            problems.append(
+                f"routed channel(s) {', '.join(sorted(uncovered))} consumed by no Procfile process type: "
+                "their messages expire unread; drop the --only-channels/--exclude-channels that leave them out, "
+                "or add a worker process type for them"
+            )
+    if app and isinstance(app.get("formation"), dict):
+        names = {process.name for process in procfile.processes}
+        for name in app["formation"]:
+            if name not in names:
+                problems.append(
+                    f"app.json formation names process type {name!r}, which the Procfile does not define "
+                    f"(defined: {', '.join(sorted(names)) or 'none'})"
+                )
+    return problems
+
+
+def _app_json_problems(app: dict[str, Any]) -> list[str]:
+    env = app.get("env") if isinstance(app.get("env"), dict) else {}
+    if "env" in app and "SECRET_KEY" not in env:
+        return ['app.json: env has no SECRET_KEY, so the app cannot start with DEBUG off; add '
+                '"SECRET_KEY": {"generator": "secret"}']
+    return []
+
+
+def _django_problems(deploy: bool) -> tuple[list[str], list[str]]:
+    """(problems, notes) from Django's system checks."""
+    from django.core import checks
+
+    problems, notes = [], []
+    try:
+        messages = checks.run_checks(include_deployment_checks=deploy)
+    except Exception as exc:
+        return [f"django: the system checks raised {type(exc).__name__}: {exc}"], []
+    for message in messages:
+        if message.is_silenced():
+            continue
+        text = str(message.msg).replace("\n", " ")
+        hint = f" ({message.hint})".replace("\n", " ") if message.hint else ""
+        line = f"django {message.id}: {text}{hint}"
+        if message.level >= checks.ERROR or (deploy and message.level >= checks.WARNING):
+            problems.append(line)
+        else:
+            notes.append(line)
+    return problems, notes
+
+
+def run_checks(config: Config, deploy: bool = False, directory: Path | None = None) -> tuple[list[str], list[str]]:
+    """Every check; returns (problems, notes), each a list of one-line texts."""
+    directory = directory or Path.cwd()
+    problems: list[str] = []
+    notes: list[str] = []
+    procfile, found = files.read_procfile(directory)
+    problems += found
+    app, found = files.read_app_json(directory)
+    problems += found
+    problems += files.read_python_versions(directory)[1]
+    if app:
+        problems += _app_json_problems(app)
+
+    settings_problems = _settings_problems(config)
+    problems += settings_problems
+    if settings_problems:
+        return problems, notes
+
+    from .layers import channel_layer_settings, has_channel_layers
+
+    backend = routed = None
+    if has_channel_layers():
+        try:
+            backend = str(channel_layer_settings(config.layer)["BACKEND"]).rsplit(".", 1)[-1]
+        except ConfigError as exc:
+            problems.append(f"channel layer: {exc}")
+        else:
+            layer, found = _layer_problems(config.layer)
+            problems += found
+            routed, found = _routing_problems(config.layer)
+            problems += found
+            if layer is not None:
+                try:
+                    layer.close()
+                except Exception as exc:
+                    logger.debug("closing the layer: %s", exc)
+    if procfile is not None:
+        problems += _procfile_problems(
+            procfile, app, backend, routed, bool(os.environ.get("REDIS_URL") or os.environ.get("REDIS_TLS_URL"))
+        )
+    found, notes = _django_problems(deploy)
+    problems += found
+    return problems, notes

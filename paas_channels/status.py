@@ -1,0 +1,160 @@
+"""``paas-channels status [--watch]``: how busy are the workers, how deep are the channels?
+
+Everything comes from the layer, so it works from any machine that can reach
+it (``heroku run paas-channels status``): channel depths and counters from
+``channel_statistics``, group sizes from ``group_channels``, and the live
+workers from the heartbeats each worker publishes (``busy`` of ``threads``
+consumers running, ``done`` so far).  Rates (messages/s) are the difference
+between two readings, so one reading is taken, then another ``interval``
+seconds later.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, TextIO
+
+from .conf import Config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Snapshot", "render", "run_status", "take_snapshot"]
+
+
+@dataclass
+class Snapshot:
+    """One reading of the layer."""
+
+    at: float
+    layer: str
+    totals: dict[str, int]
+    channels: dict[str, dict[str, Any]]
+    groups: dict[str, int]
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def take_snapshot(layer: Any, channels: Iterable[str], groups: Iterable[str] = ()) -> Snapshot:
+    """Read statistics, group sizes and heartbeats from ``layer`` now."""
+    return Snapshot(
+        at=time.monotonic(),
+        layer=type(layer).__name__,
+        totals=dict(layer.global_statistics()),
+        channels={channel: dict(layer.channel_statistics(channel)) for channel in sorted(set(channels))},
+        groups={group: len(layer.group_channels(group)) for group in sorted(set(groups))},
+        workers=dict(layer.heartbeats()),
+    )
+
+
+def _rate(now: float, before: float, seconds: float) -> str:
+    return f"{max(0.0, now - before) / seconds:.1f}" if seconds > 0 else "-"
+
+
+def render(now: Snapshot, before: Snapshot | None = None) -> str:
+    """The status screen: totals, channels, groups, workers; rates when ``before`` is given."""
+    seconds = now.at - before.at if before is not None else 0.0
+    sent = now.totals.get("messages_count", 0)
+    lines = [
+        f"layer {now.layer}: {sent} messages sent"
+        + (f", {_rate(sent, before.totals.get('messages_count', 0), seconds)}/s" if before else "")
+        + f", {now.totals.get('channel_full_count', 0)} refused (channel full)",
+        "",
+        f"{'CHANNEL':<32} {'PENDING':>8} {'OLDEST':>8} {'SENT':>10} {'SENT/S':>8} {'FULL':>6}",
+    ]
+    for name, stats in now.channels.items():
+        previous = before.channels.get(name, {}) if before else {}
+        rate = _rate(stats.get("messages_count", 0), previous.get("messages_count", 0), seconds) if before else "-"
+        lines.append(
+            f"{name:<32} {stats.get('messages_pending', 0):>8} {stats.get('messages_max_age', 0):>7.1f}s "
+            f"{stats.get('messages_count', 0):>10} {rate:>8} {stats.get('channel_full_count', 0):>6}"
+        )
+    if now.groups:
+        lines += ["", f"{'GROUP':<32} {'MEMBERS':>8}"]
+        lines += [f"{name:<32} {count:>8}" for name, count in now.groups.items()]
+    lines += ["", f"{'WORKER':<40} {'THREADS':>7} {'BUSY':>5} {'BUSY%':>6} {'DONE':>8} {'MSG/S':>7}  CHANNELS"]
+    total_threads = total_busy = 0
+    total_rate = 0.0
+    for worker_id, info in sorted(now.workers.items()):
+        threads, busy, done = int(info.get("threads", 0)), int(info.get("busy", 0)), int(info.get("done", 0))
+        total_threads += threads
+        total_busy += busy
+        previous = before.workers.get(worker_id) if before else None
+        if previous is not None and seconds > 0:
+            rate_value = max(0, done - int(previous.get("done", 0))) / seconds
+            total_rate += rate_value
+            rate = f"{rate_value:.1f}"
+        else:
+            rate = "-"
+        ratio = f"{100 * busy / threads:.0f}%" if threads else "-"
+        channels = ",".join(info.get("channels", [])) or "-"
+        lines.append(f"{worker_id:<40} {threads:>7} {busy:>5} {ratio:>6} {done:>8} {rate:>7}  {channels}")
+    if not now.workers:
+        lines.append("no live workers (no heartbeat seen recently)")
+    else:
+        ratio = f"{100 * total_busy / total_threads:.0f}%" if total_threads else "-"
+        lines.append(
+            f"total: {len(now.workers)} worker(s), {total_threads} thread(s), {total_busy} busy ({ratio})"
+            + (f", {total_rate:.1f} messages/s" if before else "")
+        )
+        if total_threads and total_busy == total_threads:
+            lines.append("every worker thread is busy: add worker dynos (or --threads) before requests queue up")
+    return "\n".join(lines)
+
+
+def _routed_channels(alias: str) -> list[str]:
+    from .exceptions import ConfigError
+    from .layers import channel_layer_settings
+    from .routing import Router, default_routing
+
+    try:
+        path = channel_layer_settings(alias)["ROUTING"]
+        return sorted(Router(default_routing() if path is None else path).channels)
+    except ConfigError as exc:
+        logger.warning("routing not loaded (%s); showing only the channels given with --channel", exc)
+        return []
+
+
+def run_status(
+    config: Config,
+    watch: float | None = None,
+    extra_channels: Iterable[str] = (),
+    groups: Iterable[str] = (),
+    interval: float = 1.0,
+    out: TextIO | None = None,
+) -> int:
+    """Print the status once (two readings ``interval`` apart), or every ``watch`` seconds until Ctrl-C."""
+    from .exceptions import ConfigError
+    from .layers import get_channel_layer
+
+    out = out or sys.stdout
+    layer = get_channel_layer(config.layer)
+    channels = [*_routed_channels(config.layer), *extra_channels]
+    groups = list(groups)
+    clear = "\x1b[H\x1b[2J" if out.isatty() else ""
+    if getattr(layer, "extensions", None) is not None and type(layer).__name__ == "InMemoryChannelLayer":
+        out.write("note: the in-memory layer lives inside one process; this command sees only its own, "
+                  "empty copy. Set REDIS_URL to watch a running deployment.\n")
+    try:
+        before = take_snapshot(layer, channels, groups)
+    except Exception as exc:
+        raise ConfigError(f"channel layer {config.layer!r} cannot be read: {type(exc).__name__}: {exc}") from None
+    try:
+        while True:
+            time.sleep(watch if watch else interval)
+            now = take_snapshot(layer, channels, groups)
+            stamp = time.strftime("%H:%M:%S UTC", time.gmtime())
+            out.write(f"{clear}paas-channels status at {stamp} (layer {config.layer!r})\n{render(now, before)}\n")
+            if not watch:
+                return 0
+            out.write("\n")
+            out.flush()
+            before = now
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        try:
+            layer.close()
+        except Exception as exc:
+            logger.debug("closing the layer: %s", exc)

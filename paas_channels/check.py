@@ -91,12 +91,11 @@ def _layer_problems(alias: str) -> tuple[Any, list[str]]:
 def _hosts_text(layer: Any) -> str:
     from django.conf import settings
 
-    from .envsettings import mask_url
+    from .envsettings import _address, mask_url
 
     entry = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(getattr(layer, "alias", "default"), {})
     hosts = (entry.get("CONFIG") or {}).get("hosts") or []
-    shown = [mask_url(host if isinstance(host, str) else str(host.get("address", "?")) if isinstance(host, dict)
-                      else str(host)) for host in hosts]
+    shown = [mask_url(_address(host)) for host in hosts]
     return f" at {', '.join(shown)}" if shown else ""
 
 

@@ -35,20 +35,16 @@ __all__ = ["configure", "describe_settings", "mask_url", "on_paas", "settings_fr
 
 WHITENOISE_MIDDLEWARE = "whitenoise.middleware.WhiteNoiseMiddleware"
 _SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 _LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-_USERINFO = re.compile(r"//([^/@]*)@")
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``****``: safe to log or put in an error."""
-    def _hide(match: re.Match[str]) -> str:
-        user, _, password = match.group(1).partition(":")
-        return f"//{user}:****@" if password else f"//{user}@"
+    """``url`` with any password replaced by ``***``: safe to log or put in an error."""
+    from .layers._redis_hosts import redact_url
 
-    return _USERINFO.sub(_hide, url, count=1)
+    return redact_url(url)
 
 
 def on_paas(environ: Mapping[str, str]) -> str | None:
@@ -87,31 +83,14 @@ def _split_list(raw: str) -> list[str]:
 ### Channel layer ###
 
 
-def _redis_hosts(environ: Mapping[str, str]) -> tuple[str, list[str]] | None:
-    """``(variable, [url, ...])`` from REDIS_TLS_URL, else REDIS_URL; None when neither is set."""
-    for name in ("REDIS_TLS_URL", "REDIS_URL"):
-        raw = environ.get(name, "").strip()
-        if not raw:
-            continue
-        urls = _split_list(raw)
-        for url in urls:
-            scheme = urlsplit(url).scheme
-            if scheme not in _REDIS_SCHEMES:
-                raise ConfigError(
-                    f"environment variable {name}: {mask_url(url)!r} has the scheme {scheme or 'none'!r}; "
-                    "expected redis://, rediss:// (TLS) or unix://. Several URLs (shards) are separated by commas."
-                )
-        return name, urls
-    return None
-
-
 def _channel_layers(environ: Mapping[str, str], routing: str | None) -> dict[str, Any]:
-    found = _redis_hosts(environ)
-    if found is None:
+    from .layers.redis import config_from_env
+
+    config = config_from_env(environ)
+    if config is None:
         entry: dict[str, Any] = {"BACKEND": "paas_channels.layers.InMemoryChannelLayer", "CONFIG": {}}
     else:
-        _, hosts = found
-        entry = {"BACKEND": "paas_channels.layers.RedisChannelLayer", "CONFIG": {"hosts": hosts}}
+        entry = {"BACKEND": "paas_channels.layers.RedisChannelLayer", "CONFIG": config}
     if routing:
         entry["ROUTING"] = routing
     return {"default": entry}
@@ -294,6 +273,15 @@ def configure(
     return applied
 
 
+def _address(host: Any) -> str:
+    """A ``CONFIG['hosts']`` entry (URL, ``{"address": url, ...}`` or ``(host, port)``) as text."""
+    if isinstance(host, dict):
+        host = host.get("address", "?")
+    if isinstance(host, (tuple, list)) and len(host) == 2:
+        return f"{host[0]}:{host[1]}"
+    return str(host)
+
+
 def describe_settings(settings: Any) -> str:
     """One line of the effective Django settings that matter to a deployment; secrets masked."""
     parts = [f"DEBUG={getattr(settings, 'DEBUG', False)}"]
@@ -303,7 +291,7 @@ def describe_settings(settings: Any) -> str:
     for alias, entry in layers.items():
         backend = str(entry.get("BACKEND", "?")).rsplit(".", 1)[-1]
         hosts = (entry.get("CONFIG") or {}).get("hosts") or []
-        shown = ",".join(mask_url(str(host)) if isinstance(host, str) else "<host>" for host in hosts)
+        shown = ",".join(mask_url(_address(host)) for host in hosts)
         parts.append(f"layer[{alias}]={backend}" + (f"({shown})" if shown else ""))
     if not layers:
         parts.append("layer=none")

@@ -163,7 +163,7 @@ def test_unreachable_redis_then_reachable(project):
     result, problems = check(project, REDIS_URL=f"redis://:hunter2@127.0.0.1:{port}/0")
     assert result.returncode == 1
     assert len(problems) == 1, problems
-    assert f"channel layer 'default' (RedisChannelLayer at redis://:****@127.0.0.1:{port}/0) is unreachable" \
+    assert f"channel layer 'default' (RedisChannelLayer at redis://:***@127.0.0.1:{port}/0) is unreachable" \
         in problems[0]
     assert "hunter2" not in result.stdout + result.stderr
 

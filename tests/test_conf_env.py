@@ -145,9 +145,9 @@ def test_describe_settings_masks_secrets():
     )
     line = describe_settings(settings)
     assert "very-secret" not in line and "pa55word" not in line and "dbpw" not in line
-    assert "RedisChannelLayer(redis://:****@r.example:6379/0)" in line
+    assert "RedisChannelLayer(redis://:***@r.example:6379/0)" in line
     assert "database=postgresql:db.example" in line and "whitenoise=on" in line
-    assert mask_url("rediss://user:pw@h:1/0") == "rediss://user:****@h:1/0"
+    assert mask_url("rediss://user:pw@h:1/0") == "rediss://user:***@h:1/0"
     assert mask_url("redis://h:1/0") == "redis://h:1/0"
 
 

@@ -1,0 +1,220 @@
+"""The worker process on Redis: routing, channel selection, failures, graceful drain,
+gevent, heartbeats and boot errors.  Each test starts its own worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support import ROOT, ServerProcess, free_port
+from tests.worker_client import ExampleStack
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def shared_stack():
+    stack = ExampleStack()
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture
+def stack(shared_stack):
+    """The module's Redis and database; the test's worker processes stopped after it."""
+    shared_stack.layer.flush()
+    yield shared_stack
+    for process in shared_stack.processes:
+        process.close()
+    shared_stack.processes.clear()
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def pending(stack, channel):
+    return stack.layer.channel_statistics(channel)["messages_pending"]
+
+
+def test_routing_filters_named_groups_and_include(stack):
+    stack.worker("--threads", "2")
+    client = stack.client()
+    # include(echo_routing, path=r"^/ws/echo"): the included routes match the rest of the path.
+    echo = client.ws_connect("/ws/echo/")
+    assert client.next_for(echo) == {"accept": True}
+    client.ws_send(echo, "/ws/echo/", 1, "hello")
+    assert client.next_for(echo) == {"text": "hello"}
+    # No route for this path but the catch-all, which refuses.
+    stray = client.ws_connect("/ws/nowhere/")
+    assert client.next_for(stray) == {"accept": False}
+    # route_class(ChatConsumer, path=r"^/ws/chat/(?P<room>[-\w]+)/$"): room is a keyword argument.
+    a1, a2, b1 = client.ws_connect("/ws/chat/a/"), client.ws_connect("/ws/chat/a/"), client.ws_connect("/ws/chat/b/")
+    for reply in (a1, a2, b1):
+        assert client.next_for(reply) == {"accept": True}
+    assert wait_until(lambda: len(stack.layer.group_channels("chat-a")) == 2)
+    for reply in (a1, a2, b1):  # drain the "joined" notices
+        while client.next_for(reply, timeout=0.5) is not None:
+            pass
+    client.ws_send(a1, "/ws/chat/a/", 1, '{"text": "hi room a"}')
+    expected = {"text": '{"user": "anonymous", "text": "hi room a", "room": "a"}'}
+    assert client.next_for(a1) == expected and client.next_for(a2) == expected
+    assert client.next_for(b1, timeout=0.5) is None
+    # Disconnect leaves the group.
+    client.ws_disconnect(a2, "/ws/chat/a/", 2)
+    assert wait_until(lambda: stack.layer.group_channels("chat-a") == [a1])
+
+
+def test_only_websocket_channels_leave_http_alone(stack):
+    worker = stack.worker("--only-channels", "websocket.*")
+    assert "consuming websocket.connect, websocket.disconnect, websocket.receive " in worker.output()
+    client = stack.client()
+    request = client.send_request("GET", "/whoami/")
+    echo = client.ws_connect("/ws/echo/")
+    assert client.next_for(echo) == {"accept": True}
+    assert client.next_for(request, timeout=1.5) is None
+    assert pending(stack, "http.request") == 1
+
+
+def test_excluded_thumbnail_channel_never_runs_there(stack):
+    stack.worker("--exclude-channels", "thumbnail", "--threads", "2")
+    client = stack.client()
+    done = client.reply_channel()
+    stack.layer.send("thumbnail", {"name": "cat.png", "size": 32, "reply_to": done})
+    assert client.get("/whoami/").text == "anonymous"
+    assert client.next_for(done, timeout=1.5) is None
+    assert pending(stack, "thumbnail") == 1
+    # A thumbnail worker (here through manage.py runworker) does take it.
+    runworker = ServerProcess([], env=stack.env)
+    runworker.process = subprocess.Popen(
+        [sys.executable, "manage.py", "runworker", "--only-channels", "thumbnail"],
+        cwd=ROOT, env=runworker.env, stdout=runworker.log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    stack.processes.append(runworker)
+    result = client.next_for(done, timeout=20)
+    assert result is not None and result["name"] == "cat.png" and result["thumbnail"].endswith(".png")
+    runworker.signal(signal.SIGTERM)
+    assert runworker.wait(30) == 0
+
+
+def test_consumer_exception_is_logged_and_the_next_message_served(stack):
+    worker = stack.worker()
+    client = stack.client()
+    echo = client.ws_connect("/ws/echo/")
+    assert client.next_for(echo) == {"accept": True}
+    client.ws_send(echo, "/ws/echo/", 1, "raise")
+    client.ws_send(echo, "/ws/echo/", 2, "still here")
+    assert client.next_for(echo) == {"text": "still here"}
+    output = worker.output()
+    assert "consumer echo failed on websocket.receive" in output
+    assert "Traceback (most recent call last)" in output and "RuntimeError: echo consumer asked to fail" in output
+    assert worker.process.poll() is None
+
+
+def test_sigterm_lets_five_slow_consumers_finish_and_exits_0(stack):
+    worker = stack.worker("--threads", "5")
+    client = stack.client()
+    replies = [client.send_request("GET", "/slow/", query={"seconds": 3}) for _ in range(5)]
+    # All five taken (no prefetch beyond five threads), then the deploy's SIGTERM.
+    assert wait_until(lambda: pending(stack, "http.request") == 0)
+    time.sleep(0.3)
+    worker.signal(signal.SIGTERM)
+    late = client.send_request("GET", "/whoami/")
+    for reply in replies:
+        response = client.response(reply, timeout=20)
+        assert response.status == 200 and response.text == "slept 3.0"
+    assert worker.wait(30) == 0
+    assert "waiting up to 25 s for 5 in-flight consumer(s)" in worker.output()
+    assert "stopped cleanly" in worker.output()
+    # Stopped receiving at SIGTERM: the request sent afterwards was left for another worker.
+    assert client.next_for(late, timeout=0.2) is None
+    assert pending(stack, "http.request") == 1
+
+
+def test_graceful_timeout_abandons_consumers_and_second_sigint_forces(stack):
+    worker = stack.worker("--graceful-timeout", "1")
+    client = stack.client()
+    client.send_request("GET", "/slow/", query={"seconds": 10})
+    assert wait_until(lambda: pending(stack, "http.request") == 0)
+    time.sleep(0.3)
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 1
+    assert time.monotonic() - started < 8  # well under the 10 s the consumer wanted
+    assert "graceful timeout 1 s: 1 consumer(s) still running were abandoned" in worker.output()
+
+    worker = stack.worker()
+    client.send_request("GET", "/slow/", query={"seconds": 10})
+    assert wait_until(lambda: pending(stack, "http.request") == 0)
+    time.sleep(0.3)
+    worker.signal(signal.SIGINT)
+    time.sleep(0.3)
+    worker.signal(signal.SIGINT)
+    assert worker.wait(20) == 1
+    assert "forced stop: 1 consumer(s) still running were abandoned" in worker.output()
+
+
+def test_gevent_pool_runs_fifty_sleeping_consumers_at_once(stack):
+    stack.worker("--gevent", "50")
+    client = stack.client()
+    started = time.monotonic()
+    replies = [client.send_request("GET", "/slow/", query={"seconds": 4}) for _ in range(50)]
+    for reply in replies:
+        assert client.response(reply, timeout=30).text == "slept 4.0"
+    # 49 at a time would need two rounds, 8 s: under that, all 50 slept together.
+    assert time.monotonic() - started < 7.9
+
+
+def test_heartbeat_published_while_running_and_gone_after_exit(stack):
+    worker = stack.worker("--threads", "2", "--only-channels", "http.*")
+    pid = worker.process.pid
+
+    def mine():
+        return [info for info in stack.layer.heartbeats().values() if info["pid"] == pid]
+
+    assert wait_until(lambda: len(mine()) == 1)
+    (info,) = mine()
+    assert info["channels"] == ["http.disconnect", "http.request"] and info["threads"] == 2
+    assert info["busy"] == 0 and info["host"] and info["started"] <= time.time()
+    client = stack.client()
+    for _ in range(3):
+        client.get("/whoami/")
+    assert wait_until(lambda: mine() and mine()[0]["done"] >= 3, timeout=15)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert wait_until(lambda: mine() == [], timeout=5)
+
+
+def run_worker_cli(*args, env):
+    return subprocess.run(
+        [sys.executable, "-m", "paas_channels.cli", "run", "worker", *args],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, env_change, says",
+    [
+        (["--layer", "nope"], {}, "CHANNEL_LAYERS has no alias 'nope'"),
+        ([], {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, "channel layer 'default' (RedisChannelLayer) is unreachable"),
+        (["--only-channels", "nothing.*"], {}, "this worker would consume no channel"),
+        ([], {"PAAS_CHANNELS_GEVENT": "many"}, "environment variable PAAS_CHANNELS_GEVENT"),
+    ],
+)
+def test_boot_errors_exit_3_with_one_clear_line(stack, args, env_change, says):
+    result = run_worker_cli(*args, env={**stack.env, **env_change})
+    assert result.returncode == 3, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.stderr

@@ -185,13 +185,13 @@ class SyncIO(_Shards):
         return self._keep_first(replies)
 
     def _first_replies(self, taken: list[tuple[int, Any]], ids: list[int], timeout: float) -> list[Any]:
-        ready = [index for index, (_, conn) in enumerate(taken) if conn.can_read(0)]
+        ready = self._readable(taken)
         if not ready:
             with selectors.DefaultSelector() as selector:
                 for index, (_, conn) in enumerate(taken):
                     selector.register(conn._sock, selectors.EVENT_READ, index)
                 selector.select(timeout + 5)
-            ready = [index for index, (_, conn) in enumerate(taken) if conn.can_read(0)]
+            ready = self._readable(taken)
         replies: list[Any] = [None] * len(taken)
         for index, (shard, conn) in enumerate(taken):
             if index not in ready:
@@ -202,6 +202,15 @@ class SyncIO(_Shards):
                 reply = conn.read_response()
             replies[index] = (shard, reply[0], reply[1]) if reply else None
         return replies
+
+    def _readable(self, taken: list[tuple[int, Any]]) -> list[int]:
+        # A reply may already sit in the parser's buffer, where select() cannot see it.
+        ready = []
+        for index, (shard, conn) in enumerate(taken):
+            with self.errors(shard):
+                if conn.can_read(0):
+                    ready.append(index)
+        return ready
 
     def _keep_first(self, replies: list[Any]) -> tuple[int, bytes, bytes] | None:
         got = [reply for reply in replies if reply is not None]

@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
+class LayerUnavailable(Exception):
+    """A layer send failed for another reason than ``ChannelFull`` (Redis down, ...); already logged."""
+
+
 #: Body bytes per layer message: well under the layer's 1 MiB message limit.
 BODY_CHUNK = 256 * 1024
 #: First and longest pause when the body channel is full.
@@ -99,7 +103,8 @@ class HttpConnection:
 
     async def _send_request(self, body: bytes, streamed: bool) -> bool:
         scope = self.scope
-        self.body_channel = await self.app.layer.anew_channel("http.request.body?") if streamed else None
+        # Chosen here rather than with anew_channel(): no round trip, and 16 random characters do not collide.
+        self.body_channel = "http.request.body?" + self.app.layer.random_suffix(16) if streamed else None
         message = {
             "reply_channel": self.reply_channel,
             "http_version": scope.get("http_version", "1.1"),
@@ -115,7 +120,10 @@ class HttpConnection:
             "server": list(scope["server"]) if scope.get("server") else None,
         }
         try:
-            await self.app.layer.asend("http.request", message)
+            await self.app.asend("http.request", message)
+        except LayerUnavailable:
+            await _layer_unavailable(self.send)
+            return False
         except ChannelFull:
             logger.warning("http.request is full: answering 503 to %s %s at once", scope["method"], scope["path"])
             await send_plain(
@@ -135,8 +143,11 @@ class HttpConnection:
             delay = _BACKOFF_START
             while True:
                 try:
-                    await self.app.layer.asend(self.body_channel, message)
+                    await self.app.asend(self.body_channel, message)
                     break
+                except LayerUnavailable:
+                    await _layer_unavailable(self.send)
+                    return False
                 except ChannelFull:
                     if time.monotonic() + delay > deadline:
                         await self._no_worker_answer("no worker read the request body")
@@ -229,10 +240,14 @@ class HttpConnection:
     async def _client_gone(self) -> None:
         """Tell the workers (long-poll consumers) the client left before its response ended."""
         try:
-            await self.app.layer.asend("http.disconnect", {"reply_channel": self.reply_channel,
-                                                           "path": self.scope["path"]})
-        except ChannelFull:
-            logger.debug("http.disconnect is full; dropped the disconnect of %s", self.reply_channel)
+            await self.app.asend("http.disconnect", {"reply_channel": self.reply_channel, "path": self.scope["path"]})
+        except (ChannelFull, LayerUnavailable):
+            logger.debug("the disconnect of %s was dropped (layer full or unavailable)", self.reply_channel)
+
+
+async def _layer_unavailable(send: Send) -> None:
+    await send_plain(send, 503, "503 Service Unavailable: the channel layer is unreachable. Try again shortly.\n",
+                     [(b"retry-after", b"5")])
 
 
 def _header_bytes(value: Any) -> bytes:

@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
+from ._interface_http import LayerUnavailable
 from .layers import ChannelFull
 
 if TYPE_CHECKING:
@@ -135,9 +136,10 @@ class WebSocketConnection:
 
     async def _relay(self) -> None:
         try:
-            await self.app.layer.asend("websocket.connect", self._message())
-        except ChannelFull:
-            logger.warning("websocket.connect is full: refusing the WebSocket %s (403)", self.scope["path"])
+            await self.app.asend("websocket.connect", self._message())
+        except (ChannelFull, LayerUnavailable) as exc:
+            why = "is full" if isinstance(exc, ChannelFull) else "cannot be reached"
+            logger.warning("websocket.connect %s: refusing the WebSocket %s (403)", why, self.scope["path"])
             await self.send({"type": "websocket.close"})
             return
         queue = self.app.reply_queue(self.reply_channel)
@@ -174,17 +176,18 @@ class WebSocketConnection:
             return
         fields = {"bytes": event["bytes"]} if event.get("bytes") is not None else {"text": event.get("text", "")}
         try:
-            await self.app.layer.asend("websocket.receive", self._message(**fields))
-        except ChannelFull:
-            logger.warning("websocket.receive is full: closing WebSocket %s with 1013 (try again later)",
-                           self.reply_channel)
+            await self.app.asend("websocket.receive", self._message(**fields))
+        except (ChannelFull, LayerUnavailable) as exc:
+            why = "is full" if isinstance(exc, ChannelFull) else "cannot be reached"
+            logger.warning("websocket.receive %s: closing WebSocket %s with 1013 (try again later)",
+                           why, self.reply_channel)
             self.closed = True
             await self.send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
 
     async def _send_disconnect(self, code: int) -> None:
         try:
-            await self.app.layer.asend("websocket.disconnect", self._message(code=code))
-        except ChannelFull:
+            await self.app.asend("websocket.disconnect", self._message(code=code))
+        except (ChannelFull, LayerUnavailable):
             logger.warning("websocket.disconnect is full: the disconnect of %s was dropped", self.reply_channel)
 
     async def _apply_reply(self, reply: Any) -> None:

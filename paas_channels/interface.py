@@ -28,14 +28,14 @@ from typing import Any, Awaitable, Callable
 
 from .conf import Config
 from .exceptions import ConfigError
-from .layers import BaseChannelLayer
-from ._interface_http import HttpConnection, send_plain
+from .layers import BaseChannelLayer, ChannelFull
+from ._interface_http import HttpConnection, LayerUnavailable, send_plain
 from ._interface_ws import WebSocketConnection
 from ._static import StaticFiles
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HEALTH_PATH", "InterfaceApplication", "run", "serve"]
+__all__ = ["HEALTH_PATH", "InterfaceApplication", "LayerUnavailable", "run", "serve"]
 
 #: Answered in-process with layer reachability and the number of live workers.
 HEALTH_PATH = "/.paas-channels/health"
@@ -45,6 +45,9 @@ NO_WORKER_GRACE = 10.0
 _NO_WORKER_REPEAT = 300.0
 #: Pauses after a failed inbox receive (layer down): first and longest.
 _RETRY_START, _RETRY_MAX = 0.5, 5.0
+#: Layer sends in flight at once from this process: a burst of frames from many
+#: sockets queues here instead of exhausting the layer's connection pool.
+MAX_CONCURRENT_SENDS = 32
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
@@ -86,6 +89,7 @@ class InterfaceApplication:
         self._websockets: dict[str, WebSocketConnection] = {}
         self._http_active = 0
         self._tasks: list[asyncio.Task] = []
+        self._sends = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -157,6 +161,22 @@ class InterfaceApplication:
 
     def reply_queue(self, name: str) -> asyncio.Queue:
         return self._queues[name]
+
+    async def asend(self, channel: str, message: dict) -> None:
+        """Send on the layer with bounded concurrency.
+
+        Raises ``ChannelFull`` as the layer does, and :class:`LayerUnavailable`
+        (after logging why) for any other failure, so a connection can answer
+        503/1013 instead of crashing.
+        """
+        async with self._sends:
+            try:
+                await self.layer.asend(channel, message)
+            except ChannelFull:
+                raise
+            except Exception as exc:
+                logger.error("sending on %s failed: %s: %s", channel, type(exc).__name__, exc)
+                raise LayerUnavailable(str(exc)) from exc
 
     def websocket_scheme(self, scope: Scope) -> str:
         """``ws`` or ``wss``; behind a trusted proxy, from ``X-Forwarded-Proto``."""

@@ -57,7 +57,7 @@ def project_env(base: Path | None = None, redis_url: str | None = None, **extra:
     env = {
         "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
         "PYTHONPATH": os.pathsep.join([str(base), str(ROOT)]),
-        "SQLITE_PATH": str(base / "db.sqlite3"),
+        "DATABASE_URL": f"sqlite:///{base / 'db.sqlite3'}",
         "PAAS_CHANNELS_LOG_LEVEL": "info",
         **extra,
     }

@@ -172,10 +172,10 @@ class HttpConnection:
                         await self._client_gone()
                     elif self._response_started:
                         logger.warning(
-                            "%s %s: no more response content within %.0f s; ending the response",
+                            "%s %s: no more response content within %.0f s; closing the connection",
                             self.scope["method"], self.scope["path"], self.timeout,
                         )
-                        await self.send({"type": "http.response.body", "body": b""})
+                        await self._abort()
                     else:
                         await self._no_worker_answer("no worker answered")
                     return
@@ -221,10 +221,23 @@ class HttpConnection:
             self.scope["method"], self.scope["path"], self.reply_channel, problem,
         )
         if self._response_started:
-            await self.send({"type": "http.response.body", "body": b""})
+            await self._abort()
         else:
             await send_plain(self.send, 500, "500 Internal Server Error: the worker sent an invalid reply.\n")
         return False
+
+    async def _abort(self) -> None:
+        """Cut a started response so the client sees it incomplete, not falsely finished.
+
+        ASGI has no "abort"; under Daphne ``send`` is bound to the request, whose
+        transport can be closed.  Elsewhere the response is ended normally.
+        """
+        request = next(iter(getattr(self.send, "args", ())), None)
+        transport = getattr(request, "transport", None) or getattr(getattr(request, "channel", None), "transport", None)
+        if transport is not None and hasattr(transport, "loseConnection"):
+            transport.loseConnection()  # after what was written so far: a truncated body
+        else:
+            await self.send({"type": "http.response.body", "body": b""})
 
     async def _no_worker_answer(self, what: str) -> None:
         workers = self.app.worker_count

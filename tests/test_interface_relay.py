@@ -206,6 +206,26 @@ def test_invalid_reply_is_a_500_not_a_hang(web, layer):
     assert response.status_code == 500 and "invalid reply" in response.text
 
 
+def test_stalled_stream_is_cut_not_falsely_completed(redis, layer):
+    process, port = start_web(project_env(redis_url=redis.url), "--http-timeout", "2")
+    try:
+        def read_stream():
+            with httpx.stream("GET", f"http://127.0.0.1:{port}/stream/", timeout=30) as response:
+                return b"".join(response.iter_bytes())
+
+        pending = in_thread(read_stream)
+        request = take(layer, "http.request")
+        layer.send(request["reply_channel"], {"status": 200, "headers": [], "content": b"partial",
+                                              "more_content": True})
+        # The worker never sends the rest: after --http-timeout the client must see a broken
+        # response, not a complete one that silently lacks its end.
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            pending()
+        assert "closing the connection" in process.output()
+    finally:
+        process.close()
+
+
 ### WebSocket ###
 
 

@@ -4,7 +4,7 @@ from paas_channels.consumers import ignore_message
 from paas_channels.handler import view_consumer
 from paas_channels.routing import include, route, route_class
 
-from . import consumers
+from . import consumers, interface_demo
 
 #: Included under ^/ws/echo: these filters see the path with that prefix stripped.
 echo_routing = [
@@ -22,6 +22,7 @@ channel_routing = [
     # WebSockets.
     route_class(consumers.ChatConsumer, path=r"^/ws/chat/(?P<room>[-\w]+)/$"),
     include(echo_routing, path=r"^/ws/echo"),
+    route("websocket.connect", interface_demo.close_with_code, path=r"^/ws/close/(?P<code>1000|[34]\d{3})/$"),
     route("websocket.connect", consumers.reject_connection),
     route("websocket.receive", ignore_message),
     route("websocket.disconnect", ignore_message),

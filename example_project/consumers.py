@@ -52,6 +52,8 @@ class ChatConsumer(JsonWebsocketConsumer):
     """A chat room: everyone in ``chat-<room>`` sees every message, with the sender's name."""
 
     http_user = True
+    # A conversation's messages run in the order they were sent, whichever worker takes them.
+    strict_ordering = True
 
     def connection_groups(self, room: str = "lobby", **kwargs) -> list[str]:
         return [f"chat-{room}"]

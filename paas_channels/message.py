@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .layers import DEFAULT_CHANNEL_LAYER, BaseChannelLayer, ChannelFull, get_channel_layer
 
@@ -27,6 +27,7 @@ __all__ = [
     "Channel",
     "Group",
     "Message",
+    "after_sends",
     "deferred_sends",
     "send_with_retry",
 ]
@@ -38,7 +39,9 @@ SEND_RETRY_SECONDS = 5.0
 
 # The sends a running consumer made, delivered when it returns.  A context
 # variable is per thread and per greenlet, so concurrent consumers never mix.
-_pending: contextvars.ContextVar[list[tuple[str, BaseChannelLayer, str, dict]] | None] = contextvars.ContextVar(
+# An entry is (kind, layer, name, content), or ("call", None, "", fn) for after_sends().
+_Entry = tuple[str, Any, str, Any]
+_pending: contextvars.ContextVar[list[_Entry] | None] = contextvars.ContextVar(
     "paas_channels_pending_sends", default=None
 )
 
@@ -79,7 +82,7 @@ def deferred_sends() -> Iterator[None]:
     if _pending.get() is not None:
         yield
         return
-    buffer: list[tuple[str, BaseChannelLayer, str, dict]] = []
+    buffer: list[_Entry] = []
     token = _pending.set(buffer)
     try:
         yield
@@ -92,12 +95,28 @@ def deferred_sends() -> Iterator[None]:
     _deliver(buffer)
 
 
-def _deliver(buffer: list[tuple[str, BaseChannelLayer, str, dict]]) -> None:
+def _deliver(buffer: list[_Entry]) -> None:
     for kind, layer, name, content in buffer:
-        if kind == "group":
+        if kind == "call":
+            content()
+        elif kind == "group":
             layer.send_group(name, content)
         else:
             send_with_retry(layer, name, content)
+
+
+def after_sends(callback: Callable[[], Any]) -> None:
+    """Run ``callback`` once the running consumer's sends so far are delivered
+    (at once outside a consumer); dropped with them if the consumer fails.
+
+    ``enforce_ordering`` uses it to let the next message of a conversation run
+    only after this one's replies are out.
+    """
+    buffer = _pending.get()
+    if buffer is None:
+        callback()
+    else:
+        buffer.append(("call", None, "", callback))
 
 
 def _send(kind: str, layer: BaseChannelLayer, name: str, content: dict, immediately: bool) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase
 
-from .message import Channel, Message
+from .message import Message, after_sends, send_with_retry
 
 __all__ = [
     "channel_session",
@@ -230,18 +230,28 @@ def enforce_ordering(func: Callable | None = None, *, slight: bool = False) -> C
         if not runnable:
             _park(message)
             return None
-        succeeded = False
         try:
             result = func(*args, **kwargs)
-            succeeded = True
-            return result
-        finally:
-            # A failed message still counts as handled, or the conversation would stall.
-            session[_NEXT_ORDER] = max(expected, order + 1)
-            session.save()
-            _requeue(message, immediately=not succeeded)
+        except BaseException:
+            # A failed message still counts as handled, or the conversation would stall;
+            # it sent nothing, so the next one may run at once.
+            _advance(message, order)
+            raise
+        # The next message may run only once this one's replies are out.
+        after_sends(lambda: _advance(message, order))
+        return result
 
     return inner
+
+
+def _advance(message: Message, order: int) -> None:
+    """Record that ``order`` ran and send the messages parked behind it back to their channels."""
+    if message.channel.name == "websocket.disconnect":
+        return  # the conversation is over and its channel session deleted
+    session = session_for_reply_channel(message.reply_channel.name)
+    session[_NEXT_ORDER] = max(session.get(_NEXT_ORDER, 0), order + 1)
+    session.save()
+    _requeue(message)
 
 
 def _park(message: Message) -> None:
@@ -253,14 +263,14 @@ def _park(message: Message) -> None:
     # parked message is not left waiting for a next message that never comes.
     fresh = session_for_reply_channel(message.reply_channel.name)
     if fresh.get(_NEXT_ORDER, 0) > message.channel_session.get(_NEXT_ORDER, 0):
-        _requeue(message, immediately=True)
+        _requeue(message)
 
 
-def _requeue(message: Message, immediately: bool) -> None:
+def _requeue(message: Message) -> None:
     layer = message.channel_layer
     wait = _wait_channel(message.reply_channel.name)
     while True:
         _, parked = layer.receive([wait])
         if parked is None:
             return
-        Channel(parked["channel"], channel_layer=layer).send(parked["content"], immediately=immediately)
+        send_with_retry(layer, parked["channel"], parked["content"])

@@ -145,3 +145,27 @@ def test_long_poll_answered_by_a_later_group_send(client, stack):
         assert response.status == 200 and json.loads(response.body) == {"text": "news!"}
     assert client.next_for(gone, timeout=0.5) is None
     assert stack.layer.group_channels("live") == []
+
+
+def test_websocket_chat_keeps_the_logged_in_user_across_workers(stack):
+    client = stack.client()
+    response = client.post_form(
+        "/signup/", {"username": "ada", "password1": "Lovelace-1815-engine", "password2": "Lovelace-1815-engine"},
+        csrf_from="/signup/",
+    )
+    assert response.status == 302
+    path = "/ws/chat/lobby/"
+    reply = client.ws_connect(path)
+    # Sent at once, so the two workers race for them: ordering and the channel
+    # session (where connect stored the user) keep the conversation right.
+    for order in range(1, 6):
+        client.ws_send(reply, path, order, json.dumps({"text": f"message {order}"}))
+    assert client.next_for(reply) == {"accept": True}
+    frames = [json.loads(client.next_for(reply)["text"]) for _ in range(6)]
+    assert frames[0] == {"system": "ada joined lobby"}
+    assert frames[1:] == [{"user": "ada", "text": f"message {n}", "room": "lobby"} for n in range(1, 6)]
+    client.ws_disconnect(reply, path, 6)
+    deadline = time.monotonic() + 10
+    while stack.layer.group_channels("chat-lobby") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stack.layer.group_channels("chat-lobby") == []

@@ -163,6 +163,10 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(config.log_level.upper())
     logger.info("paas-channels %s: %s", __version__, config.describe())
     logger.info("settings %s: %s", os.environ.get("DJANGO_SETTINGS_MODULE"), _describe_settings())
+    if mode == "web" and config.http == "direct":
+        from ._hybrid import run_web
+
+        return run_web(config)
     try:
         runner = importlib.import_module(MODE_RUNNERS[mode])
     except ModuleNotFoundError as exc:

@@ -127,8 +127,10 @@ OPTIONS: tuple[Option, ...] = (
            env="PAAS_CHANNELS_ROOT_PATH", modes=_WEB),
     Option("ping_interval", ("--ping-interval",), "seconds between WebSocket pings (under Heroku's 55 s idle limit)",
            default=20.0, env="PAAS_CHANNELS_PING_INTERVAL", type=_positive_float, modes=frozenset({"web", "combined"})),
-    Option("threads", ("--threads",), "worker threads (default WEB_CONCURRENCY, else 1; combined: else 4)",
-           default=None, env="WEB_CONCURRENCY", type=_positive_int, modes=_WORKER),
+    Option("threads", ("--threads",),
+           "worker threads; with web --http direct: threads serving HTTP (default WEB_CONCURRENCY, else 1; "
+           "combined and web: else 4)",
+           default=None, env="WEB_CONCURRENCY", type=_positive_int, modes=frozenset({"worker", "combined", "web"})),
     Option("gevent", ("--gevent",), "run consumers in a pool of N greenlets instead of threads (I/O-bound work)",
            default=0, env="PAAS_CHANNELS_GEVENT", type=_non_negative_int, modes=frozenset({"worker"})),
     Option("only_channels", ("--only-channels",), "only consume channels matching this glob (repeatable)",
@@ -138,6 +140,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("allowed_origins", ("--allowed-origin",),
            "host pattern a WebSocket Origin may have (repeatable; default: settings.ALLOWED_HOSTS)",
            default=(), env="PAAS_CHANNELS_ALLOWED_ORIGINS", repeatable=True, modes=frozenset({"web", "combined"})),
+    Option("http", ("--http",),
+           "how plain HTTP reaches Django: 'layer' (through the workers) or 'direct' (the WSGI app in this "
+           "process's thread pool; WebSockets and long-poll paths still go through the layer)",
+           default="layer", env="PAAS_CHANNELS_HTTP", choices=("layer", "direct"), modes=frozenset({"web", "combined"})),
+    Option("long_poll_paths", ("--long-poll-path",),
+           "with --http direct: a path regex still sent through the layer (repeatable; ROUTING's non-view "
+           "http.request routes are added)",
+           default=(), env="PAAS_CHANNELS_LONG_POLL_PATHS", repeatable=True, modes=frozenset({"web", "combined"})),
     Option("graceful_timeout", ("--graceful-timeout",),
            "seconds to finish in-flight work after SIGTERM (under Heroku's 30 s)", default=25.0,
            env="PAAS_CHANNELS_GRACEFUL_TIMEOUT", type=_positive_float),
@@ -210,7 +220,7 @@ def load_config(mode: str, cli: Mapping[str, Any] | None = None, environ: Mappin
             env_values[option.name] = environ[option.env]
     defaults = {option.name: option.default for option in OPTIONS}
     defaults["http_timeout"] = 25.0 if on_heroku(environ) else 120.0
-    defaults["threads"] = 4 if mode == "combined" else 1
+    defaults["threads"] = 4 if mode in ("combined", "web") else 1
     chain = ChainMap(cli_values, env_values, defaults)
 
     values: dict[str, Any] = {}

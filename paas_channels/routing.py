@@ -67,7 +67,25 @@ def _match_filters(filters: dict[str, re.Pattern], values: dict[str, Any]) -> tu
     return kwargs, rest
 
 
-class Route:
+class _ConsumerRoute:
+    """A consumer for a set of channels, behind filters (shared by route and route_class)."""
+
+    consumer: Any
+    filters: dict[str, re.Pattern]
+    _channels: frozenset[str]
+
+    @property
+    def channels(self) -> set[str]:
+        return set(self._channels)
+
+    def match(self, channel: str, values: dict[str, Any]) -> tuple[Consumer, dict[str, str]] | None:
+        if channel not in self._channels:
+            return None
+        matched = _match_filters(self.filters, values)
+        return None if matched is None else (self.consumer, matched[0])
+
+
+class Route(_ConsumerRoute):
     """Send messages on ``channel`` that pass the filters to ``consumer``."""
 
     def __init__(self, channel: str, consumer: Consumer | str, **filters: Any) -> None:
@@ -79,6 +97,7 @@ class Route:
                 "channels are read by the process that created them"
             )
         self.channel = channel
+        self._channels = frozenset({channel})
         if isinstance(consumer, str):
             consumer = _import(consumer, f"route({channel!r}, {consumer!r})")
         if not callable(consumer):
@@ -86,21 +105,11 @@ class Route:
         self.consumer = consumer
         self.filters = _compile_filters(filters, f"route({channel!r}, {_name(consumer)})")
 
-    @property
-    def channels(self) -> set[str]:
-        return {self.channel}
-
-    def match(self, channel: str, values: dict[str, Any]) -> tuple[Consumer, dict[str, str]] | None:
-        if channel != self.channel:
-            return None
-        matched = _match_filters(self.filters, values)
-        return None if matched is None else (self.consumer, matched[0])
-
     def __repr__(self) -> str:
         return f"route({self.channel!r}, {_name(self.consumer)}, {_show(self.filters)})"
 
 
-class RouteClass:
+class RouteClass(_ConsumerRoute):
     """Route every channel a consumer class handles (its ``method_mapping``) to it."""
 
     def __init__(self, consumer: type, **filters: Any) -> None:
@@ -112,17 +121,7 @@ class RouteClass:
             )
         self.consumer = consumer
         self.filters = _compile_filters(filters, f"route_class({consumer.__name__})")
-        self._channels = set(channel_names())
-
-    @property
-    def channels(self) -> set[str]:
-        return set(self._channels)
-
-    def match(self, channel: str, values: dict[str, Any]) -> tuple[Consumer, dict[str, str]] | None:
-        if channel not in self._channels:
-            return None
-        matched = _match_filters(self.filters, values)
-        return None if matched is None else (self.consumer, matched[0])
+        self._channels = frozenset(channel_names())
 
     def __repr__(self) -> str:
         return f"route_class({self.consumer.__name__}, {_show(self.filters)})"

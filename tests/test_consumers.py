@@ -19,6 +19,7 @@ from paas_channels.layers import InMemoryChannelLayer, _layers
 from paas_channels.message import Message, send_with_retry
 from paas_channels.routing import default_routing, route, route_class
 from paas_channels.worker import Worker
+from tests.worker_client import ws
 
 
 @pytest.fixture
@@ -35,15 +36,6 @@ def drain(layer, prefix="in!"):
         if channel is None:
             return got
         got.append((channel, message))
-
-
-def run_all(worker, layer):
-    """Run every waiting message's consumer in this thread, until none is left."""
-    while True:
-        channel, content = layer.receive(worker.channels)
-        if channel is None:
-            return
-        worker.run_consumer(channel, content)
 
 
 @pytest.fixture
@@ -200,25 +192,21 @@ class Room(WebsocketConsumer):
             self.send(bytes=bytes[::-1])
 
 
-def ws(reply, order, **extra):
-    return {"reply_channel": reply, "path": "/room/red/", "order": order, **extra}
-
-
 def test_websocket_consumer_groups_send_close(layer, monkeypatch):
     # group_send is a classmethod on the "default" layer: make ours the default.
     monkeypatch.setitem(_layers, "default", layer)
     worker = Worker(layer, [route_class(Room, path=r"^/room/(?P<room>\w+)/$")])
-    worker.run_consumer("websocket.connect", ws("in!a", 0))
-    worker.run_consumer("websocket.connect", ws("in!b", 0))
+    worker.run_consumer("websocket.connect", ws("in!a", 0, "/room/red/"))
+    worker.run_consumer("websocket.connect", ws("in!b", 0, "/room/red/"))
     assert drain(layer) == [("in!a", {"accept": True}), ("in!b", {"accept": True})]
     assert sorted(layer.group_channels("room-red")) == ["in!a", "in!b"]
 
-    worker.run_consumer("websocket.receive", ws("in!a", 1, text="hello"))
+    worker.run_consumer("websocket.receive", ws("in!a", 1, "/room/red/", text="hello"))
     assert sorted(drain(layer)) == [("in!a", {"text": "red: hello"}), ("in!b", {"text": "red: hello"})]
-    worker.run_consumer("websocket.receive", ws("in!a", 2, bytes=b"abc"))
-    worker.run_consumer("websocket.receive", ws("in!b", 1, text="bye"))
+    worker.run_consumer("websocket.receive", ws("in!a", 2, "/room/red/", bytes=b"abc"))
+    worker.run_consumer("websocket.receive", ws("in!b", 1, "/room/red/", text="bye"))
     assert drain(layer) == [("in!a", {"bytes": b"cba"}), ("in!b", {"close": 4000})]
-    worker.run_consumer("websocket.disconnect", ws("in!b", 2, code=4000))
+    worker.run_consumer("websocket.disconnect", ws("in!b", 2, "/room/red/", code=4000))
     assert layer.group_channels("room-red") == ["in!a"]
 
 

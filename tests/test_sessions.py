@@ -18,6 +18,7 @@ from paas_channels.message import Message
 from paas_channels.routing import route
 from paas_channels.sessions import channel_session, enforce_ordering, http_session, session_for_reply_channel
 from paas_channels.worker import Worker
+from tests.worker_client import run_all, ws
 
 pytestmark = pytest.mark.usefixtures("cache_sessions")
 
@@ -34,18 +35,6 @@ def cache_sessions():
 @pytest.fixture
 def layer():
     return InMemoryChannelLayer(blocking_timeout=0.1)
-
-
-def run_all(worker, layer):
-    while True:
-        channel, content = layer.receive(worker.channels)
-        if channel is None:
-            return
-        worker.run_consumer(channel, content)
-
-
-def ws(reply, order, **extra):
-    return {"reply_channel": reply, "path": "/", "order": order, **extra}
 
 
 def test_channel_session_persists_per_reply_channel_and_ends_on_disconnect(layer):

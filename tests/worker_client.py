@@ -175,6 +175,20 @@ class LayerClient:
         self.layer.send("websocket.disconnect", self.ws_message(reply, path, order, code=code))
 
 
+def run_all(worker: Any, layer: BaseChannelLayer) -> None:
+    """Run every waiting message's consumer in this thread (``Worker.run_consumer``) until none is left."""
+    while True:
+        channel, content = layer.receive(worker.channels)
+        if channel is None:
+            return
+        worker.run_consumer(channel, content)
+
+
+def ws(reply: str, order: int, path: str = "/", **extra: Any) -> dict:
+    """A minimal websocket.* message for in-process consumer tests."""
+    return {"reply_channel": reply, "path": path, "order": order, **extra}
+
+
 def multipart(field: str, filename: str, data: bytes, boundary: str = "paasBoundary7MA4YWxkTrZu0gW") -> tuple[bytes, str]:
     """A multipart/form-data body with one file; returns (body, content type)."""
     body = (

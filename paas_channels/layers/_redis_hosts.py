@@ -98,7 +98,11 @@ class RedisHost:
         """A ``redis.asyncio`` connection pool for this host, for one event loop."""
         module = redis.asyncio.connection
         classes = {"tcp": module.Connection, "ssl": module.SSLConnection, "unix": module.UnixDomainSocketConnection}
+        # No per-command socket timeout on the loop: redis.asyncio would wrap
+        # every read and write in a timer task, costing more than the round
+        # trip.  Callers bound waits themselves (the interface's --http-timeout).
         kwargs = self._pool_kwargs(socket_timeout)
+        kwargs["socket_timeout"] = None
         kwargs["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
         return redis.asyncio.ConnectionPool(connection_class=classes[self.kind], **kwargs)
 

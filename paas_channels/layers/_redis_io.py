@@ -2,9 +2,16 @@
 
 The layer writes each operation once, as a generator that yields what it needs
 from Redis (a list of :class:`Call` s, or one :class:`BlockingPop`) and
-receives the replies.  :class:`SyncIO` (redis-py, thread-safe, gevent-friendly)
-and :class:`AsyncIO` (``redis.asyncio``, one per event loop) only run those
-requests, so the two sides share every script, key and decision.
+receives the replies.  :class:`SyncIO` (redis-py connections: threads, gevent)
+and :class:`AsyncIO` (``redis.asyncio`` connections, one set per event loop)
+only run those requests, so the two sides share every script, key and decision.
+
+Connections are redis-py's own (connect, AUTH, TLS, SELECT), but commands go
+straight through them: packed by hiredis, several per shard in one write.  The
+client and pool layers of redis-py cost more per command than the round trip
+to a local Redis, and one round trip per operation is the point of this layer.
+A connection that fails is dropped; a reused idle connection that fails (Redis
+restarted since) is replaced once, because the old server never saw the command.
 
 A blocking pop over several shards sends ``BLPOP`` on one connection per shard
 at once; the first reply wins, the other connections are released with
@@ -21,9 +28,9 @@ import selectors
 from dataclasses import dataclass
 from typing import Any, Generator, Iterator, Sequence
 
+import hiredis
 import redis
-import redis.asyncio
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ._redis_hosts import RedisHost
 from ._redis_scripts import Script
@@ -31,6 +38,8 @@ from ._redis_scripts import Script
 __all__ = ["AsyncIO", "BlockingPop", "Call", "ChannelLayerConnectionError", "SyncIO"]
 
 logger = logging.getLogger(__name__)
+
+_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 class ChannelLayerConnectionError(redis.exceptions.ConnectionError, ConnectionError):
@@ -51,6 +60,12 @@ class Call:
     script: Script | None = None
     keys: tuple = ()
 
+    def command(self, by_sha: bool = True) -> tuple:
+        if self.script is None:
+            return self.args
+        head = ("EVALSHA", self.script.sha) if by_sha else ("EVAL", self.script.source)
+        return (*head, len(self.keys), *self.keys, *self.args)
+
 
 @dataclass(frozen=True)
 class BlockingPop:
@@ -66,27 +81,54 @@ class BlockingPop:
 Op = Generator[Any, Any, Any]
 
 
-def _script_args(call: Call, by_sha: bool) -> tuple:
-    head = ("EVALSHA", call.script.sha) if by_sha else ("EVAL", call.script.source)
-    return (*head, len(call.keys), *call.keys, *call.args)
+def _pack(commands: Sequence[tuple]) -> list[bytes]:
+    return [b"".join(hiredis.pack_command(command) for command in commands)]
 
 
-def _blpop_timeout(timeout: float) -> float:
+def _blpop(keys: Sequence[str], timeout: float) -> tuple:
     # BLPOP's 0 means "forever": never send it.
-    return max(0.01, round(timeout, 3))
+    return ("BLPOP", *keys, f"{max(0.01, timeout):.3f}")
+
+
+def _by_shard(calls: Sequence[Call]) -> dict[int, list[int]]:
+    by_shard: dict[int, list[int]] = {}
+    for index, call in enumerate(calls):
+        by_shard.setdefault(call.shard, []).append(index)
+    return by_shard
+
+
+def _reply(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def _popped(shard: int, reply: Any) -> tuple[int, bytes, bytes] | None:
+    return (shard, reply[0], reply[1]) if reply else None
 
 
 class _Shards:
-    """What both drivers share: hosts, and turning redis-py errors into ours."""
+    """What both drivers share: hosts, idle connections, and turning redis-py errors into ours."""
 
-    def __init__(self, hosts: Sequence[RedisHost]) -> None:
+    def __init__(self, hosts: Sequence[RedisHost], pools: list[Any]) -> None:
         self.hosts = list(hosts)
+        # redis-py pools only make and configure connections here.
+        self.pools = pools
+        # Idle connections per shard: list.pop/append are atomic, for threads and greenlets.
+        self.idle: list[list[Any]] = [[] for _ in self.hosts]
+
+    def _acquire(self, shard: int) -> tuple[Any, bool]:
+        """A connection and whether it was reused (so may be stale)."""
+        try:
+            return self.idle[shard].pop(), True
+        except IndexError:
+            return self.pools[shard].make_connection(), False
 
     @contextlib.contextmanager
     def errors(self, shard: int) -> Iterator[None]:
         try:
             yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        except _CONNECTION_ERRORS as exc:
             if isinstance(exc, ChannelLayerConnectionError):
                 raise
             host = self.hosts[shard]
@@ -99,14 +141,16 @@ class _Shards:
                 "by itself once it is back."
             ) from None
 
+    @staticmethod
+    def _scripts_to_resend(calls: Sequence[Call], replies: list[Any]) -> list[int]:
+        return [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError) and calls[i].script]
+
 
 class SyncIO(_Shards):
-    """Runs layer operations on redis-py clients (one thread-safe pool per shard)."""
+    """Runs layer operations on redis-py connections; safe for threads and gevent."""
 
     def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float) -> None:
-        super().__init__(hosts)
-        self.pools = [host.sync_pool(socket_timeout) for host in self.hosts]
-        self.clients = [redis.Redis(connection_pool=pool) for pool in self.pools]
+        super().__init__(hosts, [host.sync_pool(socket_timeout) for host in hosts])
 
     def run(self, op: Op) -> Any:
         try:
@@ -123,65 +167,73 @@ class SyncIO(_Shards):
             op.close()
 
     def close(self) -> None:
-        for pool in self.pools:
-            pool.disconnect()
+        """Disconnect idle connections (busy ones are dropped when they come back)."""
+        for idle in self.idle:
+            while idle:
+                idle.pop().disconnect()
 
-    def _call(self, call: Call) -> Any:
-        client = self.clients[call.shard]
-        with self.errors(call.shard):
-            if call.script is None:
-                return client.execute_command(*call.args)
-            try:
-                return client.execute_command(*_script_args(call, by_sha=True))
-            except NoScriptError:
-                return client.execute_command(*_script_args(call, by_sha=False))
+    def _round_trip(self, shard: int, commands: Sequence[tuple]) -> list[Any]:
+        """Send ``commands`` in one write, read every reply (errors as values)."""
+        packed = _pack(commands)
+        with self.errors(shard):
+            for attempt in (0, 1):
+                conn, reused = self._acquire(shard)
+                try:
+                    conn.send_packed_command(packed, check_health=False)
+                    replies = []
+                    for _ in commands:
+                        try:
+                            replies.append(conn.read_response())
+                        except ResponseError as exc:
+                            replies.append(exc)
+                except _CONNECTION_ERRORS:
+                    conn.disconnect()
+                    if reused and attempt == 0:
+                        continue
+                    raise
+                except BaseException:
+                    conn.disconnect()
+                    raise
+                self.idle[shard].append(conn)
+                return replies
+        raise AssertionError("unreachable")
 
     def _calls(self, calls: Sequence[Call]) -> list[Any]:
-        if len(calls) == 1:
-            return [self._call(calls[0])]
         replies: list[Any] = [None] * len(calls)
-        by_shard: dict[int, list[int]] = {}
-        for index, call in enumerate(calls):
-            by_shard.setdefault(call.shard, []).append(index)
-        for shard, indexes in by_shard.items():
-            with self.errors(shard):
-                pipe = self.clients[shard].pipeline(transaction=False)
-                for index in indexes:
-                    call = calls[index]
-                    pipe.execute_command(*(_script_args(call, True) if call.script else call.args))
-                results = pipe.execute(raise_on_error=False)
+        for shard, indexes in _by_shard(calls).items():
+            shard_calls = [calls[i] for i in indexes]
+            results = self._round_trip(shard, [call.command() for call in shard_calls])
+            resend = self._scripts_to_resend(shard_calls, results)
+            if resend:  # Redis lost its script cache (restart): send the source once
+                again = self._round_trip(shard, [shard_calls[i].command(by_sha=False) for i in resend])
+                for i, result in zip(resend, again):
+                    results[i] = result
             for index, result in zip(indexes, results):
-                if isinstance(result, NoScriptError):
-                    result = self._call(calls[index])
-                elif isinstance(result, Exception):
-                    raise result
-                replies[index] = result
+                replies[index] = _reply(result)
         return replies
 
     def _blocking_pop(self, request: BlockingPop) -> tuple[int, bytes, bytes] | None:
-        timeout = _blpop_timeout(request.timeout)
         if len(request.plan) == 1:
             shard, keys = request.plan[0]
-            with self.errors(shard):
-                reply = self.clients[shard].execute_command("BLPOP", *keys, timeout)
-            return (shard, reply[0], reply[1]) if reply else None
+            (reply,) = self._round_trip(shard, [_blpop(keys, request.timeout)])
+            return _popped(shard, _reply(reply))
         taken: list[tuple[int, Any]] = []
-        healthy = False
+        replies: list[Any] = []
         try:
             ids = []
             for shard, keys in request.plan:
                 with self.errors(shard):
-                    conn = self.pools[shard].get_connection()
+                    conn = self._acquire(shard)[0]
                     taken.append((shard, conn))
-                    conn.send_packed_command(conn.pack_commands([("CLIENT", "ID"), ("BLPOP", *keys, timeout)]))
+                    conn.send_packed_command(_pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), check_health=False)
                     ids.append(conn.read_response())
-            replies = self._first_replies(taken, ids, timeout)
-            healthy = True
+            replies = self._first_replies(taken, ids, request.timeout)
         finally:
             for shard, conn in taken:
-                if not healthy:
+                if len(replies) == len(taken):
+                    self.idle[shard].append(conn)
+                else:
                     conn.disconnect()
-                self.pools[shard].release(conn)
         return self._keep_first(replies)
 
     def _first_replies(self, taken: list[tuple[int, Any]], ids: list[int], timeout: float) -> list[Any]:
@@ -192,15 +244,13 @@ class SyncIO(_Shards):
                     selector.register(conn._sock, selectors.EVENT_READ, index)
                 selector.select(timeout + 5)
             ready = self._readable(taken)
-        replies: list[Any] = [None] * len(taken)
-        for index, (shard, conn) in enumerate(taken):
-            if index not in ready:
-                with self.errors(shard):
-                    self.clients[shard].execute_command("CLIENT", "UNBLOCK", ids[index])
-        for index, (shard, conn) in enumerate(taken):
+        unblock = [(taken[i][0], ("CLIENT", "UNBLOCK", ids[i])) for i in range(len(taken)) if i not in ready]
+        for shard, command in unblock:
+            self._round_trip(shard, [command])
+        replies = []
+        for shard, conn in taken:
             with self.errors(shard):
-                reply = conn.read_response()
-            replies[index] = (shard, reply[0], reply[1]) if reply else None
+                replies.append(_popped(shard, conn.read_response()))
         return replies
 
     def _readable(self, taken: list[tuple[int, Any]]) -> list[int]:
@@ -215,18 +265,15 @@ class SyncIO(_Shards):
     def _keep_first(self, replies: list[Any]) -> tuple[int, bytes, bytes] | None:
         got = [reply for reply in replies if reply is not None]
         for shard, key, value in got[1:]:
-            with self.errors(shard):
-                self.clients[shard].execute_command("LPUSH", key, value)
+            _reply(self._round_trip(shard, [("LPUSH", key, value)])[0])
         return got[0] if got else None
 
 
 class AsyncIO(_Shards):
-    """Runs layer operations on ``redis.asyncio`` clients bound to one event loop."""
+    """Runs layer operations on ``redis.asyncio`` connections bound to one event loop."""
 
     def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float) -> None:
-        super().__init__(hosts)
-        self.pools = [host.async_pool(socket_timeout) for host in self.hosts]
-        self.clients = [redis.asyncio.Redis(connection_pool=pool) for pool in self.pools]
+        super().__init__(hosts, [host.async_pool(socket_timeout) for host in hosts])
 
     async def run(self, op: Op) -> Any:
         try:
@@ -243,43 +290,53 @@ class AsyncIO(_Shards):
             op.close()
 
     async def close(self) -> None:
-        for pool in self.pools:
-            await pool.disconnect()
+        for idle in self.idle:
+            while idle:
+                await idle.pop().disconnect()
 
-    async def _call(self, call: Call) -> Any:
-        client = self.clients[call.shard]
-        with self.errors(call.shard):
-            if call.script is None:
-                return await client.execute_command(*call.args)
-            try:
-                return await client.execute_command(*_script_args(call, by_sha=True))
-            except NoScriptError:
-                return await client.execute_command(*_script_args(call, by_sha=False))
+    async def _round_trip(self, shard: int, commands: Sequence[tuple]) -> list[Any]:
+        packed = _pack(commands)
+        with self.errors(shard):
+            for attempt in (0, 1):
+                conn, reused = self._acquire(shard)
+                try:
+                    await conn.send_packed_command(packed, check_health=False)
+                    replies = []
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response())
+                        except ResponseError as exc:
+                            replies.append(exc)
+                except _CONNECTION_ERRORS:
+                    await conn.disconnect(nowait=True)
+                    if reused and attempt == 0:
+                        continue
+                    raise
+                except BaseException:  # cancelled mid-command: the connection's state is unknown
+                    await conn.disconnect(nowait=True)
+                    raise
+                self.idle[shard].append(conn)
+                return replies
+        raise AssertionError("unreachable")
 
     async def _shard_calls(self, shard: int, calls: list[Call]) -> list[Any]:
-        with self.errors(shard):
-            pipe = self.clients[shard].pipeline(transaction=False)
-            for call in calls:
-                pipe.execute_command(*(_script_args(call, True) if call.script else call.args))
-            results = await pipe.execute(raise_on_error=False)
-        replies = []
-        for call, result in zip(calls, results):
-            if isinstance(result, NoScriptError):
-                result = await self._call(call)
-            elif isinstance(result, Exception):
-                raise result
-            replies.append(result)
-        return replies
+        results = await self._round_trip(shard, [call.command() for call in calls])
+        resend = self._scripts_to_resend(calls, results)
+        if resend:
+            again = await self._round_trip(shard, [calls[i].command(by_sha=False) for i in resend])
+            for i, result in zip(resend, again):
+                results[i] = result
+        return [_reply(result) for result in results]
 
     async def _calls(self, calls: Sequence[Call]) -> list[Any]:
-        if len(calls) == 1:
-            return [await self._call(calls[0])]
-        by_shard: dict[int, list[int]] = {}
-        for index, call in enumerate(calls):
-            by_shard.setdefault(call.shard, []).append(index)
-        shard_replies = await asyncio.gather(
-            *(self._shard_calls(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items())
-        )
+        by_shard = _by_shard(calls)
+        if len(by_shard) == 1:
+            ((shard, indexes),) = by_shard.items()
+            shard_replies = [await self._shard_calls(shard, list(calls))]
+        else:
+            shard_replies = await asyncio.gather(
+                *(self._shard_calls(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items())
+            )
         replies: list[Any] = [None] * len(calls)
         for indexes, results in zip(by_shard.values(), shard_replies):
             for index, result in zip(indexes, results):
@@ -287,33 +344,32 @@ class AsyncIO(_Shards):
         return replies
 
     async def _blocking_pop(self, request: BlockingPop) -> tuple[int, bytes, bytes] | None:
-        timeout = _blpop_timeout(request.timeout)
         if len(request.plan) == 1:
             shard, keys = request.plan[0]
-            with self.errors(shard):
-                reply = await self.clients[shard].execute_command("BLPOP", *keys, timeout)
-            return (shard, reply[0], reply[1]) if reply else None
+            (reply,) = await self._round_trip(shard, [_blpop(keys, request.timeout)])
+            return _popped(shard, _reply(reply))
         taken: list[tuple[int, Any]] = []
-        healthy = False
+        replies: list[Any] = []
         try:
             ids = []
             for shard, keys in request.plan:
                 with self.errors(shard):
-                    conn = await self.pools[shard].get_connection()
+                    conn = self._acquire(shard)[0]
                     taken.append((shard, conn))
-                    await conn.send_packed_command(conn.pack_commands([("CLIENT", "ID"), ("BLPOP", *keys, timeout)]))
+                    await conn.send_packed_command(
+                        _pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), check_health=False
+                    )
                     ids.append(await conn.read_response())
-            replies = await self._first_replies(taken, ids, timeout)
-            healthy = True
+            replies = await self._first_replies(taken, ids, request.timeout)
         finally:
             for shard, conn in taken:
-                if not healthy:
-                    await conn.disconnect()
-                await self.pools[shard].release(conn)
+                if len(replies) == len(taken):
+                    self.idle[shard].append(conn)
+                else:
+                    await conn.disconnect(nowait=True)
         got = [reply for reply in replies if reply is not None]
         for shard, key, value in got[1:]:
-            with self.errors(shard):
-                await self.clients[shard].execute_command("LPUSH", key, value)
+            _reply((await self._round_trip(shard, [("LPUSH", key, value)]))[0])
         return got[0] if got else None
 
     async def _first_replies(self, taken: list[tuple[int, Any]], ids: list[int], timeout: float) -> list[Any]:
@@ -322,13 +378,11 @@ class AsyncIO(_Shards):
             await asyncio.wait(reads, timeout=timeout + 5, return_when=asyncio.FIRST_COMPLETED)
             for index, (shard, _) in enumerate(taken):
                 if not reads[index].done():
-                    with self.errors(shard):
-                        await self.clients[shard].execute_command("CLIENT", "UNBLOCK", ids[index])
+                    await self._round_trip(shard, [("CLIENT", "UNBLOCK", ids[index])])
             replies = []
             for index, (shard, _) in enumerate(taken):
                 with self.errors(shard):
-                    reply = await reads[index]
-                replies.append((shard, reply[0], reply[1]) if reply else None)
+                    replies.append(_popped(shard, await reads[index]))
             return replies
         finally:
             for read in reads:

@@ -129,6 +129,7 @@ class RedisChannelLayer(BaseChannelLayer):
         # took from a group envelope and has not handed out yet.
         self._local: dict[str, deque[tuple[int, str, bytes]]] = {}
         self._local_lock = threading.Lock()
+        self._names_cache: dict[tuple, list[str]] = {}
 
     def __repr__(self) -> str:
         shards = ", ".join(host.describe() for host in self.hosts)
@@ -146,6 +147,10 @@ class RedisChannelLayer(BaseChannelLayer):
         ``!`` channels are given by prefix and reported by full name.  With
         ``block=True`` waits up to ``blocking_timeout`` seconds on every shard at once.
         """
+        if self._local:  # group messages already here: no Redis round trip
+            local = self._take_local(self._valid_receive_names(channels))
+            if local is not None:
+                return local
         return self._sync.run(self._op_receive(channels, block))
 
     def new_channel(self, pattern: str) -> str:
@@ -340,8 +345,18 @@ class RedisChannelLayer(BaseChannelLayer):
                 return None
         raise ChannelFull(channel)
 
+    def _valid_receive_names(self, channels: Iterable[str]) -> list[str]:
+        """``valid_receive_channels``, remembered: a receive loop asks for the same list each time."""
+        key = tuple(channels) if isinstance(channels, (list, tuple)) else None
+        names = self._names_cache.get(key) if key is not None else None
+        if names is None:
+            names = self.valid_receive_channels(channels)
+            if key is not None and len(self._names_cache) < 1000:
+                self._names_cache[key] = names
+        return names
+
     def _op_receive(self, channels: Iterable[str], block: bool) -> Op:
-        names = self.valid_receive_channels(channels)
+        names = self._valid_receive_names(channels)
         local = self._take_local(names)
         if local is not None:
             return local

@@ -1,0 +1,266 @@
+"""Benchmark: paas_channels' RedisChannelLayer against channels_redis 4, same Redis, one run.
+
+    python bench/layer.py                 # private redis-server on a free port
+    python bench/layer.py --url redis://127.0.0.1:6379/0
+
+Measures sequential send, sequential receive, request/reply over process-
+specific (``!``) channels and a group send to 1,000 members spread over two
+inboxes (deliveries/s: send plus every member receiving it), for our sync API
+(workers), our async API (interface) and channels_redis (async only).  Also
+measures raw unpipelined ``PING`` round trips: the ceiling any layer doing one
+round trip per operation can approach.  Prints ratios and writes
+``bench/results/layer.json``, ``bench/results/layer.md`` and the table between
+README's ``bench:layer`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import re
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import hiredis  # noqa: E402
+import redis  # noqa: E402
+from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer  # noqa: E402
+
+from paas_channels.layers.redis import RedisChannelLayer  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+GROUP_MEMBERS = 1000
+CAPACITY = 1_000_000
+PAYLOAD = {"text": "x" * 100, "bytes": b"y" * 50, "n": 1}
+
+TESTS = [
+    ("send", "sequential send", "sends/s"),
+    ("receive", "sequential receive", "receives/s"),
+    ("request_reply", "request/reply over ! channels", "round trips/s"),
+    ("group", f"group send to {GROUP_MEMBERS:,} members on 2 inboxes", "deliveries/s"),
+]
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+### paas_channels, sync ###
+
+
+def ours_sync(url: str, n: int) -> dict[str, float]:
+    layer = RedisChannelLayer(hosts=[url], prefix="bs" + uuid.uuid4().hex[:8], capacity=CAPACITY)
+    try:
+        out = {}
+        started = time.perf_counter()
+        for _ in range(n):
+            layer.send("bench.chan", PAYLOAD)
+        out["send"] = _rate(n, time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(n):
+            layer.receive(["bench.chan"])
+        out["receive"] = _rate(n, time.perf_counter() - started)
+
+        rounds = n // 2
+        started = time.perf_counter()
+        for i in range(rounds):
+            layer.send("bench.request", {"reply_channel": "bench.inbox!c1", "i": i})
+            _, request = layer.receive(["bench.request"], block=True)
+            layer.send(request["reply_channel"], {"i": request["i"]})
+            layer.receive(["bench.inbox!"], block=True)
+        out["request_reply"] = _rate(rounds, time.perf_counter() - started)
+
+        for i in range(GROUP_MEMBERS):
+            layer.group_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
+        sends = max(3, n // 500)
+        started = time.perf_counter()
+        for _ in range(sends):
+            layer.send_group("bench.group", PAYLOAD)
+            for _ in range(GROUP_MEMBERS // 2):
+                layer.receive(["bench.inboxA!"], block=True)
+                layer.receive(["bench.inboxB!"], block=True)
+        out["group"] = _rate(sends * GROUP_MEMBERS, time.perf_counter() - started)
+        return out
+    finally:
+        layer.flush()
+        layer.close()
+
+
+### paas_channels, async ###
+
+
+async def ours_async(url: str, n: int) -> dict[str, float]:
+    layer = RedisChannelLayer(hosts=[url], prefix="ba" + uuid.uuid4().hex[:8], capacity=CAPACITY)
+    try:
+        out = {}
+        out["send"] = await _timed(n, lambda: layer.asend("bench.chan", PAYLOAD))
+        out["receive"] = await _timed(n, lambda: layer.areceive(["bench.chan"]))
+
+        async def request_reply() -> None:
+            await layer.asend("bench.request", {"reply_channel": "bench.inbox!c1"})
+            _, request = await layer.areceive(["bench.request"], block=True)
+            await layer.asend(request["reply_channel"], {"ok": True})
+            await layer.areceive(["bench.inbox!"], block=True)
+
+        out["request_reply"] = await _timed(n // 2, request_reply)
+        for i in range(GROUP_MEMBERS):
+            await layer.agroup_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
+
+        async def group_round() -> None:
+            await layer.asend_group("bench.group", PAYLOAD)
+            for _ in range(GROUP_MEMBERS // 2):
+                await layer.areceive(["bench.inboxA!"], block=True)
+                await layer.areceive(["bench.inboxB!"], block=True)
+
+        out["group"] = await _timed(max(3, n // 500), group_round) * GROUP_MEMBERS
+        return out
+    finally:
+        await layer.aflush()
+        await layer.aclose()
+        layer.close()
+
+
+### channels_redis 4 (async only) ###
+
+
+async def channels_redis(url: str, n: int) -> dict[str, float]:
+    prefix = "bc" + uuid.uuid4().hex[:8]
+    layer = ChannelsRedisLayer(hosts=[url], prefix=prefix, capacity=CAPACITY)
+    other = ChannelsRedisLayer(hosts=[url], prefix=prefix, capacity=CAPACITY)
+    try:
+        out = {}
+        out["send"] = await _timed(n, lambda: layer.send("bench.chan", PAYLOAD))
+        out["receive"] = await _timed(n, lambda: layer.receive("bench.chan"))
+        reply_channel = await layer.new_channel()
+
+        async def request_reply() -> None:
+            await layer.send("bench.request", {"reply_channel": reply_channel})
+            request = await layer.receive("bench.request")
+            await layer.send(request["reply_channel"], {"ok": True})
+            await layer.receive(reply_channel)
+
+        out["request_reply"] = await _timed(n // 2, request_reply)
+        # Two "processes": each instance's channels share its inbox prefix.
+        members = [await (layer if i % 2 == 0 else other).new_channel() for i in range(GROUP_MEMBERS)]
+        for member in members:
+            await layer.group_add("bench.group", member)
+
+        async def group_round() -> None:
+            await layer.group_send("bench.group", PAYLOAD)
+            for i, member in enumerate(members):
+                await (layer if i % 2 == 0 else other).receive(member)
+
+        out["group"] = await _timed(max(3, n // 500), group_round) * GROUP_MEMBERS
+        return out
+    finally:
+        await layer.flush()
+        await layer.close_pools()
+        await other.close_pools()
+
+
+async def _timed(count: int, operation: Callable[[], Awaitable[Any]]) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        await operation()
+    return _rate(count, time.perf_counter() - started)
+
+
+def ping_ceiling(url: str, n: int) -> float:
+    """Unpipelined PING round trips on a bare socket parsed by hiredis: what Redis and the machine allow."""
+    parts = urlsplit(url)
+    reader = hiredis.Reader()
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        started = time.perf_counter()
+        for _ in range(n):
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            while reader.gets() is False:
+                reader.feed(sock.recv(65536))
+        return _rate(n, time.perf_counter() - started)
+
+
+### Report ###
+
+
+def table(results: dict[str, Any]) -> str:
+    ours_sync_r, ours_async_r, peer = results["paas_sync"], results["paas_async"], results["channels_redis"]
+    lines = [
+        "| operation | paas-channels sync | paas-channels async | channels_redis 4 | sync / peer | async / peer |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label, unit in TESTS:
+        lines.append(
+            f"| {label} ({unit}) | {ours_sync_r[key]:,.0f} | {ours_async_r[key]:,.0f} | {peer[key]:,.0f} "
+            f"| {ours_sync_r[key] / peer[key]:.1f}x | {ours_async_r[key] / peer[key]:.1f}x |"
+        )
+    lines.append("")
+    lines.append(
+        f"Same Redis {results['redis_version']}, one run, {results['machine']}; "
+        f"unpipelined PING on a bare socket: {results['ping_per_s']:,.0f}/s (the ceiling for one round trip per operation). "
+        f"`python bench/layer.py` ({results['date']})."
+    )
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    content = README.read_text()
+    pattern = re.compile(r"(<!-- bench:layer -->\n).*?(<!-- /bench:layer -->)", re.S)
+    if not pattern.search(content):
+        print("README.md has no bench:layer markers; not updated", file=sys.stderr)
+        return
+    README.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), content))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="Redis to use (default: a private redis-server on a free port)")
+    parser.add_argument("-n", type=int, default=5000, help="operations per sequential test (default 5000)")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write results or README")
+    args = parser.parse_args(argv)
+
+    server = None
+    url = args.url
+    if url is None:
+        from tests.support import RedisServer
+
+        server = RedisServer().start()
+        url = server.url
+    try:
+        with redis.Redis.from_url(url) as client:
+            info = client.info("server")
+        results: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
+            "redis_version": info["redis_version"],
+            "n": args.n,
+        }
+        results["ping_per_s"] = ping_ceiling(url, args.n)
+        results["channels_redis"] = asyncio.run(channels_redis(url, args.n))
+        results["paas_sync"] = ours_sync(url, args.n)
+        results["paas_async"] = asyncio.run(ours_async(url, args.n))
+    finally:
+        if server is not None:
+            server.close()
+
+    text = table(results)
+    print(text)
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "layer.json").write_text(json.dumps(results, indent=2) + "\n")
+        (RESULTS / "layer.md").write_text("# Channel layer benchmark\n\n" + text + "\n")
+        write_readme(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

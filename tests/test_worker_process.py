@@ -197,6 +197,37 @@ def test_heartbeat_published_while_running_and_gone_after_exit(stack):
     assert wait_until(lambda: mine() == [], timeout=5)
 
 
+def open_database_files(pid, directory):
+    """How many descriptors of process ``pid`` point at the SQLite database in ``directory``."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target == os.path.join(directory, "db.sqlite3"):
+            count += 1
+    return count
+
+
+def test_database_connections_closed_or_reused_as_django_does(stack):
+    client = stack.client()
+    # CONN_MAX_AGE=0: closed after each message, like after each request.
+    worker = stack.worker("--threads", "3", env={"CONN_MAX_AGE": "0"})
+    for n in range(1, 11):
+        assert client.get("/counter/").text == f"count={n}"  # reads and writes the session table
+    assert wait_until(lambda: open_database_files(worker.process.pid, stack.dir) == 0)
+    worker.close()
+    stack.processes.remove(worker)
+    # Persistent connections: reused, at most one per thread, however many messages.
+    worker = stack.worker("--threads", "3", env={"CONN_MAX_AGE": "600"})
+    replies = [client.send_request("GET", "/whoami/") for _ in range(30)]
+    for reply in replies:
+        assert client.response(reply).status == 200
+    assert client.get("/counter/").text == "count=11"
+    assert 1 <= open_database_files(worker.process.pid, stack.dir) <= 3
+
+
 def run_worker_cli(*args, env):
     return subprocess.run(
         [sys.executable, "-m", "paas_channels.cli", "run", "worker", *args],

@@ -22,13 +22,11 @@ gevent) or ``redis.asyncio`` (one client per event loop: the interface).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import itertools
 import logging
 import os
 import re
-import threading
 import time
 import zlib
 from collections import deque
@@ -38,7 +36,8 @@ import redis.connection
 
 from . import _redis_scripts as scripts
 from ._redis_hosts import RedisHost, hosts_from_env, parse_hosts, redact_url
-from ._redis_io import AsyncIO, BlockingPop, Call, ChannelLayerConnectionError, Op, SyncIO
+from ._redis_async import AsyncLayerAPI
+from ._redis_io import BlockingPop, Call, ChannelLayerConnectionError, Op, SyncIO
 from .base import BaseChannelLayer, ChannelFull
 
 __all__ = ["ChannelLayerConnectionError", "RedisChannelLayer", "config_from_env", "redact_url"]
@@ -77,7 +76,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class RedisChannelLayer(BaseChannelLayer):
+class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
     """ASGI 1.0 channel layer on one or more Redis servers (shards).
 
     ``hosts``: list of ``redis://``/``rediss://``/``unix://`` URLs, ``(host, port)``
@@ -122,13 +121,11 @@ class RedisChannelLayer(BaseChannelLayer):
         self._shard_count = len(self.hosts)
         self._socket_timeout = blocking_timeout + 10
         self._sync = SyncIO(self.hosts, self._socket_timeout)
-        self._async: dict[asyncio.AbstractEventLoop, tuple[AsyncIO, Any]] = {}
-        self._async_lock = threading.Lock()
+        self._init_async()
         self._rotation = itertools.count()
         # Inbox prefix -> (expires ms, channel, encoded message) this process
         # took from a group envelope and has not handed out yet.
         self._local: dict[str, deque[tuple[int, str, bytes]]] = {}
-        self._local_lock = threading.Lock()
         self._names_cache: dict[tuple, list[str]] = {}
 
     def __repr__(self) -> str:
@@ -205,80 +202,6 @@ class RedisChannelLayer(BaseChannelLayer):
     def close(self) -> None:
         """Close the sync connection pools (they reopen if the layer is used again)."""
         self._sync.close()
-
-    ### Async API: same operations on this event loop's client ###
-
-    async def asend(self, channel: str, message: dict) -> None:
-        return await (await self._async_io()).run(self._op_send(channel, message))
-
-    async def areceive(self, channels: Iterable[str], block: bool = False) -> tuple[str | None, dict | None]:
-        return await (await self._async_io()).run(self._op_receive(channels, block))
-
-    async def anew_channel(self, pattern: str) -> str:
-        return self.new_channel(pattern)
-
-    async def agroup_add(self, group: str, channel: str) -> None:
-        return await (await self._async_io()).run(self._op_group_add(group, channel))
-
-    async def agroup_discard(self, group: str, channel: str) -> None:
-        return await (await self._async_io()).run(self._op_group_discard(group, channel))
-
-    async def agroup_channels(self, group: str) -> list[str]:
-        return await (await self._async_io()).run(self._op_group_channels(group))
-
-    async def asend_group(self, group: str, message: dict) -> None:
-        return await (await self._async_io()).run(self._op_send_group(group, message))
-
-    async def aflush(self) -> None:
-        return await (await self._async_io()).run(self._op_flush())
-
-    async def aglobal_statistics(self) -> dict[str, int]:
-        return await (await self._async_io()).run(self._op_global_statistics())
-
-    async def achannel_statistics(self, channel: str) -> dict[str, Any]:
-        return await (await self._async_io()).run(self._op_channel_statistics(channel))
-
-    async def aheartbeat(self, worker_id: str, info: dict, ttl: float = 30) -> None:
-        return await (await self._async_io()).run(self._op_heartbeat(worker_id, info, ttl))
-
-    async def aheartbeats(self) -> dict[str, dict]:
-        return await (await self._async_io()).run(self._op_heartbeats())
-
-    async def aclose(self) -> None:
-        """Close this event loop's connections."""
-        loop = asyncio.get_running_loop()
-        with self._async_lock:
-            entry = self._async.pop(loop, None)
-        if entry is not None:
-            await entry[0].close()
-            await entry[1].aclose()
-
-    async def _async_io(self) -> AsyncIO:
-        """This loop's client, made on first use and closed when the loop shuts down.
-
-        ``asyncio.run`` finalizes async generators before closing its loop, so
-        a parked generator per loop closes the connections in time: no
-        "unclosed connection" warnings, no client outliving its loop.
-        """
-        loop = asyncio.get_running_loop()
-        entry = self._async.get(loop)
-        if entry is not None:
-            return entry[0]
-        io = AsyncIO(self.hosts, self._socket_timeout)
-        closer = self._close_with_loop(loop, io)
-        with self._async_lock:
-            self._async[loop] = (io, closer)
-        await closer.__anext__()
-        return io
-
-    async def _close_with_loop(self, loop: asyncio.AbstractEventLoop, io: AsyncIO) -> Any:
-        try:
-            yield
-        finally:
-            with self._async_lock:
-                if self._async.get(loop, (None,))[0] is io:
-                    del self._async[loop]
-            await io.close()
 
     ### Placement ###
 
@@ -447,8 +370,7 @@ class RedisChannelLayer(BaseChannelLayer):
         return None
 
     def _op_flush(self) -> Op:
-        with self._local_lock:
-            self._local.clear()
+        self._local.clear()
         yield [Call(shard, (self.keys.pattern,), scripts.FLUSH) for shard in range(self._shard_count)]
 
     def _op_global_statistics(self) -> Op:
@@ -512,21 +434,21 @@ class RedisChannelLayer(BaseChannelLayer):
             return target, self.deserialize(data)
         if len(target) > 1:
             prefix = self.non_local_name(target[0])
-            with self._local_lock:
-                self._local.setdefault(prefix, deque()).extend((expires, channel, data) for channel in target[1:])
+            self._local.setdefault(prefix, deque()).extend((expires, channel, data) for channel in target[1:])
         return target[0], self.deserialize(data)
 
     def _take_local(self, names: list[str]) -> tuple[str, dict] | None:
-        if not self._local:
-            return None
-        now = _now_ms()
-        with self._local_lock:
-            for name in names:
-                queue = self._local.get(name)
-                while queue:
+        # deque.popleft and dict.get are atomic: no lock on this hot path.
+        # An emptied queue stays (one per inbox this process reads).
+        now = time.time() * 1000
+        local = self._local
+        for name in names:
+            queue = local.get(name)
+            while queue:
+                try:
                     expires, channel, data = queue.popleft()
-                    if not queue:
-                        del self._local[name]
-                    if expires > now:
-                        return channel, self.deserialize(data)
+                except IndexError:  # another thread took the last one
+                    break
+                if expires > now:
+                    return channel, self.deserialize(data)
         return None

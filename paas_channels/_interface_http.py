@@ -61,63 +61,56 @@ class HttpConnection:
         self.send = send
         self.timeout = app.http_timeout
         self.reply_channel = app.register()
-        self._disconnected = asyncio.Event()
         self._response_started = False
 
     async def run(self) -> None:
         """Forward the request, then stream the reply until done, timed out or the client leaves."""
         try:
             started = time.monotonic()
-            body, chunks = await self._read_body()
-            if self._disconnected.is_set():
+            head = await self._read_head()
+            if head is None:
                 return
-            if not await self._send_request(body, chunks is not None):
+            pending, more = head
+            if not more and len(pending) <= BODY_CHUNK:
+                if await self._send_request(pending, streamed=False):
+                    await self._relay_reply()
                 return
-            if chunks is not None and not await self._send_body(chunks, started):
-                return
-            await self._relay_reply()
+            if await self._send_request(b"", streamed=True) and await self._send_body(pending, more, started):
+                await self._relay_reply()
         finally:
             self.app.unregister(self.reply_channel)
 
     ### Request ###
 
-    async def _read_body(self) -> tuple[bytes, list[bytes] | None]:
-        """The whole body inline when it fits one chunk, else ``(b"", chunks)`` for body_channel."""
+    async def _read_head(self) -> tuple[bytes, bool] | None:
+        """Body read until it is known to fit one chunk or not: ``(bytes so far, more to come)``.
+
+        None when the client left before sending its body.
+        """
         parts: list[bytes] = []
-        size = 0
-        while True:
+        size, more = 0, True
+        while more and size <= BODY_CHUNK:
             event = await self.receive()
             if event["type"] == "http.disconnect":
-                self._disconnected.set()
-                return b"", None
+                return None
             chunk = event.get("body", b"")
-            if chunk:
-                parts.append(chunk)
-                size += len(chunk)
-            if not event.get("more_body", False):
-                break
-        data = b"".join(parts)
-        if size <= BODY_CHUNK:
-            return data, None
-        return b"", [data[offset:offset + BODY_CHUNK] for offset in range(0, size, BODY_CHUNK)]
+            parts.append(chunk)
+            size += len(chunk)
+            more = bool(event.get("more_body", False))
+        return b"".join(parts), more
 
     async def _send_request(self, body: bytes, streamed: bool) -> bool:
         scope = self.scope
-        # Chosen here rather than with anew_channel(): no round trip, and 16 random characters do not collide.
+        # Named here rather than by anew_channel(): no round trip, and 16 random characters do not collide.
         self.body_channel = "http.request.body?" + self.app.layer.random_suffix(16) if streamed else None
         message = {
             "reply_channel": self.reply_channel,
             "http_version": scope.get("http_version", "1.1"),
             "method": scope["method"],
             "scheme": scope.get("scheme", "http"),
-            "path": scope["path"],
-            "query_string": scope.get("query_string", b""),
-            "root_path": scope.get("root_path", ""),
-            "headers": [[name, value] for name, value in scope.get("headers", ())],
             "body": body,
             "body_channel": self.body_channel,
-            "client": list(scope["client"]) if scope.get("client") else None,
-            "server": list(scope["server"]) if scope.get("server") else None,
+            **scope_fields(scope),
         }
         try:
             await self.app.asend("http.request", message)
@@ -135,26 +128,44 @@ class HttpConnection:
             return False
         return True
 
-    async def _send_body(self, chunks: list[bytes], started: float) -> bool:
-        """Every chunk on body_channel in order, waiting out a full channel until the HTTP timeout."""
+    async def _send_body(self, pending: bytes, more: bool, started: float) -> bool:
+        """The body on body_channel in BODY_CHUNK pieces, read from the client as it goes.
+
+        A full body channel (the worker reads slower) is waited out with a short
+        backoff until the HTTP timeout; a client that leaves mid-body gets a
+        ``closed`` chunk so the worker stops waiting for the rest.
+        """
         deadline = started + self.timeout
-        for index, chunk in enumerate(chunks):
-            message = {"content": chunk, "closed": False, "more_content": index < len(chunks) - 1}
-            delay = _BACKOFF_START
-            while True:
-                try:
-                    await self.app.asend(self.body_channel, message)
-                    break
-                except LayerUnavailable:
-                    await _layer_unavailable(self.send)
+        while True:
+            while len(pending) > BODY_CHUNK or not more:
+                piece, pending = pending[:BODY_CHUNK], pending[BODY_CHUNK:]
+                last = not more and not pending
+                if not await self._send_chunk({"content": piece, "closed": False, "more_content": not last}, deadline):
                     return False
-                except ChannelFull:
-                    if time.monotonic() + delay > deadline:
-                        await self._no_worker_answer("no worker read the request body")
-                        return False
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _BACKOFF_MAX)
-        return True
+                if last:
+                    return True
+            event = await self.receive()
+            if event["type"] == "http.disconnect":
+                await self._send_chunk({"content": b"", "closed": True, "more_content": False}, deadline)
+                return False
+            pending += event.get("body", b"")
+            more = bool(event.get("more_body", False))
+
+    async def _send_chunk(self, message: dict, deadline: float) -> bool:
+        delay = _BACKOFF_START
+        while True:
+            try:
+                await self.app.asend(self.body_channel, message)
+                return True
+            except LayerUnavailable:
+                await _layer_unavailable(self.send)
+                return False
+            except ChannelFull:
+                if time.monotonic() + delay > deadline:
+                    await self._no_worker_answer("no worker read the request body")
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
 
     ### Reply ###
 
@@ -261,6 +272,18 @@ class HttpConnection:
 async def _layer_unavailable(send: Send) -> None:
     await send_plain(send, 503, "503 Service Unavailable: the channel layer is unreachable. Try again shortly.\n",
                      [(b"retry-after", b"5")])
+
+
+def scope_fields(scope: dict) -> dict:
+    """The ASGI 1.0 fields HTTP and WebSocket messages share, from an ASGI 3 scope."""
+    return {
+        "path": scope["path"],
+        "query_string": scope.get("query_string", b""),
+        "root_path": scope.get("root_path", ""),
+        "headers": [[name, value] for name, value in scope.get("headers", ())],
+        "client": list(scope["client"]) if scope.get("client") else None,
+        "server": list(scope["server"]) if scope.get("server") else None,
+    }
 
 
 def _header_bytes(value: Any) -> bytes:

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: Close codes a server may send that autobahn's ``sendClose`` refuses (it allows 1000, 3000-4999).
 _SERVER_CLOSE_CODES = frozenset({1001, 1011, 1012, 1013, 1014})
+#: Heroku's router closes connections idle this long; pings must come sooner.
+_IDLE_LIMIT = 55.0
 #: Largest WebSocket message: it must fit a layer message (1 MiB) with its envelope.
 _MAX_WS_MESSAGE = 1024 * 1024 - 64 * 1024
 
@@ -116,6 +118,11 @@ class _Shutdown:
 def serve_daphne(app: "InterfaceApplication", config: Config, ready: Callable[[], None] | None = None) -> int:
     """Serve ``app`` until a signal; see :func:`paas_channels.interface.serve`."""
     timeout = app.http_timeout
+    if config.ping_interval >= _IDLE_LIMIT:
+        logger.warning(
+            "--ping-interval %g s is not under the 55 s idle limit of Heroku's router (and most proxies): "
+            "idle WebSockets will be cut; use 20-50 s", config.ping_interval,
+        )
 
     def on_listening() -> None:
         logger.info("listening on http://%s:%s", config.bind, config.port)

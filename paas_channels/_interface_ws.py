@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
-from ._interface_http import LayerUnavailable
+from ._interface_http import LayerUnavailable, scope_fields
 from .layers import ChannelFull
 
 if TYPE_CHECKING:
@@ -120,15 +120,10 @@ class WebSocketConnection:
         scope = self.scope
         message = {
             "reply_channel": self.reply_channel,
-            "path": scope["path"],
-            "query_string": scope.get("query_string", b""),
-            "root_path": scope.get("root_path", ""),
             "scheme": self.app.websocket_scheme(scope),
-            "headers": [[name, value] for name, value in scope.get("headers", ())],
-            "client": list(scope["client"]) if scope.get("client") else None,
-            "server": list(scope["server"]) if scope.get("server") else None,
             "subprotocols": list(scope.get("subprotocols") or ()),
             "order": self.order,
+            **scope_fields(scope),
         }
         message.update(fields)
         self.order += 1

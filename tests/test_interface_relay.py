@@ -57,7 +57,7 @@ def web(redis):
 @pytest.fixture(scope="module")
 def proxied_web(redis):
     process, port = start_web(project_env(redis_url=redis.url), "--http-timeout", str(HTTP_TIMEOUT),
-                              "--proxy-headers")
+                              "--proxy-headers", "--allowed-origin", ".example.com")
     try:
         yield process, port
     finally:
@@ -265,6 +265,21 @@ def test_websocket_proxy_headers_give_client_and_scheme(proxied_web, layer):
     with pending():
         pass
     assert hello["client"][0] == "198.51.100.9" and hello["scheme"] == "wss"
+
+
+def test_allowed_origin_option_replaces_allowed_hosts(proxied_web, layer):
+    _, port = proxied_web
+    pending = in_thread(connect, ws_url(port), origin="https://app.example.com", open_timeout=20)
+    hello = take(layer, "websocket.connect")
+    assert [b"origin", b"https://app.example.com"] in hello["headers"]
+    layer.send(hello["reply_channel"], {"accept": True})
+    with pending():
+        pass
+    # localhost is in ALLOWED_HOSTS, but --allowed-origin took its place.
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(port), origin="http://localhost", open_timeout=20)
+    assert refused.value.response.status_code == 403
+    assert layer.receive(["websocket.connect"]) == (None, None)  # nothing reached a worker
 
 
 def test_data_before_accept_accepts_and_close_code_reaches_the_client(web, layer):

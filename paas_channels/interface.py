@@ -310,8 +310,12 @@ def serve(app: InterfaceApplication, config: Config, ready: Callable[[], None] |
     """Serve ``app`` with Daphne on ``config.bind``/``config.port`` until SIGTERM/SIGINT; return an exit code.
 
     Runs Twisted's asyncio reactor in this thread (once per process).  On the
-    first signal: stop listening, close WebSockets with 1012, finish responses
-    within ``graceful_timeout``, stop.  ``ready`` is called once listening.
+    first signal: stop listening, then ``await app.shutdown(graceful_timeout)``
+    (an InterfaceApplication closes WebSockets with 1012 and lets responses
+    finish), then stop; a second signal stops at once.  ``ready`` is called once
+    listening.  Any ASGI app with ``start()``, ``shutdown(timeout)`` and
+    ``http_timeout`` can be served this way (combined mode wraps the interface).
+    A port that cannot be bound raises ``ConfigError`` (exit code 3 from the CLI).
     """
     from ._interface_serve import serve_daphne
 

@@ -82,7 +82,7 @@ def ours_sync(url: str, n: int) -> dict[str, float]:
 
         for i in range(GROUP_MEMBERS):
             layer.group_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
-        sends = max(3, n // 500)
+        sends = max(10, n // 100)
         started = time.perf_counter()
         for _ in range(sends):
             layer.send_group("bench.group", PAYLOAD)
@@ -122,7 +122,7 @@ async def ours_async(url: str, n: int) -> dict[str, float]:
                 await layer.areceive(["bench.inboxA!"], block=True)
                 await layer.areceive(["bench.inboxB!"], block=True)
 
-        out["group"] = await _timed(max(3, n // 500), group_round) * GROUP_MEMBERS
+        out["group"] = await _timed(max(10, n // 100), group_round) * GROUP_MEMBERS
         return out
     finally:
         await layer.aflush()
@@ -160,7 +160,7 @@ async def channels_redis(url: str, n: int) -> dict[str, float]:
             for i, member in enumerate(members):
                 await (layer if i % 2 == 0 else other).receive(member)
 
-        out["group"] = await _timed(max(3, n // 500), group_round) * GROUP_MEMBERS
+        out["group"] = await _timed(max(10, n // 100), group_round) * GROUP_MEMBERS
         return out
     finally:
         await layer.flush()
@@ -205,7 +205,8 @@ def table(results: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(
-        f"Same Redis {results['redis_version']}, one run, {results['machine']}; "
+        f"Same Redis {results['redis_version']}, one run (best of {results['repeat']} alternating runs each), "
+        f"{results['machine']}, n={results['n']:,}; "
         f"unpipelined PING on a bare socket: {results['ping_per_s']:,.0f}/s (the ceiling for one round trip per operation). "
         f"`python bench/layer.py` ({results['date']})."
     )
@@ -224,7 +225,8 @@ def write_readme(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="Redis to use (default: a private redis-server on a free port)")
-    parser.add_argument("-n", type=int, default=5000, help="operations per sequential test (default 5000)")
+    parser.add_argument("-n", type=int, default=3000, help="operations per sequential test (default 3000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the best counts (default 3)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write results or README")
     args = parser.parse_args(argv)
 
@@ -244,10 +246,19 @@ def main(argv: list[str] | None = None) -> int:
             "redis_version": info["redis_version"],
             "n": args.n,
         }
-        results["ping_per_s"] = ping_ceiling(url, args.n)
-        results["channels_redis"] = asyncio.run(channels_redis(url, args.n))
-        results["paas_sync"] = ours_sync(url, args.n)
-        results["paas_async"] = asyncio.run(ours_async(url, args.n))
+        # Alternate the contenders and keep each one's best of --repeat runs,
+        # so that load from other processes on the machine hits all of them alike.
+        runs: dict[str, list[dict[str, float]]] = {"channels_redis": [], "paas_sync": [], "paas_async": []}
+        pings = []
+        for _ in range(args.repeat):
+            pings.append(ping_ceiling(url, args.n * 2))
+            runs["channels_redis"].append(asyncio.run(channels_redis(url, args.n)))
+            runs["paas_sync"].append(ours_sync(url, args.n))
+            runs["paas_async"].append(asyncio.run(ours_async(url, args.n)))
+        results["ping_per_s"] = max(pings)
+        for name, measured in runs.items():
+            results[name] = {key: max(run[key] for run in measured) for key, _, _ in TESTS}
+        results["repeat"] = args.repeat
     finally:
         if server is not None:
             server.close()

@@ -76,6 +76,24 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _by_stored_name(members: list[bytes]) -> dict[str, list[str]]:
+    """Group members by stored name: a ``!`` inbox gathers all its channels.
+
+    Written for speed (a group can have thousands of members): one decode for
+    all, no method call per member.  Names never contain a newline.
+    """
+    by_name: dict[str, list[str]] = {}
+    for member in b"\n".join(members).decode().split("\n"):
+        bang = member.find("!")
+        name = member if bang < 0 else member[: bang + 1]
+        same = by_name.get(name)
+        if same is None:
+            by_name[name] = [member]
+        else:
+            same.append(member)
+    return by_name
+
+
 class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
     """ASGI 1.0 channel layer on one or more Redis servers (shards).
 
@@ -332,10 +350,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         (members,) = yield [self._members_call(group)]
         if not members:
             return None
-        # Stored name -> member channels stored there (a `!` inbox gathers many).
-        by_name: dict[str, list[str]] = {}
-        for member in scripts.decode_strs(members):
-            by_name.setdefault(self.non_local_name(member), []).append(member)
+        by_name = _by_stored_name(members)
         expires = _now_ms() + int(self.expiry * 1000)
         # Each pending item: stored name, envelope, remaining (shard, capacity) tries.
         pending = []

@@ -73,7 +73,7 @@ def test_routing_filters_named_groups_and_include(stack):
     assert client.next_for(a1) == expected and client.next_for(a2) == expected
     assert client.next_for(b1, timeout=0.5) is None
     # Disconnect leaves the group.
-    client.ws_disconnect(a2, "/ws/chat/a/", 2)
+    client.ws_disconnect(a2, "/ws/chat/a/", 1)
     assert wait_until(lambda: stack.layer.group_channels("chat-a") == [a1])
 
 

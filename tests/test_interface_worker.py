@@ -10,6 +10,7 @@ point of it all: restarting the worker leaves open WebSockets connected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -31,21 +32,20 @@ FIVE_MB = 5 * 1024 * 1024
 @pytest.fixture(scope="module")
 def stack():
     """Private Redis, one web process (subprotocol chat.v2 from CHANNELS_WS_PROTOCOLS) and one worker."""
-    redis = RedisServer().start()
-    layer = RedisChannelLayer(hosts=[redis.url])
-    env = project_env(redis_url=redis.url)
-    stack = {"redis": redis, "layer": layer, "env": env, "web": None, "worker": None}
-    try:
+    with contextlib.ExitStack() as cleanup:  # every step undone even when another one fails
+        redis = RedisServer().start()
+        cleanup.callback(redis.close)
+        layer = RedisChannelLayer(hosts=[redis.url])
+        cleanup.callback(layer.close)
+        env = project_env(redis_url=redis.url)
+        stack = {"redis": redis, "layer": layer, "env": env, "web": None, "worker": None}
+        # The restart test replaces the worker: close whichever is current at the end.
+        cleanup.callback(lambda: stack["worker"] and stack["worker"].close())
+        cleanup.callback(lambda: stack["web"] and stack["web"].close())
         stack["web"], port = start_web({**env, "CHANNELS_WS_PROTOCOLS": "chat.v2"}, "--http-timeout", "20")
         stack["worker"] = start_worker(env, layer)
         stack.update(url=f"http://127.0.0.1:{port}", ws=f"ws://127.0.0.1:{port}")
         yield stack
-    finally:
-        for name in ("worker", "web"):  # the restart test replaces the worker: close the current one
-            if stack[name] is not None:
-                stack[name].close()
-        layer.close()
-        redis.close()
 
 
 def test_django_page_and_its_static_file(stack):
@@ -150,6 +150,7 @@ def test_worker_restart_keeps_100_websockets_connected(stack):
             sends = [socket.send(f"between-{i}") for i, socket in enumerate(sockets)]
             await asyncio.gather(*sends)
             stack["worker"].close()
+            stack["worker"] = None
             stack["worker"] = await asyncio.to_thread(start_worker, stack["env"], stack["layer"])
             between = await asyncio.gather(*(asyncio.wait_for(socket.recv(), 30) for socket in sockets))
             assert between == [f"between-{i}" for i in range(100)]

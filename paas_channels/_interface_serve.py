@@ -70,6 +70,14 @@ class _Server(Server):
         if len(self.ports) == len(self.endpoints):
             self._on_listening()
 
+    def kill_all_applications(self):
+        # Daphne's version indexes every connection's application instance, but a
+        # request just upgraded to a WebSocket (or still reading its body) has none.
+        for protocol, details in list(self.connections.items()):
+            if "application_instance" not in details:
+                del self.connections[protocol]
+        return super().kill_all_applications()
+
     def listen_error(self, failure) -> None:
         self.listen_failure = failure.getErrorMessage()
         self.stop()

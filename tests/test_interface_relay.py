@@ -339,6 +339,9 @@ def test_sigterm_closes_websockets_with_1012_and_finishes_responses(redis, layer
             assert socket.close_code == 1012
             assert time.monotonic() - started < 5  # clients are told at once, not at the graceful timeout
         process.wait_for_output("shutting down", timeout=10)
+        # No longer accepting: new connections are refused while the old ones drain.
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
         # A response in flight still completes after the signal.
         reply_ok(layer, request, b"finished after SIGTERM")
         assert pending_http().text == "finished after SIGTERM"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -42,19 +43,32 @@ def layer(make_layer):
     return make_layer()
 
 
-@pytest.fixture(scope="session")
-def redis_shard_servers():
-    """Three private Redis servers for the whole session (the Redis layer's shards)."""
+@contextlib.contextmanager
+def _private_redis_servers(count):
     from tests.support import RedisServer
 
     servers = []
     try:
-        for _ in range(3):
+        for _ in range(count):
             servers.append(RedisServer().start())
         yield servers
     finally:
         for server in servers:
             server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_shard_servers():
+    """Three private Redis servers for the whole session (the Redis layer's shards)."""
+    with _private_redis_servers(3) as servers:
+        yield servers
+
+
+@pytest.fixture
+def own_redis_servers():
+    """``own_redis_servers(n)``: n private Redis servers for this test only (to stop, restart...)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda count: stack.enter_context(_private_redis_servers(count))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -74,3 +75,70 @@ def test_layer_survives_redis_restart(server):
             layer.close()
             for again in restarted:
                 again.close()
+
+
+@pytest.fixture
+def three_servers(own_redis_servers):
+    return own_redis_servers(3)
+
+
+@pytest.mark.parametrize("side", ["sync", "async"])
+def test_one_shard_down_the_others_still_work(three_servers, side):
+    urls = [server.url for server in three_servers]
+    layer = RedisChannelLayer(hosts=urls, prefix="shardout", blocking_timeout=2)
+    first = RedisChannelLayer(hosts=urls[:1], prefix="shardout")  # writes to shard 0 only
+    restarted = []
+
+    def receive(channels):
+        if side == "sync":
+            return layer.receive(channels, block=True)
+        return asyncio.run(layer.areceive(channels, block=True))
+
+    try:
+        layer.send("work", {"n": 0})
+        assert receive(["work"]) == ("work", {"n": 0})
+
+        # Blocked on all three shards when shard 1 dies: an error, at once.
+        outcome = {}
+
+        def blocked():
+            started = time.monotonic()
+            try:
+                receive(["work"])
+            except ConnectionError as exc:
+                outcome["error"] = exc
+            outcome["took"] = time.monotonic() - started
+
+        waiter = threading.Thread(target=blocked)
+        waiter.start()
+        time.sleep(0.3)
+        three_servers[1].stop()
+        waiter.join(10)
+        assert f"127.0.0.1:{three_servers[1].port}" in str(outcome.get("error")), outcome
+        assert outcome["took"] < 1.5  # not the 2 s blocking timeout
+
+        # Meanwhile messages on live shards are sent and received.
+        for n in range(1, 5):
+            layer.send("work", {"n": n})  # skips the dead shard
+        first.send("work", {"n": 5})
+        got = {receive(["work"])[1]["n"] for _ in range(5)}
+        assert got == {1, 2, 3, 4, 5}
+        with pytest.raises(ConnectionError, match=f"127.0.0.1:{three_servers[1].port}"):
+            receive(["work"])  # nothing left, and one shard is unreachable: say so
+        # A `!` channel whose home is the dead shard fails clearly.
+        dead_inbox = next(f"inbox{n}!" for n in range(100) if zlib.crc32(f"inbox{n}!".encode()) % 3 == 1)
+        with pytest.raises(ConnectionError):
+            layer.send(dead_inbox + "c", {"n": 6})
+
+        restarted.append(RedisServer(port=three_servers[1].port).start())
+        layer.send(dead_inbox + "c", {"n": 7})
+        assert receive([dead_inbox]) == (dead_inbox + "c", {"n": 7})
+        for n in range(8, 14):
+            layer.send("work", {"n": n})
+        assert {receive(["work"])[1]["n"] for _ in range(6)} == set(range(8, 14))
+    finally:
+        layer.flush()
+        layer.close()
+        first.close()
+        for server in restarted:
+            server.close()

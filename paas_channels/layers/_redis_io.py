@@ -107,6 +107,14 @@ def _popped(shard: int, reply: Any) -> tuple[int, bytes, bytes] | None:
     return (shard, reply[0], reply[1]) if reply else None
 
 
+def _first_of(replies: list[Any], failures: list[Exception]) -> tuple[tuple[int, bytes, bytes] | None, list[Any]]:
+    """The popped message to return and the extra ones to push back; raise if only failures."""
+    got = [reply for reply in replies if reply is not None]
+    if not got and failures:
+        raise failures[0]
+    return (got[0] if got else None), got[1:]
+
+
 class _Shards:
     """What both drivers share: hosts, idle connections, and turning redis-py errors into ours."""
 
@@ -117,12 +125,19 @@ class _Shards:
         # Idle connections per shard: list.pop/append are atomic, for threads and greenlets.
         self.idle: list[list[Any]] = [[] for _ in self.hosts]
 
-    def _acquire(self, shard: int) -> tuple[Any, bool]:
+    def _acquire(self, shard: int, fresh: bool = False) -> tuple[Any, bool]:
         """A connection and whether it was reused (so may be stale)."""
-        try:
-            return self.idle[shard].pop(), True
-        except IndexError:
-            return self.pools[shard].make_connection(), False
+        if not fresh:
+            try:
+                return self.idle[shard].pop(), True
+            except IndexError:
+                pass
+        return self.pools[shard].make_connection(), False
+
+    def _take_idle(self, shard: int) -> list[Any]:
+        """Empty the shard's idle list: after one failure the others are likely stale too."""
+        idle, self.idle[shard] = self.idle[shard], []
+        return idle
 
     @contextlib.contextmanager
     def errors(self, shard: int) -> Iterator[None]:
@@ -153,13 +168,19 @@ class SyncIO(_Shards):
         super().__init__(hosts, [host.sync_pool(socket_timeout) for host in hosts])
 
     def run(self, op: Op) -> Any:
+        # A connection error is thrown into the operation, which may go on
+        # with another shard (a normal channel lives on all of them).
         try:
             request = next(op)
             while True:
-                if isinstance(request, BlockingPop):
-                    reply = self._blocking_pop(request)
-                else:
-                    reply = self._calls(request)
+                try:
+                    if isinstance(request, BlockingPop):
+                        reply = self._blocking_pop(request)
+                    else:
+                        reply = self._calls(request)
+                except ChannelLayerConnectionError as exc:
+                    request = op.throw(exc)
+                    continue
                 request = op.send(reply)
         except StopIteration as stop:
             return stop.value
@@ -168,16 +189,19 @@ class SyncIO(_Shards):
 
     def close(self) -> None:
         """Disconnect idle connections (busy ones are dropped when they come back)."""
-        for idle in self.idle:
-            while idle:
-                idle.pop().disconnect()
+        for shard in range(len(self.hosts)):
+            self._drop_idle(shard)
+
+    def _drop_idle(self, shard: int) -> None:
+        for conn in self._take_idle(shard):
+            conn.disconnect()
 
     def _round_trip(self, shard: int, commands: Sequence[tuple]) -> list[Any]:
         """Send ``commands`` in one write, read every reply (errors as values)."""
         packed = _pack(commands)
         with self.errors(shard):
             for attempt in (0, 1):
-                conn, reused = self._acquire(shard)
+                conn, reused = self._acquire(shard, fresh=attempt > 0)
                 try:
                     conn.send_packed_command(packed, check_health=False)
                     replies = []
@@ -188,6 +212,7 @@ class SyncIO(_Shards):
                             replies.append(exc)
                 except _CONNECTION_ERRORS:
                     conn.disconnect()
+                    self._drop_idle(shard)
                     if reused and attempt == 0:
                         continue
                     raise
@@ -217,56 +242,62 @@ class SyncIO(_Shards):
             shard, keys = request.plan[0]
             (reply,) = self._round_trip(shard, [_blpop(keys, request.timeout)])
             return _popped(shard, _reply(reply))
-        taken: list[tuple[int, Any]] = []
-        replies: list[Any] = []
-        try:
-            ids = []
-            for shard, keys in request.plan:
+        # One BLPOP per shard at once.  A shard that fails does not cost the
+        # messages popped on the others: every live connection is read to the end.
+        taken: list[tuple[int, Any, int]] = []
+        failures: list[Exception] = []
+        for shard, keys in request.plan:
+            conn = self._acquire(shard)[0]
+            try:
                 with self.errors(shard):
-                    conn = self._acquire(shard)[0]
-                    taken.append((shard, conn))
                     conn.send_packed_command(_pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), check_health=False)
-                    ids.append(conn.read_response())
-            replies = self._first_replies(taken, ids, request.timeout)
-        finally:
-            for shard, conn in taken:
-                if len(replies) == len(taken):
-                    self.idle[shard].append(conn)
-                else:
-                    conn.disconnect()
-        return self._keep_first(replies)
-
-    def _first_replies(self, taken: list[tuple[int, Any]], ids: list[int], timeout: float) -> list[Any]:
-        ready = self._readable(taken)
-        if not ready:
-            with selectors.DefaultSelector() as selector:
-                for index, (_, conn) in enumerate(taken):
-                    selector.register(conn._sock, selectors.EVENT_READ, index)
-                selector.select(timeout + 5)
-            ready = self._readable(taken)
-        unblock = [(taken[i][0], ("CLIENT", "UNBLOCK", ids[i])) for i in range(len(taken)) if i not in ready]
-        for shard, command in unblock:
-            self._round_trip(shard, [command])
+                    taken.append((shard, conn, conn.read_response()))
+            except BaseException as exc:
+                self._fail(shard, conn, exc, failures)
+        if taken:  # healthy shards still deliver while another is down
+            self._wait_readable(taken, request.timeout + 5)
+        for shard, conn, client_id in taken:
+            if not self._can_read(conn):
+                try:
+                    self._round_trip(shard, [("CLIENT", "UNBLOCK", client_id)])
+                except ChannelLayerConnectionError as exc:
+                    failures.append(exc)
         replies = []
-        for shard, conn in taken:
-            with self.errors(shard):
-                replies.append(_popped(shard, conn.read_response()))
-        return replies
-
-    def _readable(self, taken: list[tuple[int, Any]]) -> list[int]:
-        # A reply may already sit in the parser's buffer, where select() cannot see it.
-        ready = []
-        for index, (shard, conn) in enumerate(taken):
-            with self.errors(shard):
-                if conn.can_read(0):
-                    ready.append(index)
-        return ready
-
-    def _keep_first(self, replies: list[Any]) -> tuple[int, bytes, bytes] | None:
-        got = [reply for reply in replies if reply is not None]
-        for shard, key, value in got[1:]:
+        for shard, conn, _ in taken:
+            try:
+                with self.errors(shard):
+                    replies.append(_popped(shard, conn.read_response()))
+                self.idle[shard].append(conn)
+            except BaseException as exc:
+                self._fail(shard, conn, exc, failures)
+        first, extras = _first_of(replies, failures)
+        for shard, key, value in extras:
             _reply(self._round_trip(shard, [("LPUSH", key, value)])[0])
-        return got[0] if got else None
+        return first
+
+    def _fail(self, shard: int, conn: Any, exc: BaseException, failures: list[Exception]) -> None:
+        conn.disconnect()
+        self._drop_idle(shard)
+        if not isinstance(exc, ChannelLayerConnectionError):
+            raise exc
+        failures.append(exc)
+
+    @staticmethod
+    def _can_read(conn: Any) -> bool:
+        # A reply may already sit in the parser's buffer, where select() cannot
+        # see it; a broken connection counts as readable (reading tells why).
+        try:
+            return conn.can_read(0)
+        except _CONNECTION_ERRORS:
+            return True
+
+    def _wait_readable(self, taken: list[tuple[int, Any, int]], timeout: float) -> None:
+        if any(self._can_read(conn) for _, conn, _ in taken):
+            return
+        with selectors.DefaultSelector() as selector:
+            for _, conn, _ in taken:
+                selector.register(conn._sock, selectors.EVENT_READ)
+            selector.select(timeout)
 
 
 class AsyncIO(_Shards):
@@ -279,10 +310,14 @@ class AsyncIO(_Shards):
         try:
             request = next(op)
             while True:
-                if isinstance(request, BlockingPop):
-                    reply = await self._blocking_pop(request)
-                else:
-                    reply = await self._calls(request)
+                try:
+                    if isinstance(request, BlockingPop):
+                        reply = await self._blocking_pop(request)
+                    else:
+                        reply = await self._calls(request)
+                except ChannelLayerConnectionError as exc:
+                    request = op.throw(exc)
+                    continue
                 request = op.send(reply)
         except StopIteration as stop:
             return stop.value
@@ -290,15 +325,18 @@ class AsyncIO(_Shards):
             op.close()
 
     async def close(self) -> None:
-        for idle in self.idle:
-            while idle:
-                await idle.pop().disconnect()
+        for shard in range(len(self.hosts)):
+            await self._drop_idle(shard)
+
+    async def _drop_idle(self, shard: int) -> None:
+        for conn in self._take_idle(shard):
+            await conn.disconnect(nowait=True)
 
     async def _round_trip(self, shard: int, commands: Sequence[tuple]) -> list[Any]:
         packed = _pack(commands)
         with self.errors(shard):
             for attempt in (0, 1):
-                conn, reused = self._acquire(shard)
+                conn, reused = self._acquire(shard, fresh=attempt > 0)
                 try:
                     await conn.send_packed_command(packed, check_health=False)
                     replies = []
@@ -309,6 +347,7 @@ class AsyncIO(_Shards):
                             replies.append(exc)
                 except _CONNECTION_ERRORS:
                     await conn.disconnect(nowait=True)
+                    await self._drop_idle(shard)
                     if reused and attempt == 0:
                         continue
                     raise
@@ -348,43 +387,54 @@ class AsyncIO(_Shards):
             shard, keys = request.plan[0]
             (reply,) = await self._round_trip(shard, [_blpop(keys, request.timeout)])
             return _popped(shard, _reply(reply))
-        taken: list[tuple[int, Any]] = []
-        replies: list[Any] = []
-        try:
-            ids = []
-            for shard, keys in request.plan:
+        taken: list[tuple[int, Any, int]] = []
+        failures: list[Exception] = []
+        for shard, keys in request.plan:
+            conn = self._acquire(shard)[0]
+            try:
                 with self.errors(shard):
-                    conn = self._acquire(shard)[0]
-                    taken.append((shard, conn))
                     await conn.send_packed_command(
                         _pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), check_health=False
                     )
-                    ids.append(await conn.read_response())
-            replies = await self._first_replies(taken, ids, request.timeout)
-        finally:
-            for shard, conn in taken:
-                if len(replies) == len(taken):
-                    self.idle[shard].append(conn)
-                else:
-                    await conn.disconnect(nowait=True)
-        got = [reply for reply in replies if reply is not None]
-        for shard, key, value in got[1:]:
-            _reply((await self._round_trip(shard, [("LPUSH", key, value)]))[0])
-        return got[0] if got else None
-
-    async def _first_replies(self, taken: list[tuple[int, Any]], ids: list[int], timeout: float) -> list[Any]:
-        reads = [asyncio.ensure_future(conn.read_response()) for _, conn in taken]
+                    taken.append((shard, conn, await conn.read_response()))
+            except BaseException as exc:
+                await self._fail(shard, conn, exc, failures)
+        reads = [asyncio.ensure_future(conn.read_response()) for _, conn, _ in taken]
+        settled: set[int] = set()
         try:
-            await asyncio.wait(reads, timeout=timeout + 5, return_when=asyncio.FIRST_COMPLETED)
-            for index, (shard, _) in enumerate(taken):
-                if not reads[index].done():
-                    await self._round_trip(shard, [("CLIENT", "UNBLOCK", ids[index])])
-            replies = []
-            for index, (shard, _) in enumerate(taken):
-                with self.errors(shard):
-                    replies.append(_popped(shard, await reads[index]))
-            return replies
-        finally:
-            for read in reads:
+            if reads:
+                await asyncio.wait(reads, timeout=request.timeout + 5, return_when=asyncio.FIRST_COMPLETED)
+            for (shard, _, client_id), read in zip(taken, reads):
                 if not read.done():
+                    try:
+                        await self._round_trip(shard, [("CLIENT", "UNBLOCK", client_id)])
+                    except ChannelLayerConnectionError as exc:
+                        failures.append(exc)
+            replies = []
+            for (shard, conn, _), read in zip(taken, reads):
+                try:
+                    with self.errors(shard):
+                        replies.append(_popped(shard, await read))
+                    self.idle[shard].append(conn)
+                except BaseException as exc:
+                    await self._fail(shard, conn, exc, failures)
+                finally:
+                    settled.add(id(conn))
+        finally:
+            # Cancelled while waiting: the unread connections are in an unknown state.
+            for (_, conn, _), read in zip(taken, reads):
+                if id(conn) not in settled:
                     read.cancel()
+                    await asyncio.gather(read, return_exceptions=True)
+                    await conn.disconnect(nowait=True)
+        first, extras = _first_of(replies, failures)
+        for shard, key, value in extras:
+            _reply((await self._round_trip(shard, [("LPUSH", key, value)]))[0])
+        return first
+
+    async def _fail(self, shard: int, conn: Any, exc: BaseException, failures: list[Exception]) -> None:
+        await conn.disconnect(nowait=True)
+        await self._drop_idle(shard)
+        if not isinstance(exc, ChannelLayerConnectionError):
+            raise exc
+        failures.append(exc)

@@ -279,11 +279,18 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         envelope = scripts.pack(_now_ms() + int(self.expiry * 1000), channel, self.serialize(message))
         name = self.non_local_name(channel)
         targets = self._send_targets(channel)
+        error = None
         for index, (shard, capacity) in enumerate(targets):
             last = index == len(targets) - 1
-            (statuses,) = yield [self._push(shard, [(name, envelope, capacity, last, False)])]
+            try:
+                (statuses,) = yield [self._push(shard, [(name, envelope, capacity, last, False)])]
+            except ChannelLayerConnectionError as exc:  # a normal channel has other shards
+                error = exc
+                continue
             if statuses[0] == 0:
                 return None
+        if error is not None:
+            raise error
         raise ChannelFull(channel)
 
     def _valid_receive_names(self, channels: Iterable[str]) -> list[str]:
@@ -312,12 +319,19 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
                 got = yield BlockingPop(plan, remaining)
             else:
                 now = _now_ms()
+                error = None
                 for shard, keys in plan:
-                    (reply,) = yield [Call(shard, (now,), scripts.POP, tuple(keys))]
+                    try:
+                        (reply,) = yield [Call(shard, (now,), scripts.POP, tuple(keys))]
+                    except ChannelLayerConnectionError as exc:  # the other shards may have one
+                        error = exc
+                        continue
                     if reply:
                         got = (shard, keys[int(reply[0]) - 1], reply[1])
                         break
                 if got is None:
+                    if error is not None:
+                        raise error
                     return None, None
             if got is not None:
                 result = self._open_envelope(got[1], got[2])

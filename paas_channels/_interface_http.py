@@ -270,8 +270,10 @@ class HttpConnection:
 
 
 async def _layer_unavailable(send: Send) -> None:
-    await send_plain(send, 503, "503 Service Unavailable: the channel layer is unreachable. Try again shortly.\n",
-                     [(b"retry-after", b"5")])
+    await send_plain(
+        send, 503, "503 Service Unavailable: the channel layer did not take the request. Try again shortly.\n",
+        [(b"retry-after", b"5")],
+    )
 
 
 def scope_fields(scope: dict) -> dict:

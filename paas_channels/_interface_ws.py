@@ -182,18 +182,19 @@ class WebSocketConnection:
     async def _send_disconnect(self, code: int) -> None:
         try:
             await self.app.asend("websocket.disconnect", self._message(code=code))
-        except (ChannelFull, LayerUnavailable):
-            logger.warning("websocket.disconnect is full: the disconnect of %s was dropped", self.reply_channel)
+        except (ChannelFull, LayerUnavailable) as exc:
+            why = "is full" if isinstance(exc, ChannelFull) else "cannot be reached"
+            logger.warning("websocket.disconnect %s: the disconnect of %s was dropped", why, self.reply_channel)
 
     async def _apply_reply(self, reply: Any) -> None:
         """Accept, send data, close, in that order, from one ASGI 1.0 reply message."""
         if self.closed:
             logger.debug("reply for closed WebSocket %s dropped", self.reply_channel)
             return
-        if not isinstance(reply, dict) or not reply.keys() <= _REPLY_KEYS or ("text" in reply and "bytes" in reply):
+        if not _valid_reply(reply):
             logger.error(
-                "invalid WebSocket reply on %s: %r. Expected a dict with 'accept', 'subprotocol', "
-                "'close' and at most one of 'text'/'bytes'", self.reply_channel, reply,
+                "invalid WebSocket reply on %s: %.200r. Expected a dict with 'accept', 'subprotocol', "
+                "'close' and at most one of 'text' (str) / 'bytes' (bytes)", self.reply_channel, reply,
             )
             await self._close(CLOSE_INTERNAL_ERROR)
             return
@@ -225,3 +226,12 @@ class WebSocketConnection:
             await self.send({"type": "websocket.close", "code": code})
         else:
             await self.send({"type": "websocket.close"})
+
+
+def _valid_reply(reply: Any) -> bool:
+    if not isinstance(reply, dict) or not reply.keys() <= _REPLY_KEYS:
+        return False
+    text, data = reply.get("text"), reply.get("bytes")
+    if text is not None and data is not None:
+        return False
+    return (text is None or isinstance(text, str)) and (data is None or isinstance(data, bytes))

@@ -295,6 +295,18 @@ def test_data_before_accept_accepts_and_close_code_reaches_the_client(web, layer
         assert socket.close_code == 4321
 
 
+def test_invalid_websocket_reply_closes_with_1011(web, layer):
+    _, port = web
+    pending = in_thread(connect, ws_url(port), open_timeout=20)
+    hello = take(layer, "websocket.connect")
+    layer.send(hello["reply_channel"], {"accept": True})
+    with pending() as socket:
+        layer.send(hello["reply_channel"], {"text": b"bytes where text belongs"})
+        with pytest.raises(ConnectionClosed):
+            socket.recv(timeout=10)
+        assert socket.close_code == 1011
+
+
 def test_reject_before_accept_is_403(web, layer):
     _, port = web
     pending = in_thread(connect, ws_url(port), open_timeout=20)

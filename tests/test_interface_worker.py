@@ -124,8 +124,9 @@ def test_websocket_close_code_from_consumer(stack):
 
 async def _open_echo_sockets(url, count):
     sockets = []
-    for start in range(0, count, 25):
-        sockets.extend(await asyncio.gather(*(aconnect(url, open_timeout=30) for _ in range(start, min(count, start + 25)))))
+    for start in range(0, count, 25):  # in batches, like browsers reconnecting after a deploy
+        batch = min(count, start + 25) - start
+        sockets.extend(await asyncio.gather(*(aconnect(url, open_timeout=30) for _ in range(batch))))
     return sockets
 
 

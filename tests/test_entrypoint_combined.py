@@ -95,3 +95,17 @@ def test_two_combined_dynos_share_groups_on_redis(tmp_path, started):
         assert asyncio.run(chat()) == {"user": "anonymous", "text": "across dynos", "room": "dynos"}
     finally:
         redis.close()
+
+
+def test_unreachable_redis_is_a_boot_error(tmp_path):
+    port = free_port()  # nothing listens here
+    process = ServerProcess(["run", "--combined", "--port", str(free_port())],
+                            env=_env(tmp_path, REDIS_URL=f"redis://:s3cret@127.0.0.1:{port}/0",
+                                     DJANGO_SETTINGS_MODULE="example_project.settings"))
+    try:
+        process.start()
+        assert process.wait(timeout=60) == 3
+        output = process.output()
+        assert "unreachable" in output and "s3cret" not in output
+    finally:
+        process.close()

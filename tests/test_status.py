@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -122,3 +123,25 @@ def test_render_computes_rates_and_busy_ratio():
     worker = next(line for line in screen.splitlines() if line.startswith("w1"))
     assert worker.split()[1:6] == ["4", "3", "75%", "16", "3.0"]
     assert "1 worker(s), 4 thread(s), 3 busy (75%), 3.0 messages/s" in screen
+
+
+def test_watch_refreshes_until_interrupted():
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "paas_channels.cli", "status", "--watch", "0.2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        lines = []
+        while time.monotonic() < deadline and sum("paas-channels status at" in line for line in lines) < 3:
+            lines.append(process.stdout.readline())
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    assert sum("paas-channels status at" in line for line in lines) == 3
+    assert any("the in-memory layer lives inside one process" in line for line in lines)

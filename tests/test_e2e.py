@@ -203,3 +203,7 @@ def test_example_project_end_to_end(deployment):
     assert re.search(r"thumbnail [0-9a-f]{16}\.png made", deployment.workers.output())
     if deployment.mode == "split":
         assert "paas_channels.worker" not in deployment.processes[0].output()  # the web process ran no consumer
+        assert f"RedisChannelLayer({deployment.redis.url})" in deployment.processes[0].output()
+    for process in deployment.processes:  # the effective settings are logged, the secret is not
+        assert "settings example_project.settings: DEBUG=False SECRET_KEY=****" in process.output()
+        assert deployment.env["SECRET_KEY"] not in process.output()

@@ -96,7 +96,7 @@ def channel_session(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         finally:
-            if message.channel.name == "websocket.disconnect":
+            if message.channel.name == "websocket.disconnect" and not getattr(message, "parked", False):
                 session.delete()
             elif session.modified:
                 session.save()
@@ -255,6 +255,8 @@ def _advance(message: Message, order: int) -> None:
 
 
 def _park(message: Message) -> None:
+    # Marked, so that channel_session keeps the session of a parked disconnect.
+    message.parked = True
     layer = message.channel_layer
     wait = _wait_channel(message.reply_channel.name)
     layer.send(wait, {"channel": message.channel.name, "content": message.content})

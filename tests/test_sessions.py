@@ -118,3 +118,23 @@ def test_enforce_ordering_needs_an_order(layer):
     consumer = enforce_ordering(lambda message: None)
     with pytest.raises(ValueError, match="integer 'order'"):
         consumer(Message({"reply_channel": "in!a"}, "websocket.receive", layer))
+
+
+def test_early_disconnect_waits_and_keeps_the_session_until_it_runs(layer):
+    ran = []
+
+    @enforce_ordering
+    def consumer(message):
+        message.channel_session["seen"] = message.channel_session.get("seen", 0) + 1
+        ran.append((message.channel.name, message["order"], message.channel_session["seen"]))
+
+    names = ("websocket.connect", "websocket.receive", "websocket.disconnect")
+    worker = Worker(layer, [route(name, consumer) for name in names])
+    layer.send("websocket.connect", ws("in!early", 0))
+    run_all(worker, layer)
+    layer.send("websocket.disconnect", ws("in!early", 2, code=1000))
+    run_all(worker, layer)  # parked: its session must survive
+    layer.send("websocket.receive", ws("in!early", 1, text="last words"))
+    run_all(worker, layer)
+    assert ran == [("websocket.connect", 0, 1), ("websocket.receive", 1, 2), ("websocket.disconnect", 2, 3)]
+    assert "seen" not in session_for_reply_channel("in!early")  # deleted once the disconnect ran

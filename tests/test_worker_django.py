@@ -160,12 +160,14 @@ def test_websocket_chat_keeps_the_logged_in_user_across_workers(stack):
     # session (where connect stored the user) keep the conversation right.
     for order in range(1, 6):
         client.ws_send(reply, path, order, json.dumps({"text": f"message {order}"}))
-    assert client.next_for(reply) == {"accept": True}
-    frames = [json.loads(client.next_for(reply)["text"]) for _ in range(6)]
+    assert client.next_for(reply) == {"accept": True}, stack.logs()
+    frames = [client.next_for(reply) for _ in range(6)]
+    assert None not in frames, stack.logs()
+    frames = [json.loads(frame["text"]) for frame in frames]
     assert frames[0] == {"system": "ada joined lobby"}
     assert frames[1:] == [{"user": "ada", "text": f"message {n}", "room": "lobby"} for n in range(1, 6)]
     client.ws_disconnect(reply, path, 6)
     deadline = time.monotonic() + 10
     while stack.layer.group_channels("chat-lobby") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert stack.layer.group_channels("chat-lobby") == []
+    assert stack.layer.group_channels("chat-lobby") == [], stack.logs()

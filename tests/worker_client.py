@@ -245,6 +245,10 @@ class ExampleStack:
     def client(self) -> LayerClient:
         return LayerClient(self.layer)
 
+    def logs(self, tail: int = 3000) -> str:
+        """The end of every worker's output, for assertion messages."""
+        return "\n".join(f"--- {process.args}:\n{process.output()[-tail:]}" for process in self.processes)
+
     def close(self) -> None:
         import shutil
 

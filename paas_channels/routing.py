@@ -14,6 +14,7 @@ routing names (:attr:`Router.channels`).
 from __future__ import annotations
 
 import re
+import traceback
 from typing import Any, Callable
 
 from django.utils.module_loading import import_string
@@ -236,6 +237,11 @@ def _import(path: str, where: str) -> Any:
         return import_string(path)
     except ImportError as exc:
         raise ConfigError(f"{where}: cannot import {path!r} ({exc}); give a dotted path such as 'myapp.routing.channel_routing'") from None
+    except Exception as exc:
+        # A routing or consumer module with a bug: one line that says where, not a crash.
+        frames = traceback.extract_tb(exc.__traceback__)
+        where_in = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        raise ConfigError(f"{where}: importing {path!r} raised {type(exc).__name__}: {exc}{where_in}") from None
 
 
 def _name(consumer: Any) -> str:

@@ -113,3 +113,10 @@ def test_select_channels_globs():
         "thumbnail", "websocket.connect"
     ]
     assert select_channels(routed) == sorted(routed)
+
+
+def test_routing_module_that_raises_is_a_one_line_config_error(tmp_path, monkeypatch):
+    (tmp_path / "buggy_routing_mod.py").write_text("channel_routing = []\nraise NameError('name undefined_consumer is not defined')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"raised NameError: name undefined_consumer is not defined at .*buggy_routing_mod.py:2"):
+        Router("buggy_routing_mod.channel_routing")

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import selectors
+import weakref
 from dataclasses import dataclass
 from typing import Any, Generator, Iterator, Sequence
 
@@ -115,6 +116,12 @@ def _first_of(replies: list[Any], failures: list[Exception]) -> tuple[tuple[int,
     return (got[0] if got else None), got[1:]
 
 
+def _disconnect_all(idle: list[list[Any]]) -> None:
+    for connections in idle:
+        while connections:
+            connections.pop().disconnect()
+
+
 class _Shards:
     """What both drivers share: hosts, idle connections, and turning redis-py errors into ours."""
 
@@ -166,6 +173,9 @@ class SyncIO(_Shards):
 
     def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float) -> None:
         super().__init__(hosts, [host.sync_pool(socket_timeout) for host in hosts])
+        # A layer dropped without close() still closes its sockets, in order
+        # (left to the garbage collector, a socket may go before its connection).
+        weakref.finalize(self, _disconnect_all, self.idle)
 
     def run(self, op: Op) -> Any:
         # A connection error is thrown into the operation, which may go on

@@ -17,6 +17,7 @@ urlpatterns = [
     path("stream/", views.stream, name="stream"),
     path("upload/", views.upload, name="upload"),
     path("data/<int:size>/", views.data, name="data"),
+    path("download/<int:size>/", views.download, name="download"),
     path("slow/", views.slow, name="slow"),
     path("boom/", views.boom, name="boom"),
     # /live/ itself is answered by a consumer (routing.py), not by a view.

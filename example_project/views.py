@@ -9,13 +9,14 @@ background ``thumbnail`` channel.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 
 from django import forms
 from django.contrib.auth import login
 from django.contrib.auth.forms import UserCreationForm
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -108,6 +109,13 @@ def data(request: HttpRequest, size: int) -> HttpResponse:
     pattern = bytes(range(256))
     body = (pattern * (size // 256 + 1))[:size]
     return HttpResponse(body, content_type="application/octet-stream")
+
+
+def download(request: HttpRequest, size: int) -> FileResponse:
+    """``size`` bytes (at most 8 MiB) as a file download: a FileResponse, streamed in chunks."""
+    size = min(size, 8 * 1024 * 1024)
+    pattern = bytes(range(256))
+    return FileResponse(io.BytesIO((pattern * (size // 256 + 1))[:size]), as_attachment=True, filename="data.bin")
 
 
 def slow(request: HttpRequest) -> HttpResponse:

@@ -25,7 +25,7 @@ from typing import Any
 from django.core.exceptions import RequestAborted
 from django.core.handlers import base
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.http import FileResponse, HttpResponse, HttpResponseBadRequest
 from django.urls import set_script_prefix
 
 from .layers import BaseChannelLayer
@@ -75,7 +75,7 @@ class ChannelHandler(base.BaseHandler):
                 set_script_prefix(request.script_name or "/")
                 response = self.get_response(request)
                 response._handler_class = self.__class__
-            _send_response(layer, reply, response)
+            _send_response(layer, reply, response, head=request is not None and request.method == "HEAD")
         finally:
             if request is not None:
                 request.close()
@@ -141,7 +141,7 @@ def _split(data: bytes) -> list[bytes]:
     return [data[start : start + CHUNK_SIZE] for start in range(0, len(data), CHUNK_SIZE)] or [b""]
 
 
-def _send_response(layer: BaseChannelLayer, reply: str, response: HttpResponse) -> None:
+def _send_response(layer: BaseChannelLayer, reply: str, response: HttpResponse, head: bool = False) -> None:
     """Send ``response`` on ``reply``: status and headers with the first chunk, then chunks.
 
     A streaming response's parts go out as they are produced (a part of a
@@ -149,6 +149,10 @@ def _send_response(layer: BaseChannelLayer, reply: str, response: HttpResponse) 
     """
     try:
         first: dict[str, Any] = {"status": response.status_code, "headers": _response_headers(response)}
+        if head:
+            # HEAD: the headers of a GET, without its body.
+            _emit(layer, reply, first, b"", more=False)
+            return
         if not response.streaming:
             chunks = _split(response.content)
             for index, chunk in enumerate(chunks):
@@ -156,6 +160,9 @@ def _send_response(layer: BaseChannelLayer, reply: str, response: HttpResponse) 
                 if not _emit(layer, reply, first if index == 0 else None, chunk, more):
                     return
             return
+        if isinstance(response, FileResponse):
+            # Read files in message-sized blocks, not Django's 4 KiB (one message each).
+            response.block_size = CHUNK_SIZE
         sent_first = False
         for part in response.streaming_content:
             if isinstance(part, str):

@@ -100,6 +100,19 @@ def test_large_response_is_sent_in_chunks_under_the_message_limit(client):
     assert response.messages >= 12  # 256 KiB per message
 
 
+def test_file_response_is_read_in_message_sized_blocks(client):
+    response = client.get("/download/1048576/")
+    assert response.status == 200 and len(response.body) == 1048576
+    assert response.body[256:512] == bytes(range(256))
+    assert response.header("content-disposition") == 'attachment; filename="data.bin"'
+    assert response.messages <= 6  # 256 KiB blocks, not Django's 4 KiB (256 messages)
+
+
+def test_head_gets_headers_without_body(client):
+    response = client.request("HEAD", "/data/1000/")
+    assert response.status == 200 and response.body == b"" and response.header("content-length") == "1000"
+
+
 def test_three_megabyte_upload_through_body_channel(client):
     data = os.urandom(3 * 1024 * 1024)
     client.get("/upload/")

@@ -245,3 +245,20 @@ def test_consumer_send_arguments_are_checked(layer):
         consumer.send(text=b"a")
     with pytest.raises(ValueError, match="needs text, bytes or close"):
         consumer.send()
+
+
+def test_import_paas_channels_stays_light_until_channel_or_group_is_used():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, paas_channels\n"
+        "assert 'paas_channels.message' not in sys.modules and 'django.db' not in sys.modules, 'heavy import'\n"
+        "import django; from django.conf import settings; settings.configure(); django.setup()\n"
+        "from paas_channels import Channel, Group\n"
+        "assert Channel.__module__ == Group.__module__ == 'paas_channels.message'\n"
+        "try:\n    paas_channels.Nope\nexcept AttributeError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "has no attribute 'Nope'" in result.stdout

@@ -330,9 +330,10 @@ def run(config: Config) -> int:
     try:
         layer.heartbeats()
     except Exception as exc:
+        # The layer's own message names the host it tried (with the password redacted) and what to do.
+        detail = str(exc)[:300] or f"{type(exc).__name__}; check REDIS_URL and that Redis is running"
         raise ConfigError(
-            f"the channel layer {config.layer!r} ({type(layer).__name__}) is unreachable: "
-            f"{type(exc).__name__}. Check REDIS_URL and that Redis is running"
+            f"the channel layer {config.layer!r} ({type(layer).__name__}) is unreachable: {detail}"
         ) from None
     if layer.__class__.__name__ == "InMemoryChannelLayer":
         logger.warning(

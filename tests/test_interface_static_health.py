@@ -1,7 +1,7 @@
 """The interface server on its own: what it answers without any worker.
 
-A real ``paas-channels run web`` (Daphne) on a free port, the example project
-with collected static files, and no worker at all: static files and the health
+A real ``paas-channels run web`` (Daphne) on a free port and a private Redis,
+the example project with collected static files, and no worker at all: static files and the health
 endpoint still answer, requests get an honest 503 after ``--http-timeout``,
 a WebSocket from a foreign Origin is refused before anything reaches a worker.
 """
@@ -16,18 +16,24 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.interface_support import project_dir, project_env, start_web, static_files
+from tests.interface_support import project_dir, project_env, scrubbed_environ, start_web, static_files
+from tests.support import RedisServer, ServerProcess, free_port
 
 HTTP_TIMEOUT = 2
 
 
 @pytest.fixture(scope="module")
 def web():
-    process, port = start_web(project_env(), "--http-timeout", str(HTTP_TIMEOUT))
+    """``run web`` in split mode (Redis layer) with no worker anywhere."""
+    redis = RedisServer().start()
     try:
-        yield process, f"http://127.0.0.1:{port}"
+        process, port = start_web(project_env(redis_url=redis.url), "--http-timeout", str(HTTP_TIMEOUT))
+        try:
+            yield process, f"http://127.0.0.1:{port}"
+        finally:
+            process.close()
     finally:
-        process.close()
+        redis.close()
 
 
 def test_hashed_static_file_is_served_immutable_and_compressed(web):
@@ -118,9 +124,6 @@ def test_warns_when_no_worker_heartbeat_is_seen(web):
 def test_boot_error_when_port_is_taken(web):
     _, url = web
     port = url.rsplit(":", 1)[1]
-    from tests.support import ServerProcess
-    from tests.interface_support import scrubbed_environ
-
     process = ServerProcess(["run", "web", "--bind", "127.0.0.1", "--port", port],
                             env={**scrubbed_environ(), **project_env()})
     try:
@@ -131,3 +134,17 @@ def test_boot_error_when_port_is_taken(web):
     finally:
         process.close()
 
+
+def test_boot_error_when_the_layer_is_unreachable():
+    url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    process = ServerProcess(["run", "web", "--bind", "127.0.0.1", "--port", str(free_port())],
+                            env={**scrubbed_environ(), **project_env(redis_url=url)})
+    try:
+        process.start()
+        assert process.wait(30) == 3
+        output = process.output()
+        last = output.strip().splitlines()[-1]
+        assert last.startswith("paas-channels: the channel layer") and "unreachable" in last and "Redis" in last
+        assert "hunter2-secret" not in output
+    finally:
+        process.close()

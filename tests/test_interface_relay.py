@@ -57,7 +57,7 @@ def web(redis):
 @pytest.fixture(scope="module")
 def proxied_web(redis):
     process, port = start_web(project_env(redis_url=redis.url), "--http-timeout", str(HTTP_TIMEOUT),
-                              "--proxy-headers", "--allowed-origin", ".example.com")
+                              "--proxy-headers", "--allowed-origin", ".example.com", "--root-path", "/app")
     try:
         yield process, port
     finally:
@@ -131,6 +131,16 @@ def test_request_message_with_proxy_headers(proxied_web, layer):
     assert pending().status_code == 200
     assert request["client"][0] == "203.0.113.7"
     assert request["scheme"] == "https"
+
+
+def test_root_path_is_passed_on_and_prefixes_the_health_endpoint(proxied_web, layer):
+    _, port = proxied_web
+    assert httpx.get(f"http://127.0.0.1:{port}/app/.paas-channels/health", timeout=10).json()["status"] == "ok"
+    pending = in_thread(httpx.get, f"http://127.0.0.1:{port}/app/page/", timeout=30)
+    request = take(layer, "http.request")
+    reply_ok(layer, request)
+    assert pending().status_code == 200
+    assert request["root_path"] == "/app" and request["path"] == "/app/page/"
 
 
 def test_large_body_goes_through_body_channel_in_chunks(web, layer):

@@ -187,6 +187,7 @@ class InterfaceApplication:
         return "wss" if scope.get("scheme") in ("wss", "https") else "ws"
 
     async def _receive_loop(self) -> None:
+        """The process's one reader of its inbox: each reply goes to its connection's queue."""
         delay = _RETRY_START
         while True:
             try:
@@ -194,11 +195,14 @@ class InterfaceApplication:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.error("receiving on the inbox %s failed (%s: %s); retrying in %.1f s",
-                             self.inbox, type(exc).__name__, exc, delay)
+                log = logger.error if delay == _RETRY_START else logger.debug  # once per outage
+                log("receiving on the inbox %s failed (%s: %.200s); retrying every %g s at most",
+                    self.inbox, type(exc).__name__, exc, _RETRY_MAX)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
+            if delay != _RETRY_START:
+                logger.info("receiving on the inbox %s again", self.inbox)
             delay = _RETRY_START
             if channel is None:
                 continue
@@ -210,18 +214,24 @@ class InterfaceApplication:
 
     async def _monitor_workers(self) -> None:
         """Keep ``worker_count`` fresh and warn while no worker is alive."""
-        started = last_seen = time.monotonic()
+        last_seen = time.monotonic()
         warned_at = None
+        layer_down = False
         while True:
             try:
                 beats = await asyncio.wait_for(self.layer.aheartbeats(), WORKER_CHECK_INTERVAL)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("reading worker heartbeats failed (%s); is the channel layer up?", type(exc).__name__)
-                beats = None
+                if not layer_down:  # once per outage, not every few seconds
+                    logger.warning("the channel layer does not answer (%s: %.200s); requests get 503 until it does",
+                                   type(exc).__name__, exc)
+                layer_down, beats = True, None
             now = time.monotonic()
             if beats is not None:
+                if layer_down:
+                    logger.info("the channel layer answers again")
+                    layer_down = False
                 count = len(beats)
                 if count:
                     if warned_at is not None:
@@ -232,7 +242,7 @@ class InterfaceApplication:
                         "no worker heartbeat for %.0f s: HTTP requests will wait %g s (--http-timeout) and "
                         "then get 503. Start a worker: `paas-channels run worker` (a `worker` process type "
                         "in the Procfile, scaled with `heroku ps:scale worker=1`)",
-                        now - max(last_seen, started), self.http_timeout,
+                        now - last_seen, self.http_timeout,
                     )
                     warned_at = now
                 self.worker_count = count

@@ -148,3 +148,34 @@ def test_boot_error_when_the_layer_is_unreachable():
         assert "hunter2-secret" not in output
     finally:
         process.close()
+
+
+def test_layer_outage_is_503_and_recovers_without_a_restart():
+    redis = RedisServer().start()
+    process = None
+    try:
+        process, port = start_web(project_env(redis_url=redis.url), "--http-timeout", str(HTTP_TIMEOUT))
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/.paas-channels/health", timeout=10).status_code == 200
+        redis.stop()
+        health = httpx.get(f"{url}/.paas-channels/health", timeout=10)
+        assert health.status_code == 503
+        assert health.json()["status"] == "error" and health.json()["layer"].startswith("unreachable")
+        started = time.monotonic()
+        page = httpx.get(f"{url}/", timeout=30)
+        assert page.status_code == 503 and "channel layer" in page.text
+        assert time.monotonic() - started < HTTP_TIMEOUT  # told at once, not after the timeout
+        static = httpx.get(f"{url}/static/{static_files()['paas_demo/app.css']}", timeout=10)
+        assert static.status_code == 200  # static files never needed the layer
+        redis.start()  # same port: the process reconnects by itself
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{url}/.paas-channels/health", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "health did not recover after Redis came back"
+            time.sleep(0.2)
+        again = httpx.get(f"{url}/", timeout=30)
+        assert again.status_code == 503 and "no worker answered" in again.text  # the layer path works again
+        assert process.output().count("receiving on the inbox") <= 3  # logged once per outage, not per retry
+    finally:
+        if process is not None:
+            process.close()
+        redis.close()

@@ -83,7 +83,9 @@ Op = Generator[Any, Any, Any]
 
 
 def _pack(commands: Sequence[tuple]) -> list[bytes]:
-    return [b"".join(hiredis.pack_command(command) for command in commands)]
+    if len(commands) == 1:
+        return [hiredis.pack_command(commands[0])]
+    return [b"".join([hiredis.pack_command(command) for command in commands])]
 
 
 def _blpop(keys: Sequence[str], timeout: float) -> tuple:
@@ -151,17 +153,20 @@ class _Shards:
         try:
             yield
         except _CONNECTION_ERRORS as exc:
-            if isinstance(exc, ChannelLayerConnectionError):
-                raise
-            host = self.hosts[shard]
-            reason = str(exc) or type(exc).__name__
-            for secret in host.secrets():
-                reason = reason.replace(secret, "***")
-            raise ChannelLayerConnectionError(
-                f"channel layer cannot reach Redis at {host.describe()}: {reason}. "
-                "Check that Redis is running and the URL is right; the layer reconnects "
-                "by itself once it is back."
-            ) from None
+            raise self._connection_error(shard, exc) from None
+
+    def _connection_error(self, shard: int, exc: BaseException) -> ChannelLayerConnectionError:
+        if isinstance(exc, ChannelLayerConnectionError):
+            return exc
+        host = self.hosts[shard]
+        reason = str(exc) or type(exc).__name__
+        for secret in host.secrets():
+            reason = reason.replace(secret, "***")
+        return ChannelLayerConnectionError(
+            f"channel layer cannot reach Redis at {host.describe()}: {reason}. "
+            "Check that Redis is running and the URL is right; the layer reconnects "
+            "by itself once it is back."
+        )
 
     @staticmethod
     def _scripts_to_resend(calls: Sequence[Call], replies: list[Any]) -> list[int]:
@@ -209,31 +214,36 @@ class SyncIO(_Shards):
     def _round_trip(self, shard: int, commands: Sequence[tuple]) -> list[Any]:
         """Send ``commands`` in one write, read every reply (errors as values)."""
         packed = _pack(commands)
-        with self.errors(shard):
-            for attempt in (0, 1):
-                conn, reused = self._acquire(shard, fresh=attempt > 0)
-                try:
-                    conn.send_packed_command(packed, check_health=False)
-                    replies = []
-                    for _ in commands:
-                        try:
-                            replies.append(conn.read_response())
-                        except ResponseError as exc:
-                            replies.append(exc)
-                except _CONNECTION_ERRORS:
-                    conn.disconnect()
-                    self._drop_idle(shard)
-                    if reused and attempt == 0:
-                        continue
-                    raise
-                except BaseException:
-                    conn.disconnect()
-                    raise
-                self.idle[shard].append(conn)
-                return replies
+        for attempt in (0, 1):
+            conn, reused = self._acquire(shard, fresh=attempt > 0)
+            try:
+                conn.send_packed_command(packed, check_health=False)
+                replies = []
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+            except _CONNECTION_ERRORS as exc:
+                conn.disconnect()
+                self._drop_idle(shard)
+                if reused and attempt == 0:
+                    continue
+                raise self._connection_error(shard, exc) from None
+            except BaseException:
+                conn.disconnect()
+                raise
+            self.idle[shard].append(conn)
+            return replies
         raise AssertionError("unreachable")
 
     def _calls(self, calls: Sequence[Call]) -> list[Any]:
+        if len(calls) == 1:  # the common case, kept short
+            call = calls[0]
+            (result,) = self._round_trip(call.shard, (call.command(),))
+            if isinstance(result, NoScriptError) and call.script is not None:
+                (result,) = self._round_trip(call.shard, (call.command(by_sha=False),))
+            return [_reply(result)]
         replies: list[Any] = [None] * len(calls)
         for shard, indexes in _by_shard(calls).items():
             shard_calls = [calls[i] for i in indexes]
@@ -344,28 +354,27 @@ class AsyncIO(_Shards):
 
     async def _round_trip(self, shard: int, commands: Sequence[tuple]) -> list[Any]:
         packed = _pack(commands)
-        with self.errors(shard):
-            for attempt in (0, 1):
-                conn, reused = self._acquire(shard, fresh=attempt > 0)
-                try:
-                    await conn.send_packed_command(packed, check_health=False)
-                    replies = []
-                    for _ in commands:
-                        try:
-                            replies.append(await conn.read_response())
-                        except ResponseError as exc:
-                            replies.append(exc)
-                except _CONNECTION_ERRORS:
-                    await conn.disconnect(nowait=True)
-                    await self._drop_idle(shard)
-                    if reused and attempt == 0:
-                        continue
-                    raise
-                except BaseException:  # cancelled mid-command: the connection's state is unknown
-                    await conn.disconnect(nowait=True)
-                    raise
-                self.idle[shard].append(conn)
-                return replies
+        for attempt in (0, 1):
+            conn, reused = self._acquire(shard, fresh=attempt > 0)
+            try:
+                await conn.send_packed_command(packed, check_health=False)
+                replies = []
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+            except _CONNECTION_ERRORS as exc:
+                await conn.disconnect(nowait=True)
+                await self._drop_idle(shard)
+                if reused and attempt == 0:
+                    continue
+                raise self._connection_error(shard, exc) from None
+            except BaseException:  # cancelled mid-command: the connection's state is unknown
+                await conn.disconnect(nowait=True)
+                raise
+            self.idle[shard].append(conn)
+            return replies
         raise AssertionError("unreachable")
 
     async def _shard_calls(self, shard: int, calls: list[Call]) -> list[Any]:

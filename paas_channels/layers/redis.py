@@ -138,6 +138,10 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         self.keys = scripts.Keys(prefix)
         self._shard_count = len(self.hosts)
         self._socket_timeout = blocking_timeout + 10
+        self._expiry_ms = int(self.expiry * 1000)
+        # A list outlives its newest message by one expiry, so that an
+        # expired, unread message can still be seen (and its members dropped).
+        self._list_ttl_ms = 2 * self._expiry_ms + 1000
         self._sync = SyncIO(self.hosts, self._socket_timeout)
         self._init_async()
         self._rotation = itertools.count()
@@ -266,7 +270,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
     def _push(self, shard: int, items: list[tuple[str, bytes, int, bool, bool]]) -> Call:
         """The PUSH script for ``(stored name, envelope, capacity, count_full, check_dead)`` items."""
         keys: list[str] = [self.keys.stats]
-        args: list[Any] = [_now_ms(), int(self.expiry * 2000) + 1000, _STATS_TTL_MS]
+        args: list[Any] = [_now_ms(), self._list_ttl_ms, _STATS_TTL_MS]
         for name, envelope, capacity, count_full, check_dead in items:
             keys += [self.keys.channel(name), self.keys.channel_stats(name)]
             args += [envelope, capacity, int(count_full), int(check_dead)]
@@ -276,7 +280,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
 
     def _op_send(self, channel: str, message: dict) -> Op:
         self.valid_channel_name(channel)
-        envelope = scripts.pack(_now_ms() + int(self.expiry * 1000), channel, self.serialize(message))
+        envelope = scripts.pack(_now_ms() + self._expiry_ms, channel, self.serialize(message))
         name = self.non_local_name(channel)
         targets = self._send_targets(channel)
         error = None
@@ -365,7 +369,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         if not members:
             return None
         by_name = _by_stored_name(members)
-        expires = _now_ms() + int(self.expiry * 1000)
+        expires = _now_ms() + self._expiry_ms
         # Each pending item: stored name, envelope, remaining (shard, capacity) tries.
         pending = []
         for name, targets in by_name.items():

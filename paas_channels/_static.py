@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from whitenoise.base import WhiteNoise
 
@@ -33,15 +33,16 @@ Send = Callable[[dict], Awaitable[None]]
 
 
 class StaticFiles:
-    """An index of the files under ``root``, served at URL ``prefix``.
+    """An index of static files served at URL ``prefix``: the files under ``root``,
+    or, with ``root=None``, the apps' static folders (Django's finders).
 
     Files whose names carry a content hash (listed in ``staticfiles.json``, or
     matching Django's hash pattern when there is no manifest) get a ten-year
     ``immutable`` cache header; every other file ``max_age`` seconds.
     """
 
-    def __init__(self, root: str | os.PathLike, prefix: str, max_age: int = 60) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike | None, prefix: str, max_age: int = 60) -> None:
+        self.root = Path(root) if root is not None else None
         self.prefix = "/" + prefix.strip("/") + "/"
         self._hashed = self._manifest_names()
         self._whitenoise = WhiteNoise(
@@ -49,30 +50,44 @@ class StaticFiles:
             max_age=max_age,
             immutable_file_test=self._is_immutable,
         )
-        self._whitenoise.add_files(str(self.root), self.prefix)
-        logger.info("static files: %d under %s served at %s", len(self._whitenoise.files), self.root, self.prefix)
+        if self.root is not None:
+            self._whitenoise.add_files(str(self.root), self.prefix)
+            where = str(self.root)
+        else:
+            for url, path in _finder_files(self.prefix):
+                if url not in self._whitenoise.files:  # the first finder wins, as in collectstatic
+                    self._whitenoise.add_file_to_dictionary(url, path)
+            where = "the apps' static folders (no STATIC_ROOT: run collectstatic for compressed, hashed files)"
+        logger.info("static files: %d from %s served at %s", len(self._whitenoise.files), where, self.prefix)
 
     @classmethod
     def from_settings(cls) -> "StaticFiles | None":
-        """Build from ``STATIC_URL``/``STATIC_ROOT``, or None (with a log line) when there is nothing to serve."""
+        """Build from ``STATIC_URL``/``STATIC_ROOT``, or None (with a log line) when there is nothing to serve.
+
+        Before ``collectstatic`` has filled ``STATIC_ROOT`` the files come straight
+        from the apps' static folders, so a fresh project still gets its CSS
+        without a worker hop.
+        """
         from django.conf import settings
 
         static_url = getattr(settings, "STATIC_URL", None)
         static_root = getattr(settings, "STATIC_ROOT", None)
-        if not static_url or not static_root:
-            logger.info("static files: not served (STATIC_URL or STATIC_ROOT is not set)")
+        if not static_url:
+            logger.info("static files: not served (STATIC_URL is not set)")
             return None
         if "://" in str(static_url) or str(static_url).startswith("//"):
             logger.info("static files: STATIC_URL %s is on another host; not served here", static_url)
             return None
-        if not Path(static_root).is_dir():
-            logger.warning(
-                "static files: STATIC_ROOT %s does not exist, so %s answers 404; run "
-                "`python manage.py collectstatic --noinput` in the build step",
-                static_root, static_url,
-            )
-            return None
-        return cls(static_root, str(static_url))
+        if static_root and Path(static_root).is_dir():
+            return cls(static_root, str(static_url))
+        if "django.contrib.staticfiles" in settings.INSTALLED_APPS:
+            return cls(None, str(static_url))
+        logger.warning(
+            "static files: STATIC_ROOT %s does not exist, so %s answers 404; run "
+            "`python manage.py collectstatic --noinput` in the build step",
+            static_root, static_url,
+        )
+        return None
 
     def lookup(self, path: str) -> Any | None:
         """The WhiteNoise entry for a URL path, or None when it is not a static file."""
@@ -111,6 +126,8 @@ class StaticFiles:
     ### Internals ###
 
     def _manifest_names(self) -> frozenset[str]:
+        if self.root is None:
+            return frozenset()
         manifest = self.root / "staticfiles.json"
         try:
             data = json.loads(manifest.read_text(encoding="utf-8"))
@@ -124,3 +141,14 @@ class StaticFiles:
         if self._hashed:
             return name in self._hashed
         return bool(_HASHED_NAME.search(name))
+
+
+def _finder_files(prefix: str) -> Iterator[tuple[str, str]]:
+    """``(url, file path)`` of every file Django's static-file finders know."""
+    from django.contrib.staticfiles import finders
+
+    for finder in finders.get_finders():
+        for path, storage in finder.list(None):
+            storage_prefix = (getattr(storage, "prefix", None) or "").strip("/")
+            url = prefix + (storage_prefix + "/" if storage_prefix else "") + path.replace("\\", "/")
+            yield url, storage.path(path)

@@ -78,6 +78,17 @@ def test_missing_static_root_says_what_to_do(tmp_path, caplog):
     assert "collectstatic" in caplog.text
 
 
+def test_without_collectstatic_files_come_from_the_finders(tmp_path):
+    (tmp_path / "css").mkdir()
+    (tmp_path / "css" / "site.css").write_text("h1{}")
+    with override_settings(STATICFILES_DIRS=[str(tmp_path)], STATIC_ROOT=str(tmp_path / "not-collected"),
+                           STATICFILES_FINDERS=["django.contrib.staticfiles.finders.FileSystemFinder"]):
+        static = StaticFiles(None, "/static/")
+        entry = static.lookup("/static/css/site.css")
+    assert entry is not None
+    assert dict(entry.alternatives[0][2])["Cache-Control"] == "max-age=60, public"
+
+
 def test_static_url_on_another_host_is_not_served(tmp_path):
     with override_settings(STATIC_URL="https://cdn.example.com/static/", STATIC_ROOT=str(tmp_path)):
         assert StaticFiles.from_settings() is None

@@ -50,6 +50,9 @@ def _settings_problems(config: Config) -> list[str]:
         return [f"settings: {exc}"]
     except Exception as exc:  # a settings module can raise anything; report it, don't crash
         return [f"settings: loading them raised {type(exc).__name__}: {exc}"]
+    # The report is our own lines: keep the project's INFO logging (settings.LOGGING) out of it.
+    root = logging.getLogger()
+    root.setLevel(max(root.level, logging.WARNING))
     return []
 
 

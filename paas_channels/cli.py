@@ -167,14 +167,13 @@ def _run(args: argparse.Namespace) -> int:
         from ._hybrid import run_web
 
         return run_web(config)
-    try:
-        runner = importlib.import_module(MODE_RUNNERS[mode])
-    except ModuleNotFoundError as exc:
-        if exc.name != MODE_RUNNERS[mode]:
-            raise
-        print(f"paas-channels: the {mode!r} mode is not built yet", file=sys.stderr)
-        return 2
-    return runner.run(config)
+    return importlib.import_module(MODE_RUNNERS[mode]).run(config)
+
+
+def _quiet_project_logging() -> None:
+    """A report command prints its own lines: keep the project's INFO logging (LOGGING) out of them."""
+    root = logging.getLogger()
+    root.setLevel(max(root.level, logging.WARNING))
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -200,6 +199,7 @@ def _status(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     config = load_config("combined", {"settings": args.settings, "layer": args.layer})
     setup_django(config)
+    _quiet_project_logging()
     return run_status(config, watch=args.watch, extra_channels=args.channel, groups=args.group)
 
 

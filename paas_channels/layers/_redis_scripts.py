@@ -12,8 +12,9 @@ Keys (``P`` is the layer's prefix; every key of a layer starts with ``P:``):
 * ``P:hb``         hash of worker id -> envelope of heartbeat info (first shard).
 
 An envelope is ``13 ASCII digits of expiry (ms since the epoch)`` + ``8 hex
-digits: length of T`` + ``T`` (msgpack: the full channel name, or for a group
-send to an inbox the list of its member channels) + the msgpack message.  Lua
+digits: length of T`` + ``T`` (msgpack str: the full channel name, or for a
+group send to an inbox its member channels joined by newlines, which no name
+contains) + the msgpack message.  Lua
 reads only the first 13 bytes, so scripts stay cheap whatever the message.
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgpack
 
@@ -30,13 +30,13 @@ __all__ = ["Script", "PUSH", "POP", "STATS", "GROUP_ADD", "GROUP_MEMBERS", "FLUS
 _HEADER = 21  # 13 digits of expiry + 8 hex digits of target length
 
 
-def pack(expires_ms: int, target: str | list[str], data: bytes) -> bytes:
+def pack(expires_ms: int, target: str, data: bytes) -> bytes:
     """An envelope: expiry, target channel(s), encoded message."""
     packed_target = msgpack.packb(target, use_bin_type=True)
     return b"%013d%08x" % (expires_ms, len(packed_target)) + packed_target + data
 
 
-def unpack(envelope: bytes) -> tuple[int, str | list[str], bytes]:
+def unpack(envelope: bytes) -> tuple[int, str, bytes]:
     """``(expires_ms, target(s), encoded message)`` from an envelope."""
     length = int(envelope[13:_HEADER], 16)
     target = msgpack.unpackb(envelope[_HEADER : _HEADER + length], raw=False)
@@ -166,10 +166,31 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """)
 
-#: KEYS: group.  ARGV: now ms.  Drops expired memberships, returns the rest.
+#: KEYS: group.  ARGV: now ms.  Drops expired memberships and returns the
+#: rest grouped by stored name, flat: {name, members joined by newlines, ...}.
+#: Grouping here costs a fraction of what it costs in Python for thousands
+#: of members, and the reply is two strings per inbox, not one per member.
 GROUP_MEMBERS = Script("group_members", """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+local order, groups = {}, {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local bang = string.find(member, '!', 1, true)
+  local name = member
+  if bang then name = string.sub(member, 1, bang) end
+  local same = groups[name]
+  if not same then
+    same = {}
+    groups[name] = same
+    order[#order + 1] = name
+  end
+  same[#same + 1] = member
+end
+local out = {}
+for _, name in ipairs(order) do
+  out[#out + 1] = name
+  out[#out + 1] = table.concat(groups[name], '\\n')
+end
+return out
 """)
 
 #: ARGV: key pattern.  Unlinks every key of the layer on this shard.
@@ -186,8 +207,3 @@ repeat
 until cursor == '0'
 return n
 """)
-
-
-def decode_strs(values: Any) -> list[str]:
-    """Redis replies (bytes) as str."""
-    return [value.decode() if isinstance(value, bytes) else str(value) for value in values or ()]

@@ -76,22 +76,9 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _by_stored_name(members: list[bytes]) -> dict[str, list[str]]:
-    """Group members by stored name: a ``!`` inbox gathers all its channels.
-
-    Written for speed (a group can have thousands of members): one decode for
-    all, no method call per member.  Names never contain a newline.
-    """
-    by_name: dict[str, list[str]] = {}
-    for member in b"\n".join(members).decode().split("\n"):
-        bang = member.find("!")
-        name = member if bang < 0 else member[: bang + 1]
-        same = by_name.get(name)
-        if same is None:
-            by_name[name] = [member]
-        else:
-            same.append(member)
-    return by_name
+def _members_by_stored_name(flat: list[bytes]) -> list[tuple[str, str]]:
+    """``(stored name, its member channels joined by newlines)`` from GROUP_MEMBERS."""
+    return [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
 
 
 class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
@@ -356,8 +343,8 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
 
     def _op_group_channels(self, group: str) -> Op:
         self.valid_group_name(group)
-        (members,) = yield [self._members_call(group)]
-        return scripts.decode_strs(members)
+        (flat,) = yield [self._members_call(group)]
+        return [member for _, joined in _members_by_stored_name(flat) for member in joined.split("\n")]
 
     def _members_call(self, group: str) -> Call:
         return Call(self._group_shard(group), (_now_ms(),), scripts.GROUP_MEMBERS, (self.keys.group(group),))
@@ -365,16 +352,15 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
     def _op_send_group(self, group: str, message: dict) -> Op:
         self.valid_group_name(group)
         data = self.serialize(message)
-        (members,) = yield [self._members_call(group)]
-        if not members:
+        (flat,) = yield [self._members_call(group)]
+        if not flat:
             return None
-        by_name = _by_stored_name(members)
+        by_name = dict(_members_by_stored_name(flat))
         expires = _now_ms() + self._expiry_ms
         # Each pending item: stored name, envelope, remaining (shard, capacity) tries.
-        pending = []
-        for name, targets in by_name.items():
-            target: str | list[str] = targets if "!" in name else targets[0]
-            pending.append((name, scripts.pack(expires, target, data), self._send_targets(targets[0])))
+        pending = [
+            (name, scripts.pack(expires, joined, data), self._send_targets(name)) for name, joined in by_name.items()
+        ]
         dead: list[str] = []
         while pending:
             by_shard: dict[int, list[tuple[str, bytes, list[tuple[int, int]]]]] = {}
@@ -398,7 +384,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
                         pending.append((name, envelope, tries[1:]))
         if dead:
             # Their oldest message expired unread: nobody reads them any more.
-            gone = [member for name in dead for member in by_name[name]]
+            gone = [member for name in dead for member in by_name[name].split("\n")]
             yield [Call(self._group_shard(group), ("ZREM", self.keys.group(group), *gone))]
         return None
 
@@ -463,12 +449,12 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         expires, target, data = scripts.unpack(envelope)
         if expires <= _now_ms():
             return None
-        if isinstance(target, str):
-            return target, self.deserialize(data)
-        if len(target) > 1:
-            prefix = self.non_local_name(target[0])
-            self._local.setdefault(prefix, deque()).extend((expires, channel, data) for channel in target[1:])
-        return target[0], self.deserialize(data)
+        if "\n" in target:
+            first, rest = target.split("\n", 1)
+            queue = self._local.setdefault(self.non_local_name(first), deque())
+            queue.extend((expires, channel, data) for channel in rest.split("\n"))
+            return first, self.deserialize(data)
+        return target, self.deserialize(data)
 
     def _take_local(self, names: list[str]) -> tuple[str, dict] | None:
         # deque.popleft and dict.get are atomic: no lock on this hot path.

@@ -9,6 +9,9 @@ into responses and frames (close codes, data before accept, 1012 on SIGTERM).
 
 from __future__ import annotations
 
+import base64
+import os
+import socket as socket_module
 import threading
 import time
 
@@ -47,7 +50,7 @@ def layer(redis):
 @pytest.fixture(scope="module")
 def web(redis):
     process, port = start_web(project_env(redis_url=redis.url), "--http-timeout", str(HTTP_TIMEOUT),
-                              "--ws-protocol", "chat.v2", "--ws-protocol", "chat.v1")
+                              "--ws-protocol", "chat.v2", "--ws-protocol", "chat.v1", "--ping-interval", "1")
     try:
         yield process, port
     finally:
@@ -325,6 +328,31 @@ def test_reject_before_accept_is_403(web, layer):
     with pytest.raises(InvalidStatus) as refused:
         pending()
     assert refused.value.response.status_code == 403
+
+
+def test_idle_websocket_gets_pings_at_the_ping_interval(web, layer):
+    """Keep-alive pings stop an idle socket from hitting a proxy's idle limit (Heroku: 55 s)."""
+    _, port = web
+    raw = socket_module.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        raw.sendall((f"GET /ws/idle/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        hello = take(layer, "websocket.connect")
+        layer.send(hello["reply_channel"], {"accept": True})
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += raw.recv(4096)
+        assert response.startswith(b"HTTP/1.1 101")
+        frames = response.split(b"\r\n\r\n", 1)[1]
+        started = time.monotonic()
+        while len(frames) < 2:  # a server frame: opcode byte, then length; pings carry a short payload
+            frames += raw.recv(4096)
+        # The client sent nothing: an unsolicited ping (opcode 9) within a few seconds of --ping-interval 1.
+        assert frames[0] & 0x0F == 0x9, f"expected a ping frame, got {frames[:8]!r}"
+        assert time.monotonic() - started < 10
+    finally:
+        raw.close()
 
 
 def test_full_websocket_receive_closes_with_1013(web, layer):

@@ -14,6 +14,7 @@ process: signals, boot errors, exit codes.
 
 from __future__ import annotations
 
+import contextvars
 import fnmatch
 import logging
 import os
@@ -132,8 +133,12 @@ class Worker:
         logger.info(
             "worker %s consuming %s with %d loop(s)", self.worker_id, ", ".join(self.channels), self.threads
         )
+        # Each loop in a fresh, empty context: where threads inherit the spawner's
+        # context (Python 3.14's thread_inherit_context), loops would share it.
         self._loops = [
-            threading.Thread(target=self._loop, name=f"paas-worker-{index + 1}", daemon=True)
+            threading.Thread(
+                target=contextvars.Context().run, args=(self._loop,), name=f"paas-worker-{index + 1}", daemon=True
+            )
             for index in range(self.threads)
         ]
         for loop in self._loops:

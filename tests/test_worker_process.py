@@ -97,16 +97,35 @@ def test_excluded_thumbnail_channel_never_runs_there(stack):
     assert client.next_for(done, timeout=1.5) is None
     assert pending(stack, "thumbnail") == 1
     # A thumbnail worker (here through manage.py runworker) does take it.
-    runworker = ServerProcess([], env=stack.env)
-    runworker.process = subprocess.Popen(
-        [sys.executable, "manage.py", "runworker", "--only-channels", "thumbnail"],
-        cwd=ROOT, env=runworker.env, stdout=runworker.log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    stack.processes.append(runworker)
+    runworker = start_runworker(stack, "--only-channels", "thumbnail")
     result = client.next_for(done, timeout=20)
     assert result is not None and result["name"] == "cat.png" and result["thumbnail"].endswith(".png")
     runworker.signal(signal.SIGTERM)
     assert runworker.wait(30) == 0
+
+
+def start_runworker(stack, *args):
+    """``python manage.py runworker <args>`` as a process of the stack."""
+    runworker = ServerProcess([], env=stack.env)
+    runworker.process = subprocess.Popen(
+        [sys.executable, "manage.py", "runworker", *args],
+        cwd=ROOT, env=runworker.env, stdout=runworker.log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    stack.processes.append(runworker)
+    return runworker
+
+
+def test_manage_py_runworker_with_gevent_serves_django(stack):
+    runworker = start_runworker(stack, "--gevent", "5")
+    runworker.wait_for_output(" consuming ", timeout=30)
+    client = stack.client()
+    replies = [client.send_request("GET", "/counter/") for _ in range(3)]
+    assert [client.response(reply, timeout=20).status for reply in replies] == [200, 200, 200], runworker.output()[-3000:]
+    assert client.get("/counter/").text.startswith("count=")
+    runworker.signal(signal.SIGTERM)
+    assert runworker.wait(30) == 0
+    assert "gevent pool of 5 greenlets" in runworker.output()
+    assert "stopped cleanly after 4 message(s)" in runworker.output()
 
 
 def test_consumer_exception_is_logged_and_the_next_message_served(stack):

@@ -1,20 +1,21 @@
 """``python manage.py runworker``: the same worker as ``paas-channels run worker``.
 
 Options are the worker options of ``paas_channels.conf`` (same flags, same
-environment variables, same defaults).  ``--gevent`` patches the process here,
-after Django is loaded; ``paas-channels run worker --gevent N`` patches
-earlier and is the safer choice for production.
+environment variables, same defaults).  With ``--gevent`` the command
+re-executes itself as ``paas-channels run worker``: gevent must patch the
+process before Django is imported, which a management command is too late for.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from paas_channels.conf import EXIT_BOOT_ERROR, add_arguments, load_config
+from paas_channels.conf import EXIT_BOOT_ERROR, OPTIONS, Config, add_arguments, load_config
 from paas_channels.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -32,17 +33,14 @@ class Command(BaseCommand):
             config = load_config("worker", options)
         except ConfigError as exc:
             raise CommandError(str(exc), returncode=EXIT_BOOT_ERROR) from None
+        if config.gevent:
+            _exec_cli(config)
         if not logging.getLogger().handlers:
             logging.basicConfig(
                 level=getattr(logging, config.log_level.upper()),
                 format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
                 stream=sys.stderr,
             )
-        if config.gevent:
-            from gevent import monkey
-
-            if not monkey.is_module_patched("socket"):
-                monkey.patch_all()
         from paas_channels import worker
 
         logger.info("runworker: %s", config.describe())
@@ -52,3 +50,24 @@ class Command(BaseCommand):
             raise CommandError(str(exc), returncode=EXIT_BOOT_ERROR) from None
         if code:
             sys.exit(code)
+
+
+def _exec_cli(config: Config) -> None:
+    """Replace this process by ``paas-channels run worker`` with the same options (same pid)."""
+    argv = [sys.executable, "-m", "paas_channels.cli", "run", "worker"]
+    for option in OPTIONS:
+        if config.sources.get(option.name) != "cli" or option.name == "settings":
+            continue
+        value = config.values[option.name]
+        for item in value if option.repeatable else [value]:
+            argv += [option.flags[-1]] if option.flag_only else [option.flags[-1], str(item)]
+    os.environ["DJANGO_SETTINGS_MODULE"] = os.environ.get("DJANGO_SETTINGS_MODULE") or _settings_module()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+def _settings_module() -> str:
+    from django.conf import settings
+
+    return settings.SETTINGS_MODULE

@@ -136,8 +136,11 @@ class HttpConnection:
         ``closed`` chunk so the worker stops waiting for the rest.
         """
         deadline = started + self.timeout
+        replies = self.app.reply_queue(self.reply_channel)
         while True:
             while len(pending) > BODY_CHUNK or not more:
+                if not replies.empty():  # answered early (e.g. 413): the rest of the body is not wanted
+                    return True
                 piece, pending = pending[:BODY_CHUNK], pending[BODY_CHUNK:]
                 last = not more and not pending
                 if not await self._send_chunk({"content": piece, "closed": False, "more_content": not last}, deadline):
@@ -161,6 +164,8 @@ class HttpConnection:
                 await _layer_unavailable(self.send)
                 return False
             except ChannelFull:
+                if not self.app.reply_queue(self.reply_channel).empty():
+                    return True  # the worker answered without reading on; _send_body stops too
                 if time.monotonic() + delay > deadline:
                     await self._no_worker_answer("no worker read the request body")
                     return False

@@ -166,6 +166,20 @@ def test_large_body_goes_through_body_channel_in_chunks(web, layer):
     assert pending().text == str(len(body))
 
 
+def test_early_reply_stops_the_body_instead_of_waiting_for_the_timeout(web, layer):
+    _, port = web
+    body = b"x" * (30 * 1024 * 1024)  # more than a body channel holds (100 chunks of 256 KiB)
+    started = time.monotonic()
+    pending = in_thread(httpx.post, f"http://127.0.0.1:{port}/upload/", content=body, timeout=30)
+    request = take(layer, "http.request")
+    assert request["body_channel"]
+    layer.send(request["reply_channel"], {"status": 413, "headers": [], "content": b"too large",
+                                          "more_content": False})
+    response = pending()
+    assert response.status_code == 413 and response.text == "too large"
+    assert time.monotonic() - started < HTTP_TIMEOUT / 2  # not a 503 after the timeout
+
+
 def test_streamed_reply_is_written_as_it_comes(web, layer):
     _, port = web
     received = []

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
+
 class LayerUnavailable(Exception):
     """A layer send failed for another reason than ``ChannelFull`` (Redis down, ...); already logged."""
 

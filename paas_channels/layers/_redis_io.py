@@ -27,7 +27,7 @@ import logging
 import selectors
 import weakref
 from dataclasses import dataclass
-from typing import Any, Generator, Iterator, Sequence
+from typing import Any, Generator, Iterator, NamedTuple, Sequence
 
 import hiredis
 import redis
@@ -52,9 +52,11 @@ class ChannelLayerConnectionError(redis.exceptions.ConnectionError, ConnectionEr
     """
 
 
-@dataclass(frozen=True)
-class Call:
-    """One command (``script`` is None) or one script run on shard ``shard``."""
+class Call(NamedTuple):
+    """One command (``script`` is None) or one script run on shard ``shard``.
+
+    A named tuple, not a dataclass: one is made per operation, on the hot path.
+    """
 
     shard: int
     args: tuple

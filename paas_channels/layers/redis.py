@@ -136,6 +136,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         # took from a group envelope and has not handed out yet.
         self._local: dict[str, deque[tuple[int, str, bytes]]] = {}
         self._names_cache: dict[tuple, list[str]] = {}
+        self._key_cache: dict[str, tuple[str, str]] = {}
 
     def __repr__(self) -> str:
         shards = ", ".join(host.describe() for host in self.hosts)
@@ -259,9 +260,18 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         keys: list[str] = [self.keys.stats]
         args: list[Any] = [_now_ms(), self._list_ttl_ms, _STATS_TTL_MS]
         for name, envelope, capacity, count_full, check_dead in items:
-            keys += [self.keys.channel(name), self.keys.channel_stats(name)]
+            keys += self._push_keys(name)
             args += [envelope, capacity, int(count_full), int(check_dead)]
         return Call(shard, tuple(args), scripts.PUSH, tuple(keys))
+
+    def _push_keys(self, name: str) -> tuple[str, str]:
+        """List and statistics keys of a stored name, remembered: sends repeat names."""
+        keys = self._key_cache.get(name)
+        if keys is None:
+            keys = (self.keys.channel(name), self.keys.channel_stats(name))
+            if len(self._key_cache) < 10_000:
+                self._key_cache[name] = keys
+        return keys
 
     ### Operations (generators of Redis requests; see _redis_io) ###
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import re
 import socket
@@ -206,7 +207,8 @@ def table(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"Same Redis {results['redis_version']}, one run (best of {results['repeat']} alternating runs each), "
-        f"{results['machine']}, n={results['n']:,}; "
+        f"{results['machine']}, {os.cpu_count()} cores, load average {results['load_before']:.1f} before and "
+        f"{results['load_after']:.1f} after, n={results['n']:,}; "
         f"unpipelined PING on a bare socket: {results['ping_per_s']:,.0f}/s (the ceiling for one round trip per operation). "
         f"`python bench/layer.py` ({results['date']})."
     )
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
             "redis_version": info["redis_version"],
             "n": args.n,
+            "load_before": os.getloadavg()[0],
         }
         # Alternate the contenders and keep each one's best of --repeat runs,
         # so that load from other processes on the machine hits all of them alike.
@@ -259,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, measured in runs.items():
             results[name] = {key: max(run[key] for run in measured) for key, _, _ in TESTS}
         results["repeat"] = args.repeat
+        results["load_after"] = os.getloadavg()[0]
     finally:
         if server is not None:
             server.close()

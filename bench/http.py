@@ -179,6 +179,7 @@ class Setup:
         self.logs: list[Path] = []
 
     def start(self, port: int, workdir: Path) -> None:
+        self.processes, self.logs, self.redis = [], [], None  # a setup is started once per round
         env = dict(self.env)
         if self.needs_redis:
             self.redis = RedisServer().start()

@@ -141,6 +141,13 @@ def test_failing_view_is_a_500_and_the_worker_goes_on(client):
 def test_long_poll_answered_by_a_later_group_send(client, stack):
     waiting = [client.send_request("GET", "/live/") for _ in range(3)]
     gone = client.send_request("GET", "/live/")
+    # A request waits once a worker has run its long_poll (it is then in the group).
+    # Wait for that, not for a while: http.disconnect is another channel, so a
+    # disconnect sent earlier may run first and leave a later-added member behind.
+    deadline = time.monotonic() + 10
+    while sorted(stack.layer.group_channels("live")) != sorted([*waiting, gone]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(stack.layer.group_channels("live")) == sorted([*waiting, gone]), stack.logs()
     # Nothing answers until someone publishes.
     assert client.next_for(waiting[0], timeout=1.0) is None
     # One client leaves: the interface sends http.disconnect and it leaves the group.

@@ -8,6 +8,7 @@ latency with a generous bound that still proves there is no shard rotation
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import uuid
@@ -145,3 +146,17 @@ def test_statistics_add_up_over_shards(shards):
     stats = layer.channel_statistics("counted")
     assert stats["messages_count"] == 7 and stats["messages_pending"] == 7
     assert layer.global_statistics()["messages_count"] == 7
+
+
+def test_error_reply_in_a_blocking_receive_leaves_no_connection_open(shards):
+    # redis-py connections sit in reference cycles: one left open is closed by
+    # the garbage collector, which may warn "unclosed socket" in a later test.
+    layer, clients, _ = shards
+    gc.collect()
+    before = [len(client.client_list()) for client in clients]
+    for client in clients:
+        client.set(layer.keys.channel("wrongtype"), "not a list")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        layer.receive(["wrongtype"], block=True)
+    layer.close()
+    assert [len(client.client_list()) for client in clients] == before

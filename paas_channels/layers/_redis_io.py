@@ -146,9 +146,18 @@ class _Shards:
         return self.pools[shard].make_connection(), False
 
     def _take_idle(self, shard: int) -> list[Any]:
-        """Empty the shard's idle list: after one failure the others are likely stale too."""
-        idle, self.idle[shard] = self.idle[shard], []
-        return idle
+        """Empty the shard's idle list: after one failure the others are likely stale too.
+
+        Emptied in place, never swapped for a new list: a thread putting a
+        connection back at that moment would put it in the dropped list, where
+        nobody disconnects it and the garbage collector meets an open socket.
+        """
+        idle, taken = self.idle[shard], []
+        while True:
+            try:
+                taken.append(idle.pop())
+            except IndexError:
+                return taken
 
     @contextlib.contextmanager
     def errors(self, shard: int) -> Iterator[None]:
@@ -268,30 +277,38 @@ class SyncIO(_Shards):
         # messages popped on the others: every live connection is read to the end.
         taken: list[tuple[int, Any, int]] = []
         failures: list[Exception] = []
-        for shard, keys in request.plan:
-            conn = self._acquire(shard)[0]
-            try:
-                with self.errors(shard):
-                    conn.send_packed_command(_pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), check_health=False)
-                    taken.append((shard, conn, conn.read_response()))
-            except BaseException as exc:
-                self._fail(shard, conn, exc, failures)
-        if taken:  # healthy shards still deliver while another is down
-            self._wait_readable(taken, request.timeout + 5)
-        for shard, conn, client_id in taken:
-            if not self._can_read(conn):
-                try:
-                    self._round_trip(shard, [("CLIENT", "UNBLOCK", client_id)])
-                except ChannelLayerConnectionError as exc:
-                    failures.append(exc)
         replies = []
-        for shard, conn, _ in taken:
-            try:
-                with self.errors(shard):
-                    replies.append(_popped(shard, conn.read_response()))
-                self.idle[shard].append(conn)
-            except BaseException as exc:
-                self._fail(shard, conn, exc, failures)
+        try:
+            for shard, keys in request.plan:
+                conn = self._acquire(shard)[0]
+                try:
+                    with self.errors(shard):
+                        conn.send_packed_command(_pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), check_health=False)
+                        taken.append((shard, conn, conn.read_response()))
+                except BaseException as exc:
+                    self._fail(shard, conn, exc, failures)
+            if taken:  # healthy shards still deliver while another is down
+                self._wait_readable(taken, request.timeout + 5)
+            for shard, conn, client_id in taken:
+                if not self._can_read(conn):
+                    try:
+                        self._round_trip(shard, [("CLIENT", "UNBLOCK", client_id)])
+                    except ChannelLayerConnectionError as exc:
+                        failures.append(exc)
+            while taken:
+                shard, conn, _ = taken.pop(0)
+                try:
+                    with self.errors(shard):
+                        replies.append(_popped(shard, conn.read_response()))
+                    self.idle[shard].append(conn)
+                except BaseException as exc:
+                    self._fail(shard, conn, exc, failures)
+        finally:
+            # Any other error (a Redis error reply, a timeout or Ctrl-C in the
+            # middle) leaves connections with a BLPOP in flight: close them here,
+            # or their sockets wait for the garbage collector ("unclosed socket").
+            for _, conn, _ in taken:
+                conn.disconnect()
         first, extras = _first_of(replies, failures)
         for shard, key, value in extras:
             _reply(self._round_trip(shard, [("LPUSH", key, value)])[0])

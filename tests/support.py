@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -135,3 +137,33 @@ class ServerProcess:
         self.stop()
         self.log.close()
         os.unlink(self.log.name)
+
+
+def write_project(root: Path, package: str, settings: str, routing: str) -> Path:
+    """A minimal Django project under ``root``: ``package`` with settings, routing and an empty URLconf."""
+    directory = root / package
+    directory.mkdir()
+    (directory / "__init__.py").write_text("")
+    (directory / "settings.py").write_text(textwrap.dedent(settings))
+    (directory / "routing.py").write_text(textwrap.dedent(routing))
+    (directory / "urls.py").write_text("urlpatterns = []\n")
+    return root
+
+
+def long_poll_answer(url: str, text: str):
+    """GET ``url``/live/ and answer it with POSTs to /live/publish/ (a group send) until it is answered.
+
+    Returns the long-poll's response, or None if it never came.
+    """
+    import httpx
+
+    answer = []
+    waiter = threading.Thread(target=lambda: answer.append(httpx.get(f"{url}/live/", timeout=30)))
+    waiter.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if httpx.post(f"{url}/live/publish/", data={"text": text}, timeout=10).json()["answered"]:
+            break
+        time.sleep(0.1)
+    waiter.join(30)
+    return answer[0] if answer else None

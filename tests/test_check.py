@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from .support import ROOT, RedisServer, free_port
+from .support import ROOT, RedisServer, free_port, write_project
 
 SETTINGS = '''
 from pathlib import Path
@@ -49,12 +49,7 @@ GOOD_APP = {
 @pytest.fixture
 def project(tmp_path):
     """A small project: settings via configure(), a routing, and good deployment files."""
-    package = tmp_path / "chkproj"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "settings.py").write_text(textwrap.dedent(SETTINGS))
-    (package / "routing.py").write_text(textwrap.dedent(ROUTING))
-    (package / "urls.py").write_text("urlpatterns = []\n")
+    write_project(tmp_path, "chkproj", SETTINGS, ROUTING)
     (tmp_path / "manage.py").write_text(
         "import os\nos.environ.setdefault('DJANGO_SETTINGS_MODULE', 'chkproj.settings')\n"
     )

@@ -18,14 +18,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 import httpx
 import pytest
 import websockets
 
-from .support import ROOT, RedisServer, ServerProcess, free_port, wait_for_port
+from .support import ROOT, RedisServer, ServerProcess, free_port, long_poll_answer, wait_for_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -135,16 +133,8 @@ def _http_pages(url):
 
 def _long_poll(url):
     """GET /live/ stays open until a POST to /live/publish/ answers it through a group send."""
-    answer = []
-    waiter = threading.Thread(target=lambda: answer.append(httpx.get(f"{url}/live/", timeout=30)))
-    waiter.start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if httpx.post(f"{url}/live/publish/", data={"text": "news"}, timeout=10).json()["answered"]:
-            break
-        time.sleep(0.1)
-    waiter.join(30)
-    assert answer and answer[0].status_code == 200 and answer[0].json() == {"text": "news"}
+    answer = long_poll_answer(url, "news")
+    assert answer is not None and answer.status_code == 200 and answer.json() == {"text": "news"}
 
 
 async def _chat(url, cookies):

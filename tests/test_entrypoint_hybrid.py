@@ -14,7 +14,7 @@ import httpx
 import pytest
 import websockets
 
-from .support import ROOT, RedisServer, ServerProcess, free_port, wait_for_port
+from .support import ROOT, RedisServer, ServerProcess, free_port, long_poll_answer, wait_for_port
 
 
 def _env(tmp_path, **extra):
@@ -65,16 +65,8 @@ def test_web_direct_serves_http_without_workers_and_sockets_through_them(tmp_pat
         # The long-poll path goes through the layer: with a worker it is answered by a group send.
         worker.start()
         worker.wait_for_output("consuming", timeout=30)
-        answer = []
-        waiter = threading.Thread(target=lambda: answer.append(httpx.get(f"{url}/live/", timeout=30)))
-        waiter.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if httpx.post(f"{url}/live/publish/", data={"text": "hybrid"}, timeout=10).json()["answered"]:
-                break
-            time.sleep(0.1)
-        waiter.join(30)
-        assert answer and answer[0].json() == {"text": "hybrid"}
+        answer = long_poll_answer(url, "hybrid")
+        assert answer is not None and answer.json() == {"text": "hybrid"}
         assert asyncio.run(_echo(url)) == "through the layer"
 
         # SIGTERM: a direct request in flight finishes; new ones get 503; exit 0.

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from paas_channels.layers import InMemoryChannelLayer, RedisChannelLayer
 from paas_channels.status import render, take_snapshot
 
-from .support import ROOT, RedisServer, ServerProcess
+from .support import ROOT, RedisServer, ServerProcess, write_project
 
 SETTINGS = '''
 from pathlib import Path
@@ -43,13 +42,7 @@ channel_routing = [route("http.request", view_consumer), route("slow", slow)]
 
 @pytest.fixture
 def project(tmp_path):
-    package = tmp_path / "statproj"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "settings.py").write_text(textwrap.dedent(SETTINGS))
-    (package / "routing.py").write_text(textwrap.dedent(ROUTING))
-    (package / "urls.py").write_text("urlpatterns = []\n")
-    return tmp_path
+    return write_project(tmp_path, "statproj", SETTINGS, ROUTING)
 
 
 def status(project, redis_url, *args):

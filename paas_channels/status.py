@@ -126,21 +126,21 @@ def run_status(
 ) -> int:
     """Print the status once (two readings ``interval`` apart), or every ``watch`` seconds until Ctrl-C."""
     from .exceptions import ConfigError
-    from .layers import get_channel_layer
+    from .layers import InMemoryChannelLayer, get_channel_layer
 
     out = out or sys.stdout
     layer = get_channel_layer(config.layer)
     channels = [*_routed_channels(config.layer), *extra_channels]
     groups = list(groups)
     clear = "\x1b[H\x1b[2J" if out.isatty() else ""
-    if getattr(layer, "extensions", None) is not None and type(layer).__name__ == "InMemoryChannelLayer":
+    if isinstance(layer, InMemoryChannelLayer):
         out.write("note: the in-memory layer lives inside one process; this command sees only its own, "
                   "empty copy. Set REDIS_URL to watch a running deployment.\n")
     try:
-        before = take_snapshot(layer, channels, groups)
-    except Exception as exc:
-        raise ConfigError(f"channel layer {config.layer!r} cannot be read: {type(exc).__name__}: {exc}") from None
-    try:
+        try:
+            before = take_snapshot(layer, channels, groups)
+        except Exception as exc:
+            raise ConfigError(f"channel layer {config.layer!r} cannot be read: {type(exc).__name__}: {exc}") from None
         while True:
             time.sleep(watch if watch else interval)
             now = take_snapshot(layer, channels, groups)

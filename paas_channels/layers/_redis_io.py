@@ -427,16 +427,22 @@ class AsyncIO(_Shards):
             return _popped(shard, _reply(reply))
         taken: list[tuple[int, Any, int]] = []
         failures: list[Exception] = []
-        for shard, keys in request.plan:
-            conn = self._acquire(shard)[0]
-            try:
-                with self.errors(shard):
-                    await conn.send_packed_command(
-                        _pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), check_health=False
-                    )
-                    taken.append((shard, conn, await conn.read_response()))
-            except BaseException as exc:
-                await self._fail(shard, conn, exc, failures)
+        try:
+            for shard, keys in request.plan:
+                conn = self._acquire(shard)[0]
+                try:
+                    with self.errors(shard):
+                        await conn.send_packed_command(
+                            _pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), check_health=False
+                        )
+                        taken.append((shard, conn, await conn.read_response()))
+                except BaseException as exc:
+                    await self._fail(shard, conn, exc, failures)
+        except BaseException:
+            # Failed or cancelled while blocking the others: they are mid-BLPOP, unusable.
+            for _, conn, _ in taken:
+                await conn.disconnect(nowait=True)
+            raise
         reads = [asyncio.ensure_future(conn.read_response()) for _, conn, _ in taken]
         settled: set[int] = set()
         try:

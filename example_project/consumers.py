@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
+import io
 import logging
-import time
+
+from PIL import Image
 
 from paas_channels import Channel, Group
 from paas_channels.consumers import JsonWebsocketConsumer
 from paas_channels.message import Message
 
+from .models import ChatMessage, Picture
 from .views import LIVE_GROUP
 
 logger = logging.getLogger(__name__)
@@ -49,8 +51,13 @@ def echo(message: Message) -> None:
 
 
 class ChatConsumer(JsonWebsocketConsumer):
-    """A chat room: everyone in ``chat-<room>`` sees every message, with the sender's name."""
+    """A chat room: everyone in ``chat-<room>`` sees every message, with the sender's name.
 
+    Each message of the conversation may run on a different worker: what the
+    connection needs later (its name) lives in ``message.channel_session``.
+    """
+
+    # The user of the HTTP session cookie, carried into the channel session at connect.
     http_user = True
     # A conversation's messages run in the order they were sent, whichever worker takes them.
     strict_ordering = True
@@ -59,38 +66,65 @@ class ChatConsumer(JsonWebsocketConsumer):
         return [f"chat-{room}"]
 
     def connect(self, message: Message, room: str = "lobby", **kwargs) -> None:
+        name = display_name(message.user)
+        message.channel_session["name"] = name
         message.reply_channel.send({"accept": True})
-        self.group_send_json(f"chat-{room}", {"system": f"{_name(message)} joined {room}"})
+        self.group_send_json(f"chat-{room}", {"system": f"{name} joined {room}"})
 
     def receive_json(self, content, room: str = "lobby", **kwargs) -> None:
-        text = str(content.get("text", ""))[:1000] if isinstance(content, dict) else ""
+        text = str(content.get("text", "")).strip()[:1000] if isinstance(content, dict) else ""
         if text:
-            self.group_send_json(f"chat-{room}", {"user": _name(self.message), "text": text, "room": room})
+            user = self.message.user if self.message.user.is_authenticated else None
+            said = ChatMessage.objects.create(room=room, user=user, name=self._name(), text=text)
+            self.group_send_json(f"chat-{room}", said.as_json())
 
     def disconnect(self, message: Message, room: str = "lobby", **kwargs) -> None:
-        self.group_send_json(f"chat-{room}", {"system": f"{_name(message)} left {room}"})
+        self.group_send_json(f"chat-{room}", {"system": f"{self._name()} left {room}"})
+
+    def _name(self) -> str:
+        # Set at connect; the fallback covers a connection older than this code.
+        return self.message.channel_session.get("name") or display_name(self.message.user)
 
 
-def _name(message: Message) -> str:
-    user = getattr(message, "user", None)
+def display_name(user) -> str:
+    """The name shown in the chat: the username, or ``anonymous`` for visitors who did not log in."""
     return user.get_username() if user is not None and user.is_authenticated else "anonymous"
 
 
 ### Background work: the `thumbnail` channel ###
 
+THUMBNAIL_SIZE = (128, 128)
+
 
 def make_thumbnail(message: Message) -> None:
-    """Pretend to render a thumbnail; tell the ``thumbnails`` group (and ``reply_to``) when done."""
-    started = time.monotonic()
-    name = str(message.get("name", "picture.png"))
-    size = int(message.get("size", 64))
-    digest = hashlib.sha256(f"{name}:{size}".encode()).hexdigest()[:16]
-    time.sleep(min(float(message.get("seconds", 0.05)), 10.0))
-    result = {"name": name, "size": size, "thumbnail": f"{digest}.png", "took": round(time.monotonic() - started, 3)}
-    logger.info("thumbnail %s made", result["thumbnail"])
+    """Make the thumbnail of ``Picture`` ``message["picture"]`` and show it in its chat room.
+
+    Runs on a worker, off the HTTP path: the upload view only stored the
+    picture and sent this message.  ``reply_to`` (optional) also gets the result.
+    """
+    picture = Picture.objects.filter(pk=message.get("picture")).first()
+    if picture is None:
+        logger.warning("thumbnail: no picture with id %r (deleted?): skipped", message.get("picture"))
+        return
+    try:
+        with Image.open(io.BytesIO(picture.image)) as image:
+            image.thumbnail(THUMBNAIL_SIZE)
+            if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+                image = image.convert("RGBA")  # e.g. CMYK JPEGs: PNG has no such mode
+            out = io.BytesIO()
+            image.save(out, format="PNG")
+            size = image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        logger.warning("thumbnail: picture %s (%s) is not an image Pillow can read: %s", picture.pk, picture.name, exc)
+        JsonWebsocketConsumer.group_send_json(
+            f"chat-{picture.room}", {"system": f"{picture.name} is not an image (PNG, JPEG, GIF or WebP); no thumbnail"})
+        return
+    picture.thumbnail, (picture.width, picture.height) = out.getvalue(), size
+    picture.save(update_fields=["thumbnail", "width", "height"])
+    logger.info("thumbnail of picture %s (%s) made: %sx%s", picture.pk, picture.name, picture.width, picture.height)
     if message.get("reply_to"):
-        Channel(message["reply_to"]).send(result)
-    JsonWebsocketConsumer.group_send_json("thumbnails", result)
+        Channel(message["reply_to"]).send(picture.as_json())
+    JsonWebsocketConsumer.group_send_json(f"chat-{picture.room}", picture.as_json())
 
 
 def reject_connection(message: Message) -> None:

@@ -22,8 +22,9 @@ urlpatterns = [
     path("boom/", views.boom, name="boom"),
     # /live/ itself is answered by a consumer (routing.py), not by a view.
     path("live/publish/", views.live_publish, name="live-publish"),
-    path("thumbnail/", views.thumbnail, name="thumbnail"),
     path("chat/", views.chat, name="chat"),
     path("chat/<slug:room>/", views.chat, name="chat-room"),
+    path("chat/<slug:room>/pictures/", views.post_picture, name="chat-pictures"),
+    path("pictures/<int:pk>/thumbnail.png", views.picture_thumbnail, name="picture-thumbnail"),
     path("admin/", admin.site.urls),
 ]

@@ -2,8 +2,9 @@
 
 Each page shows one feature: a form POST, sign-up and login, a cookie session,
 a streaming response, an upload (a large body arrives through body_channel),
-a long-poll endpoint answered later by a group send, a WebSocket chat, and a
-background ``thumbnail`` channel.
+a long-poll endpoint answered later by a group send, a WebSocket chat whose
+messages are stored in the database, and pictures whose thumbnails a worker
+makes on the background ``thumbnail`` channel.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from django import forms
 from django.contrib.auth import login
 from django.contrib.auth.forms import UserCreationForm
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from paas_channels import Channel, Group
+
+from .models import ChatMessage, Picture
 
 #: Group of the requests waiting on /live/ (see consumers.long_poll).
 LIVE_GROUP = "live"
@@ -149,18 +152,43 @@ def live_publish(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"answered": len(waiting)})
 
 
-@csrf_exempt
-@require_POST
-def thumbnail(request: HttpRequest) -> HttpResponse:
-    """Queue background work on the ``thumbnail`` channel; a worker does it later."""
-    name = request.POST.get("name", "picture.png")
-    Channel("thumbnail").send({"name": name, "size": int(request.POST.get("size", "64") or 64)})
-    return JsonResponse({"queued": name}, status=202)
+#: Largest picture the chat takes (bigger uploads get a 413 that says so).
+MAX_PICTURE_BYTES = 5 * 1024 * 1024
 
 
 def chat(request: HttpRequest, room: str = "lobby") -> HttpResponse:
-    """The chat page: a small JavaScript client of the WebSocket chat consumer."""
-    return render(request, "chat.html", {"room": room})
+    """The chat page: the room's recent messages and pictures, then a WebSocket for new ones."""
+    recent = ChatMessage.objects.filter(room=room).order_by("-created", "-id")[:50]
+    pictures = Picture.objects.filter(room=room, thumbnail__isnull=False).order_by("-created")[:12]
+    return render(request, "chat.html", {"room": room, "history": reversed(recent), "pictures": reversed(pictures)})
+
+
+@require_POST
+def post_picture(request: HttpRequest, room: str) -> JsonResponse:
+    """Store an image posted to a chat room and answer at once (202).
+
+    The thumbnail is made later by a worker on the ``thumbnail`` channel, which
+    then sends it to the room's WebSockets; the database is what the web and
+    worker processes share (no disk is).
+    """
+    uploaded = request.FILES.get("image")
+    if uploaded is None:
+        return JsonResponse({"error": "POST a multipart form with the picture in an 'image' field"}, status=400)
+    if uploaded.size > MAX_PICTURE_BYTES:
+        return JsonResponse({"error": f"{uploaded.name} is {uploaded.size} bytes; pictures may have at most "
+                                      f"{MAX_PICTURE_BYTES} bytes"}, status=413)
+    name = request.user.get_username() if request.user.is_authenticated else "anonymous"
+    picture = Picture.objects.create(room=room, name=uploaded.name[:200], uploaded_by=name, image=uploaded.read())
+    Channel("thumbnail").send({"picture": picture.pk})
+    return JsonResponse({"picture": picture.pk, "thumbnail": "queued"}, status=202)
+
+
+def picture_thumbnail(request: HttpRequest, pk: int) -> HttpResponse:
+    """A picture's thumbnail (PNG) from the database; 404 until the worker has made it."""
+    picture = get_object_or_404(Picture.objects.only("thumbnail"), pk=pk, thumbnail__isnull=False)
+    response = HttpResponse(bytes(picture.thumbnail), content_type="image/png")
+    response["Cache-Control"] = "public, max-age=86400"  # a thumbnail never changes
+    return response
 
 
 def boom(request: HttpRequest) -> HttpResponse:

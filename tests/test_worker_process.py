@@ -3,6 +3,8 @@ gevent, heartbeats and boot errors.  Each test starts its own worker processes."
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import subprocess
@@ -10,9 +12,10 @@ import sys
 import time
 
 import pytest
+from PIL import Image
 
 from tests.support import ROOT, ServerProcess, free_port
-from tests.worker_client import ExampleStack
+from tests.worker_client import ExampleStack, multipart
 
 pytestmark = pytest.mark.redis
 
@@ -101,15 +104,20 @@ def test_only_websocket_channels_leave_http_alone(stack):
 def test_excluded_thumbnail_channel_never_runs_there(stack):
     stack.worker("--exclude-channels", "thumbnail", "--threads", "2")
     client = stack.client()
-    done = client.reply_channel()
-    stack.layer.send("thumbnail", {"name": "cat.png", "size": 32, "reply_to": done})
-    assert client.get("/whoami/").text == "anonymous"
-    assert client.next_for(done, timeout=1.5) is None
+    # A picture posted to a chat room: stored, and its thumbnail queued on the `thumbnail` channel.
+    client.get("/chat/lobby/")  # the CSRF cookie
+    png = io.BytesIO()
+    Image.new("RGB", (300, 200), "teal").save(png, "PNG")
+    body, content_type = multipart("image", "cat.png", png.getvalue())
+    posted = client.request("POST", "/chat/lobby/pictures/", body=body, content_type=content_type,
+                            headers=[(b"x-csrftoken", client.cookies["csrftoken"].encode())])
+    assert posted.status == 202, posted.text
+    thumbnail = f"/pictures/{json.loads(posted.body)['picture']}/thumbnail.png"
+    assert client.get(thumbnail).status == 404  # not made yet
     assert pending(stack, "thumbnail") == 1
     # A thumbnail worker (here through manage.py runworker) does take it.
     runworker = start_runworker(stack, "--only-channels", "thumbnail")
-    result = client.next_for(done, timeout=20)
-    assert result is not None and result["name"] == "cat.png" and result["thumbnail"].endswith(".png")
+    assert wait_until(lambda: client.get(thumbnail).status == 200, timeout=20), runworker.output()[-3000:]
     runworker.signal(signal.SIGTERM)
     assert runworker.wait(30) == 0
 

@@ -1,4 +1,6 @@
-// The chat page's client: JSON frames to /ws/chat/<room>/, every message of the room shown.
+// The chat page's client: JSON frames to /ws/chat/<room>/, every message of the room shown;
+// pictures posted with fetch() and shown when the worker's thumbnail arrives on the socket;
+// notifications from the /live/ long-poll.
 (function () {
   "use strict";
   var room = document.currentScript.getAttribute("data-room");
@@ -9,16 +11,50 @@
     line.textContent = text;
     log.appendChild(line);
   }
+  function showPicture(message) {
+    var figure = document.createElement("figure");
+    var image = document.createElement("img");
+    image.src = message.thumbnail;
+    image.alt = message.picture;
+    var caption = document.createElement("figcaption");
+    caption.textContent = message.user + ": " + message.picture;
+    figure.appendChild(image);
+    figure.appendChild(caption);
+    document.getElementById("pictures").appendChild(figure);
+    show(message.user + " shared " + message.picture, "sys");
+  }
   var socket = window.paasChannels.connect("/ws/chat/" + room + "/", function (data) {
     var message = JSON.parse(data);
-    if (message.system) { show(message.system, "sys"); } else { show(message.user + ": " + message.text, "in"); }
+    if (message.system) { show(message.system, "sys"); }
+    else if (message.thumbnail) { showPicture(message); }
+    else { show(message.user + ": " + message.text, "in"); }
   }, function (text) { show(text, "sys"); });
+
   document.getElementById("send").addEventListener("submit", function (event) {
     event.preventDefault();
     var input = document.getElementById("text");
-    if (input.value && socket.readyState === WebSocket.OPEN) {
-      socket.send(JSON.stringify({ text: input.value }));
+    if (input.value && socket.current().readyState === WebSocket.OPEN) {
+      socket.current().send(JSON.stringify({ text: input.value }));
       input.value = "";
     }
+  });
+
+  var form = document.getElementById("picture");
+  var status = document.getElementById("picture-status");
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    status.textContent = "uploading...";
+    fetch(form.action, { method: "POST", body: new FormData(form), credentials: "same-origin" })
+      .then(function (response) { return response.json().then(function (body) { return [response.status, body]; }); })
+      .then(function (result) {
+        // 202: stored; the thumbnail arrives over the WebSocket when a worker has made it.
+        status.textContent = result[0] === 202 ? "thumbnail on its way" : "failed: " + result[1].error;
+        if (result[0] === 202) { form.reset(); }
+      })
+      .catch(function (error) { status.textContent = "failed: " + error; });
+  });
+
+  window.paasChannels.longPoll("/live/", function (body) {
+    document.getElementById("notice").textContent = JSON.parse(body).text;
   });
 })();

@@ -1,0 +1,58 @@
+"""Models of the example project: what the chat and the thumbnail worker keep.
+
+A PaaS gives each dyno its own disk, gone on restart, and the web and worker
+processes share none of it: uploads and thumbnails are stored in the database,
+where every process finds them.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class ChatMessage(models.Model):
+    """One line said in a chat room."""
+
+    room = models.SlugField(max_length=50)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    #: The name shown with the message (kept if the user is deleted; "anonymous" when nobody was logged in).
+    name = models.CharField(max_length=150)
+    text = models.TextField(max_length=1000)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+        indexes = [models.Index(fields=["room", "-created"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} in {self.room}: {self.text[:50]}"
+
+    def as_json(self) -> dict:
+        """What the chat consumer sends to the room's WebSockets."""
+        return {"user": self.name, "text": self.text, "room": self.room}
+
+
+class Picture(models.Model):
+    """An image posted to a chat room; a worker on the ``thumbnail`` channel fills in ``thumbnail``."""
+
+    room = models.SlugField(max_length=50)
+    name = models.CharField(max_length=200)
+    uploaded_by = models.CharField(max_length=150)
+    #: The upload as it came; only the worker reads it (it is never served back: it could be anything).
+    image = models.BinaryField()
+    thumbnail = models.BinaryField(null=True, blank=True, editable=False)
+    width = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    height = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} in {self.room}"
+
+    def as_json(self) -> dict:
+        """What the thumbnail worker sends to the room's WebSockets once the thumbnail exists."""
+        return {
+            "user": self.uploaded_by, "room": self.room, "picture": self.name,
+            "thumbnail": f"/pictures/{self.pk}/thumbnail.png",
+            "width": self.width, "height": self.height,
+        }

@@ -1,94 +1,245 @@
-"""The example project end to end, the same test in combined mode and in split mode.
+"""The example project end to end, run the way a platform runs it, in a real browser.
 
-combined: ``paas-channels run --combined`` alone, on the in-memory layer.
-split: ``paas-channels run web`` and ``paas-channels run worker`` as separate
-processes on a private Redis.  Nothing else differs: same project, same
-settings module, same test.  Real HTTP and WebSocket clients, and a real
-browser (Chromium through Playwright) using the chat page's own JavaScript.
+procfile: honcho reads the repository's Procfile as Heroku (or Dokku) would:
+the ``release`` line migrates a fresh PostgreSQL database, then ``web`` and
+``worker`` run as two honcho processes with ``$PORT``, ``REDIS_URL`` (a private
+redis-server) and ``DATABASE_URL`` set, so the worker can be restarted alone
+while the browser stays on the page.
+combined: ``paas-channels run --combined`` alone, with no Redis (in-memory
+layer) and SQLite: the one-dyno variant and what a laptop runs.
+
+Both modes run the same scenario: HTTP pages and raw WebSocket frames with
+real clients, then two Chromium users (Playwright) who chat, get a long-poll
+notification, and see the thumbnail a worker made of an uploaded picture.
+A screenshot of the page is left in ``test-artifacts/``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 import websockets
+from PIL import Image
 
-from .support import ROOT, RedisServer, ServerProcess, free_port, long_poll_answer, wait_for_port
+from .support import ROOT, RedisServer, free_port, wait_for_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+WAIT_MS = 20_000
+SECRET_KEY = "e2e-" + "k" * 60
+#: Variables of the test run that a platform would not set.
+_NOT_FROM_A_PLATFORM = {"REDIS_URL", "REDIS_TLS_URL", "DATABASE_URL", "PORT", "DYNO", "WEB_CONCURRENCY", "DEBUG",
+                        "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "ALLOWED_HOSTS"}
 
 
-def _environment(tmp_path, **extra):
+def _environment(**extra: str) -> dict[str, str]:
+    """What a platform gives the processes: this machine's environment (minus the test run's
+    settings), this interpreter's scripts first on PATH, and the config vars ``extra``."""
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith("PAAS_CHANNELS_") and key not in {"REDIS_URL", "REDIS_TLS_URL", "PORT", "DYNO",
-                                                                   "WEB_CONCURRENCY", "DEBUG", "SECRET_KEY"}}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "example_project.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "SECRET_KEY": "e2e-" + "k" * 60,
-        **extra,
-    })
+           if not key.startswith("PAAS_CHANNELS_") and key not in _NOT_FROM_A_PLATFORM}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(PYTHONUNBUFFERED="1", SECRET_KEY=SECRET_KEY, **extra)
     return env
 
 
-class Deployment:
-    """The processes of one mode, started from the repository as a user would."""
+### Processes ###
 
-    def __init__(self, mode, tmp_path):
-        self.mode = mode
+
+class Started:
+    """A command started from the repository in its own session, its output in a temp file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.argv = argv
+        self.log = tempfile.NamedTemporaryFile(prefix="paas-e2e-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait_for_output(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise TimeoutError(f"{text!r} not seen in the output of {' '.join(self.argv)}:\n{self.output()[-4000:]}")
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        """SIGTERM, as a platform stops a process; SIGKILL to its session if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def close(self) -> None:
+        self.stop()
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+class Honcho(Started):
+    """``honcho start <process types>`` on the repository's Procfile.
+
+    honcho starts each Procfile command in a session of its own and forwards
+    SIGTERM to them; ``stop`` also kills what is left of them if honcho could not.
+    """
+
+    def __init__(self, names: list[str], env: dict[str, str]) -> None:
+        super().__init__([sys.executable, "-m", "honcho", "--no-colour", "start", *names], env)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        code = super().stop(timeout)
+        for pid in re.findall(r"started \(pid=(\d+)\)", self.output()):
+            try:
+                os.killpg(int(pid), signal.SIGKILL)  # honcho's children, if honcho died before them
+            except (ProcessLookupError, PermissionError):
+                pass
+        return code
+
+
+class PrivateDatabase:
+    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self.name = f"paas_e2e_{uuid.uuid4().hex[:12]}"
+        self.url = f"{POSTGRES}/{self.name}"
+        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{self.name}"')
+
+    def query(self, sql: str) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url) as connection:
+            return connection.execute(sql).fetchall()
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class ProcfileDeployment:
+    """The Procfile under honcho: release, then web and worker, on Redis and PostgreSQL."""
+
+    mode = "procfile"
+    restartable = True
+
+    def __init__(self, cleanup: list) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.redis = RedisServer().start() if mode == "split" else None
-        extra = {"REDIS_URL": self.redis.url} if self.redis else {}
-        self.env = _environment(tmp_path, **extra)
+        self.redis = RedisServer().start()
+        cleanup.append(self.redis.close)
+        self.database = PrivateDatabase()
+        cleanup.append(self.database.drop)
+        self.env = _environment(PORT=str(self.port), REDIS_URL=self.redis.url, DATABASE_URL=self.database.url)
+
+        # The release phase: the Procfile's own command, before any process starts.
+        release = Honcho(["release"], self.env)
+        cleanup.append(release.close)
+        assert release.wait(120) == 0, release.output()
+        migrated = self.database.query("SELECT name FROM django_migrations WHERE app = 'example_project'")
+        assert ("0001_initial",) in migrated, release.output()
+
+        self.web = Honcho(["web"], self.env)
+        cleanup.append(self.web.close)
+        self.worker = self.start_worker(cleanup)
+        wait_for_port(self.port, timeout=30, process=self.web.process)
+
+    def start_worker(self, cleanup: list) -> Honcho:
+        worker = Honcho(["worker"], self.env)
+        cleanup.append(worker.close)
+        worker.wait_for_output(" consuming ", timeout=30)
+        return worker
+
+    def restart_worker(self, cleanup: list, between=lambda: None) -> None:
+        """Stop the worker process type as a deploy does (SIGTERM), run ``between``, start it again."""
+        self.worker.stop()
+        assert "stopped cleanly" in self.worker.output(), self.worker.output()[-3000:]
+        between()
+        self.worker = self.start_worker(cleanup)
+
+    def outputs(self) -> str:
+        return self.web.output()[-3000:] + "\n" + self.worker.output()[-3000:]
+
+
+class CombinedDeployment:
+    """``paas-channels run --combined`` with no REDIS_URL: one process, in-memory layer, SQLite."""
+
+    mode = "combined"
+    restartable = False
+
+    def __init__(self, cleanup: list, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = _environment(PORT=str(self.port), DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
         migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT,
                                  env=self.env, capture_output=True, text=True, timeout=120)
         assert migrate.returncode == 0, migrate.stderr
-        listen = ["--bind", "127.0.0.1", "--port", str(self.port)]
-        if mode == "combined":
-            self.processes = [ServerProcess(["run", "--combined", "--threads", "4", *listen], env=self.env)]
-        else:
-            self.processes = [ServerProcess(["run", "web", *listen], env=self.env),
-                              ServerProcess(["run", "worker", "--threads", "4"], env=self.env)]
-        for process in self.processes:
-            process.start()
-        wait_for_port(self.port, timeout=30, process=self.processes[0].process)
-        self.workers = self.processes[-1]
-        self.workers.wait_for_output("consuming", timeout=30)
+        # README's command, as typed (the settings module comes from ./manage.py).
+        self.process = Started(["paas-channels", "run", "--combined"], self.env)
+        cleanup.append(self.process.close)
+        wait_for_port(self.port, timeout=30, process=self.process.process)
+        self.process.wait_for_output(" consuming ", timeout=30)
 
-    def close(self):
-        for process in self.processes:
-            process.close()
-        if self.redis is not None:
-            self.redis.close()
-
-    def output(self):
-        return "\n".join(process.output()[-3000:] for process in self.processes)
+    def outputs(self) -> str:
+        return self.process.output()[-6000:]
 
 
-@pytest.fixture(params=["combined", "split"])
+@pytest.fixture(params=["procfile", "combined"])
 def deployment(request, tmp_path):
-    deployed = Deployment(request.param, tmp_path)
+    cleanup: list = []
     try:
+        if request.param == "procfile":
+            deployed = ProcfileDeployment(cleanup)
+        else:
+            deployed = CombinedDeployment(cleanup, tmp_path)
+        deployed.cleanup = cleanup
         yield deployed
+        if request.param == "procfile":
+            # Both process types drain on SIGTERM, as on a platform's restart.  (honcho reports the
+            # exit status of the shell around each command, which the same signal ends.)
+            deployed.web.stop()
+            deployed.worker.stop()
+            for honcho, done in [(deployed.web, "interface server stopped"), (deployed.worker, "stopped cleanly")]:
+                assert done in honcho.output(), honcho.output()[-3000:]
+        else:
+            assert deployed.process.stop(timeout=40) == 0, deployed.process.output()[-3000:]
     finally:
-        # Both parts drain and exit 0 on SIGTERM.
-        codes = [process.stop(timeout=40) for process in deployed.processes]
-        output = deployed.output()
-        deployed.close()
-        assert codes == [0] * len(codes), output
+        for close in reversed(cleanup):
+            close()
+
+
+### Plain clients: HTTP and raw WebSocket frames ###
 
 
 def _csrf(html):
@@ -96,7 +247,7 @@ def _csrf(html):
 
 
 def _http_pages(url):
-    """Views, forms, login and sessions, streaming, a chunked upload, static files, a failing view."""
+    """Views, forms, login and sessions, streaming, a chunked upload, static files, the admin, a failing view."""
     with httpx.Client(base_url=url, timeout=30) as client:
         home = client.get("/")
         assert home.status_code == 200 and "paas-channels example project" in home.text
@@ -118,27 +269,24 @@ def _http_pages(url):
         lines = client.get("/stream/", params={"n": 3, "delay": 0.05}).text.splitlines()
         assert [line.split(" at ")[0] for line in lines] == ["line 0", "line 1", "line 2"]
 
-        blob = os.urandom(300_000)  # over one body chunk: arrives through body_channel in split mode
+        blob = os.urandom(300_000)  # over one body chunk: arrives through body_channel
         token = _csrf(client.get("/upload/").text)
         uploaded = client.post("/upload/", data={"csrfmiddlewaretoken": token}, files={"file": ("x.bin", blob)})
         assert uploaded.json() == {"name": "x.bin", "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
-        js = client.get("/static/paas_demo/chat.js")
-        assert js.status_code == 200 and "WebSocket" in client.get("/static/paas_demo/app.js").text
+        # Static files through the interface's WhiteNoise index, the admin's own included.
+        assert "WebSocket" in client.get("/static/paas_demo/app.js").text
+        assert client.get("/static/admin/css/base.css").status_code == 200
+        admin = client.get("/admin/", follow_redirects=True)
+        assert admin.status_code == 200 and "Django administration" in admin.text  # its login page
 
         assert client.get("/boom/").status_code == 500
         assert client.get("/whoami/").text == "e2e-user"  # the worker went on
         return dict(client.cookies)
 
 
-def _long_poll(url):
-    """GET /live/ stays open until a POST to /live/publish/ answers it through a group send."""
-    answer = long_poll_answer(url, "news")
-    assert answer is not None and answer.status_code == 200 and answer.json() == {"text": "news"}
-
-
-async def _chat(url, cookies):
-    """Two WebSocket clients in one room; the logged-in one is named from the session."""
+async def _ws_frames(url, cookies):
+    """The chat protocol itself: a logged-in and an anonymous client, names from the session."""
     ws_url = url.replace("http://", "ws://") + "/ws/chat/e2e/"
     cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
     async with websockets.connect(ws_url, additional_headers={"Cookie": cookie}, open_timeout=20) as alice:
@@ -155,45 +303,132 @@ async def _chat(url, cookies):
         assert await asyncio.wait_for(echo.recv(), 20) == "ping"
 
 
-def _browser_chat(url):
-    """Two Chromium pages on /chat/<room>/: a line typed in one appears in the other."""
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="paas-chromium-")
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            try:
-                reader, writer = browser.new_page(), browser.new_page()
-                reader.goto(f"{url}/chat/browser/")
-                reader.wait_for_selector("#log .sys", timeout=20_000)  # "anonymous joined browser"
-                writer.goto(f"{url}/chat/browser/")
-                writer.wait_for_selector("#log .sys", timeout=20_000)
-                writer.fill("#text", "typed in a browser")
-                writer.press("#text", "Enter")
-                reader.wait_for_selector("#log .in:has-text('anonymous: typed in a browser')", timeout=20_000)
-            finally:
-                browser.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+### The browser ###
 
 
-def test_example_project_end_to_end(deployment):
+def _png(width: int, height: int) -> bytes:
+    image = Image.new("RGB", (width, height), "white")
+    for x in range(0, width, 40):  # stripes, so the thumbnail is a real picture of something
+        image.paste((200, 40, 40), (x, 0, x + 20, height))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def _say(page, text):
+    page.fill("#text", text)
+    page.press("#text", "Enter")
+
+
+def _publish_until_seen(url, pages, text):
+    """POST /live/publish/ until every page's long-poll got ``text`` (a page not yet waiting misses one)."""
+    from playwright.sync_api import expect
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        httpx.post(f"{url}/live/publish/", data={"text": text}, timeout=10).raise_for_status()
+        try:
+            for page in pages:
+                expect(page.locator("#notice")).to_have_text(text, timeout=1_000)
+            return
+        except AssertionError:
+            continue
+    for page in pages:
+        expect(page.locator("#notice")).to_have_text(text, timeout=1)
+
+
+def _browser_scenario(deployment, capsys):
+    """Two users in Chromium: chat, a long-poll notification, a picture's thumbnail, a worker restart."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, room = deployment.url, f"room-{deployment.mode}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            ada_context, guest_context = browser.new_context(), browser.new_context()  # two cookie jars
+            ada, guest = ada_context.new_page(), guest_context.new_page()
+            errors = []
+            for page in (ada, guest):
+                page.set_default_timeout(WAIT_MS)
+                page.on("pageerror", lambda error: errors.append(str(error)))
+
+            # Ada signs up in the browser (and is logged in); the guest stays anonymous.
+            ada.goto(f"{url}/signup/")
+            ada.fill("#id_username", "ada")
+            ada.fill("#id_password1", "Lovelace-1815-engine")
+            ada.fill("#id_password2", "Lovelace-1815-engine")
+            ada.click("button[type=submit]")
+            expect(ada.locator("#username")).to_have_text("ada")
+
+            ada.goto(f"{url}/chat/{room}/")
+            expect(ada.locator("#log .sys", has_text=f"ada joined {room}")).to_be_visible()
+            guest.goto(f"{url}/chat/{room}/")
+            expect(guest.locator("#log .sys", has_text=f"anonymous joined {room}")).to_be_visible()
+            expect(ada.locator("#log .sys", has_text=f"anonymous joined {room}")).to_be_visible()
+
+            _say(ada, "hello from Ada")
+            expect(guest.locator("#log .in", has_text="ada: hello from Ada")).to_be_visible()
+            _say(guest, "hi Ada, a guest here")
+            expect(ada.locator("#log .in", has_text="anonymous: hi Ada, a guest here")).to_be_visible()
+
+            # The long-poll on /live/ of both pages is answered by one group send.
+            _publish_until_seen(url, [ada, guest], "new version deployed")
+
+            # A picture: the upload answers at once, a worker makes the thumbnail, the socket shows it.
+            ada.set_input_files("#image", files=[{"name": "stripes.png", "mimeType": "image/png",
+                                                   "buffer": _png(640, 480)}])
+            ada.click("#picture button")
+            for page in (ada, guest):
+                expect(page.locator("#pictures figcaption", has_text="ada: stripes.png")).to_be_visible()
+            thumbnail = guest.locator("#pictures img[alt='stripes.png']")
+            expect(thumbnail).to_be_visible()
+            assert thumbnail.evaluate("img => img.complete && img.naturalWidth") == 128
+            with Image.open(io.BytesIO(httpx.get(url + thumbnail.get_attribute("src"), timeout=10).content)) as made:
+                assert (made.format, made.size) == ("PNG", (128, 96))
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            screenshot = ARTIFACTS / f"e2e-{deployment.mode}.png"
+            ada.screenshot(path=str(screenshot), full_page=True)
+            with capsys.disabled():
+                print(f"\nscreenshot of the chat page ({deployment.mode}): {screenshot}")
+
+            if deployment.restartable:
+                # A deploy restarts the worker; the open pages keep their WebSockets and go on.
+                ada.evaluate("window.notReloaded = true")
+                deployment.restart_worker(deployment.cleanup,
+                                          between=lambda: _say(ada, "said while no worker runs"))
+                expect(guest.locator("#log .in", has_text="ada: said while no worker runs")).to_be_visible()
+                _say(guest, "the worker is back")
+                expect(ada.locator("#log .in", has_text="anonymous: the worker is back")).to_be_visible()
+                assert ada.evaluate("window.notReloaded") is True
+                for page in (ada, guest):  # the socket never closed (chat.js logs every close)
+                    expect(page.locator("#log .sys", has_text="closed (")).to_have_count(0)
+
+            # The messages are in the database: a new visitor sees them as the room's history.
+            late = guest_context.new_page()
+            late.goto(f"{url}/chat/{room}/")
+            expect(late.locator("#log .history", has_text="ada: hello from Ada")).to_be_visible()
+            expect(late.locator("#log .history", has_text="anonymous: hi Ada, a guest here")).to_be_visible()
+            expect(late.locator("#pictures img[alt='stripes.png']")).to_be_visible()
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_example_project_as_deployed(deployment, capsys):
     url = deployment.url
-    cookies = _http_pages(url)
-    _long_poll(url)
-    asyncio.run(_chat(url, cookies))
-    _browser_chat(url)
-
-    # Background work on the `thumbnail` channel runs in the worker part.
-    queued = httpx.post(f"{url}/thumbnail/", data={"name": "cat.png"}, timeout=10)
-    assert queued.status_code == 202 and queued.json() == {"queued": "cat.png"}
-    deployment.workers.wait_for_output("thumbnail ", timeout=20)
-    assert re.search(r"thumbnail [0-9a-f]{16}\.png made", deployment.workers.output())
-    if deployment.mode == "split":
-        assert "paas_channels.worker" not in deployment.processes[0].output()  # the web process ran no consumer
-        assert f"RedisChannelLayer({deployment.redis.url})" in deployment.processes[0].output()
-    for process in deployment.processes:  # the effective settings are logged, the secret is not
-        assert "settings example_project.settings: DEBUG=False SECRET_KEY=****" in process.output()
-        assert deployment.env["SECRET_KEY"] not in process.output()
+    try:
+        cookies = _http_pages(url)
+        asyncio.run(_ws_frames(url, cookies))
+        _browser_scenario(deployment, capsys)
+    except BaseException:
+        print(deployment.outputs())
+        raise
+    if deployment.mode == "procfile":
+        web = deployment.web.output()
+        assert "paas_channels.worker" not in web  # the web process ran no consumer
+        assert f"RedisChannelLayer({deployment.redis.url})" in web
+        assert "settings example_project.settings: DEBUG=False SECRET_KEY=****" in web
+        assert SECRET_KEY not in web + deployment.worker.output()
+    else:
+        assert "InMemoryChannelLayer" in deployment.process.output()

@@ -19,8 +19,8 @@ and measures, in one run with the same load generators:
 
 Prints ratios against the peers and the issue's targets, writes
 ``bench/results/http.json`` and ``http.md``, and rewrites the table between
-``<!-- bench:http -->`` markers in README.md.  Needs ``wrk`` (apt-get install
-wrk) and ``redis-server``.
+``<!-- bench:http -->`` markers in README.md.  Needs ``redis-server``; uses ``wrk`` (apt-get install
+wrk) when installed, else a slower Python closed-loop generator.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# This file is named http.py: drop its folder from the path so `import http` finds the standard library.
+# Run as a script, this file (http.py) would shadow the standard library's `http`: drop its folder from the path.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from tests.support import RedisServer, free_port, wait_for_port  # noqa: E402
 
@@ -102,7 +103,35 @@ def run_wrk(url: str, duration: float) -> dict:
         "latency_ms": percentiles,
         "non_2xx": int(bad.group(1)) if bad else 0,
         "socket_errors": sum(map(int, errors.groups())) if errors else 0,
+        "generator": "wrk",
     }
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
+    """One HTTP/1.1 request on an open connection: (status, whether the server closes the connection)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    if length:
+        await reader.readexactly(int(length.group(1)))
+    else:  # chunked
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    # gunicorn's sync workers close after every response
+    return status, bool(re.search(rb"(?i)\r\nconnection:\s*close", head))
+
+
+def _percentiles(latencies: list[float]) -> dict:
+    latencies.sort()
+
+    def pick(fraction: float) -> float:
+        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1000 if latencies else float("nan")
+
+    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "max": pick(1.0)}
 
 
 async def _fixed_rate(host: str, port: int, path: str, rate: float, duration: float) -> dict:
@@ -114,31 +143,22 @@ async def _fixed_rate(host: str, port: int, path: str, rate: float, duration: fl
 
     async def one(due: float) -> None:
         nonlocal failures
-        connection = idle.pop() if idle else await asyncio.open_connection(host, port)
-        reader, writer = connection
+        writer = None
         try:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-            if length:
-                await reader.readexactly(int(length.group(1)))
-            else:  # chunked
-                while True:
-                    size = int((await reader.readline()).strip(), 16)
-                    await reader.readexactly(size + 2)
-                    if size == 0:
-                        break
+            connection = idle.pop() if idle else await asyncio.open_connection(host, port)
+            reader, writer = connection
+            status, closes = await _exchange(reader, writer, request)
             latencies.append(time.perf_counter() - due)
             if status >= 400:
                 failures += 1
-            if re.search(rb"(?i)\r\nconnection:\s*close", head):
-                writer.close()  # gunicorn's sync workers close after every response
+            if closes:
+                writer.close()
             else:
                 idle.append(connection)
         except (OSError, asyncio.IncompleteReadError, ValueError):
             failures += 1
-            writer.close()
+            if writer is not None:
+                writer.close()
 
     start = time.perf_counter() + 0.1
     total = int(rate * duration)
@@ -152,13 +172,52 @@ async def _fixed_rate(host: str, port: int, path: str, rate: float, duration: fl
     await asyncio.wait_for(asyncio.gather(*tasks), 60)
     for _, writer in idle:
         writer.close()
-    latencies.sort()
+    return {"rate": rate, "requests": total, "failures": failures, "latency_ms": _percentiles(latencies)}
 
-    def pick(fraction: float) -> float:
-        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1000 if latencies else float("nan")
 
-    return {"rate": rate, "requests": total, "failures": failures,
-            "latency_ms": {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "max": pick(1.0)}}
+async def _closed_loop(host: str, port: int, path: str, connections: int, duration: float) -> dict:
+    """wrk's measurement in Python, for machines without wrk: ``connections`` clients, each one request at a time."""
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    latencies: list[float] = []
+    counts = {"non_2xx": 0, "socket_errors": 0}
+    deadline = time.perf_counter() + duration
+
+    async def client() -> None:
+        connection = None
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                if connection is None:
+                    connection = await asyncio.open_connection(host, port)
+                status, closes = await _exchange(*connection, request)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                counts["socket_errors"] += 1
+                connection = None
+                continue
+            latencies.append(time.perf_counter() - started)
+            if not 200 <= status < 400:
+                counts["non_2xx"] += 1
+            if closes:
+                connection[1].close()
+                connection = None
+        if connection is not None:
+            connection[1].close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    return {"requests_per_s": len(latencies) / elapsed, "latency_ms": _percentiles(latencies),
+            "generator": "python", **counts}
+
+
+def run_closed_loop(url: str, duration: float, connections: int = CONNECTIONS) -> dict:
+    match = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
+    return asyncio.run(_closed_loop(match.group(1), int(match.group(2)), match.group(3), connections, duration))
+
+
+def run_throughput(url: str, duration: float) -> dict:
+    """wrk when installed, else the Python closed loop (slower: it caps what it can measure)."""
+    return run_wrk(url, duration) if shutil.which("wrk") else run_closed_loop(url, duration)
 
 
 def run_fixed_rate(url: str, rate: float, duration: float) -> dict:
@@ -198,7 +257,8 @@ class Setup:
                 process.terminate()
         for process in self.processes:
             try:
-                process.wait(30)
+                # Daphne serving Django's ASGI handler may never exit on SIGTERM (non-daemon threads).
+                process.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
                 process.wait()
@@ -237,7 +297,7 @@ def setups(workdir: Path) -> list[Setup]:
     ]
 
 
-def _warm(url: str) -> None:
+def _warm(url: str, requests: int = WARMUP_REQUESTS) -> None:
     import httpx
 
     with httpx.Client(timeout=30) as client:
@@ -251,7 +311,7 @@ def _warm(url: str) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{url} never answered 200")
             time.sleep(0.2)
-        for _ in range(WARMUP_REQUESTS):
+        for _ in range(requests):
             client.get(url)
 
 
@@ -314,6 +374,72 @@ def _write_readme(table: str) -> None:
     readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
+#: What the issue's targets need; a tiny run measures only these.
+TARGET_SETUPS = ("combined", "split_1", "daphne_asgi", "gunicorn")
+
+
+def measure(duration: float = 10.0, rate: float = 300.0, rounds: int = 2, only: list[str] | None = None,
+            warmup: int = WARMUP_REQUESTS, log=print) -> dict:
+    """Every chosen setup ``rounds`` times, interleaved; each one's best throughput and best p99 count."""
+    workdir = Path(tempfile.mkdtemp(prefix="paas-bench-http-"))
+    (workdir / "paas_bench_settings.py").write_text(_SETTINGS)
+    (workdir / "paas_bench_urls.py").write_text(_URLS)
+    (workdir / "paas_bench_asgi.py").write_text(_ASGI)
+    chosen = [setup for setup in setups(workdir) if not only or setup.name in only]
+    if not chosen:
+        raise ValueError(f"no HTTP setup named {only}; choose from {', '.join(s.name for s in setups(workdir))}")
+    results: dict = {}
+    try:
+        migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT,
+                                 env=chosen[0].env, capture_output=True, text=True)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"migrate failed for the HTTP benchmark's database:\n{migrate.stderr}")
+        for round_number in range(1, rounds + 1):
+            for setup in chosen:
+                port = free_port()
+                url = f"http://127.0.0.1:{port}/hello/"
+                log(f"== http round {round_number}/{rounds}: {setup.label}")
+                setup.start(port, workdir)
+                try:
+                    _warm(url, warmup)
+                    throughput = run_throughput(url, duration)
+                    log(f"   {throughput['requests_per_s']:,.0f} requests/s, latency {throughput['latency_ms']}")
+                    fixed = run_fixed_rate(url, rate, duration)
+                    log(f"   at {rate:.0f}/s: {fixed['latency_ms']}, failures {fixed['failures']}")
+                finally:
+                    setup.stop()
+                best = results.setdefault(setup.name, {"label": setup.label, "rounds": []})
+                best["rounds"].append({"throughput": throughput, "fixed_rate": fixed})
+                if "throughput" not in best or throughput["requests_per_s"] > best["throughput"]["requests_per_s"]:
+                    best["throughput"] = throughput
+                if "fixed_rate" not in best or fixed["latency_ms"]["p99"] < best["fixed_rate"]["latency_ms"]["p99"]:
+                    best["fixed_rate"] = fixed
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "duration_s": duration, "rate": rate, "rounds": rounds, "connections": CONNECTIONS,
+        "generator": "wrk" if shutil.which("wrk") else "python (wrk not installed)",
+        "results": results, "ratios": ratios(results),
+    }
+
+
+def ratios(results: dict) -> dict:
+    """The issue's ratios: throughput against Daphne+ASGI, p99 at the fixed rate against gunicorn."""
+    out = {
+        "combined_vs_daphne_asgi_rps": _ratio(results, "combined", "daphne_asgi"),
+        "split_1_vs_daphne_asgi_rps": _ratio(results, "split_1", "daphne_asgi"),
+        "split_2_vs_daphne_asgi_rps": _ratio(results, "split_2", "daphne_asgi"),
+        "combined_vs_gunicorn_rps": _ratio(results, "combined", "gunicorn"),
+    }
+    if "gunicorn" in results:
+        gunicorn_p99 = results["gunicorn"]["fixed_rate"]["latency_ms"]["p99"]
+        for name in ("combined", "split_1", "split_2"):
+            if name in results:
+                out[f"{name}_vs_gunicorn_p99_at_rate"] = results[name]["fixed_rate"]["latency_ms"]["p99"] / gunicorn_p99
+    return {key: value for key, value in out.items() if value is not None}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
@@ -325,55 +451,17 @@ def main() -> int:
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
-        return 2
-
-    workdir = Path(tempfile.mkdtemp(prefix="paas-bench-http-"))
-    (workdir / "paas_bench_settings.py").write_text(_SETTINGS)
-    (workdir / "paas_bench_urls.py").write_text(_URLS)
-    (workdir / "paas_bench_asgi.py").write_text(_ASGI)
-    chosen = [setup for setup in setups(workdir)
-              if not args.only or setup.name in {name.strip() for name in args.only.split(",")}]
-    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT,
-                             env=chosen[0].env, capture_output=True, text=True)
-    if migrate.returncode != 0:
-        print(migrate.stderr, file=sys.stderr)
-        return 1
-    results: dict = {}
-    labels = {setup.name: setup.label for setup in chosen}
-    try:
-        for round_number in range(1, args.rounds + 1):
-            for setup in chosen:
-                port = free_port()
-                url = f"http://127.0.0.1:{port}/hello/"
-                print(f"== round {round_number}: {setup.label}", flush=True)
-                setup.start(port, workdir)
-                try:
-                    _warm(url)
-                    throughput = run_wrk(url, args.duration)
-                    print(f"   {throughput['requests_per_s']:,.0f} requests/s, latency {throughput['latency_ms']}",
-                          flush=True)
-                    fixed = run_fixed_rate(url, args.rate, args.duration)
-                    print(f"   at {args.rate:.0f}/s: {fixed['latency_ms']}, failures {fixed['failures']}", flush=True)
-                finally:
-                    setup.stop()
-                best = results.setdefault(setup.name, {"label": setup.label, "rounds": []})
-                best["rounds"].append({"throughput": throughput, "fixed_rate": fixed})
-                if "throughput" not in best or throughput["requests_per_s"] > best["throughput"]["requests_per_s"]:
-                    best["throughput"] = throughput
-                if "fixed_rate" not in best or fixed["latency_ms"]["p99"] < best["fixed_rate"]["latency_ms"]["p99"]:
-                    best["fixed_rate"] = fixed
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
+        print("wrk is not installed (apt-get install -y wrk): throughput measured by the slower Python generator",
+              file=sys.stderr)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    measured = measure(args.duration, args.rate, args.rounds, only)
+    results = measured["results"]
+    labels = {name: result["label"] for name, result in results.items()}
     table = report(results, labels, args)
     print()
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "http.json").write_text(json.dumps({
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "duration_s": args.duration, "rate": args.rate, "connections": CONNECTIONS, "results": results,
-    }, indent=2) + "\n")
+    (RESULTS / "http.json").write_text(json.dumps(measured, indent=2) + "\n")
     (RESULTS / "http.md").write_text(table + "\n")
     if not args.no_readme and not args.only:
         _write_readme(table)

@@ -30,7 +30,8 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:  # run as a script: `python bench/layer.py`
+    sys.path.insert(0, str(ROOT))
 
 import hiredis  # noqa: E402
 import redis  # noqa: E402
@@ -224,16 +225,9 @@ def write_readme(text: str) -> None:
     README.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), content))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", help="Redis to use (default: a private redis-server on a free port)")
-    parser.add_argument("-n", type=int, default=3000, help="operations per sequential test (default 3000)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the best counts (default 3)")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not write results or README")
-    args = parser.parse_args(argv)
-
+def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -> dict[str, Any]:
+    """Every contender ``repeat`` times, alternating; each one's best run counts.  A private Redis unless ``url``."""
     server = None
-    url = args.url
     if url is None:
         from tests.support import RedisServer
 
@@ -246,27 +240,43 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
             "redis_version": info["redis_version"],
-            "n": args.n,
+            "n": n,
             "load_before": os.getloadavg()[0],
         }
-        # Alternate the contenders and keep each one's best of --repeat runs,
+        # Alternate the contenders and keep each one's best of `repeat` runs,
         # so that load from other processes on the machine hits all of them alike.
         runs: dict[str, list[dict[str, float]]] = {"channels_redis": [], "paas_sync": [], "paas_async": []}
         pings = []
-        for _ in range(args.repeat):
-            pings.append(ping_ceiling(url, args.n * 2))
-            runs["channels_redis"].append(asyncio.run(channels_redis(url, args.n)))
-            runs["paas_sync"].append(ours_sync(url, args.n))
-            runs["paas_async"].append(asyncio.run(ours_async(url, args.n)))
+        for round_number in range(1, repeat + 1):
+            log(f"== layer: round {round_number}/{repeat}, n={n:,}")
+            pings.append(ping_ceiling(url, n * 2))
+            runs["channels_redis"].append(asyncio.run(channels_redis(url, n)))
+            runs["paas_sync"].append(ours_sync(url, n))
+            runs["paas_async"].append(asyncio.run(ours_async(url, n)))
         results["ping_per_s"] = max(pings)
         for name, measured in runs.items():
             results[name] = {key: max(run[key] for run in measured) for key, _, _ in TESTS}
-        results["repeat"] = args.repeat
+        results["repeat"] = repeat
         results["load_after"] = os.getloadavg()[0]
+        results["ratios"] = {
+            f"{side}_{key}": results[f"paas_{side}"][key] / results["channels_redis"][key]
+            for side in ("sync", "async") for key, _, _ in TESTS
+        }
+        return results
     finally:
         if server is not None:
             server.close()
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="Redis to use (default: a private redis-server on a free port)")
+    parser.add_argument("-n", type=int, default=3000, help="operations per sequential test (default 3000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the best counts (default 3)")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write results or README")
+    args = parser.parse_args(argv)
+
+    results = measure(args.n, args.repeat, args.url)
     text = table(results)
     print(text)
     if not args.no_write:

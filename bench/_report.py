@@ -1,0 +1,246 @@
+"""What a run of ``python -m bench`` reports: the targets, one Markdown table, PNG plots, README."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+
+def _get(data: dict, *keys, default=None):
+    for key in keys:
+        if not isinstance(data, dict) or key not in data or data[key] is None:
+            return default
+        data = data[key]
+    return data
+
+
+### Targets ###
+
+
+def targets(results: dict) -> list[dict]:
+    """Every target of issues 5 (layer), 6 (entrypoint) and 8 with its measured value; ``met`` is None when not measured."""
+    s = results["scenarios"]
+    rows: list[dict] = []
+
+    def add(scenario: str, text: str, value, bound: float, at_least: bool, unit: str = "x") -> None:
+        if scenario not in s:
+            return
+        met = None if value is None else (value >= bound if at_least else value <= bound)
+        rows.append({"scenario": scenario, "target": text, "measured": value, "unit": unit, "met": met})
+
+    for side in ("sync", "async"):
+        ratios = _get(s, "layer", "ratios", default={})
+        add("layer", f"layer send ({side}) >= 10x channels_redis", ratios.get(f"{side}_send"), 10, True)
+        add("layer", f"layer receive ({side}) >= 10x channels_redis", ratios.get(f"{side}_receive"), 10, True)
+        add("layer", f"layer group deliveries ({side}) >= 5x channels_redis", ratios.get(f"{side}_group"), 5, True)
+    http = _get(s, "http", "ratios", default={})
+    add("http", "HTTP combined >= 2x Daphne+Django ASGI requests/s", http.get("combined_vs_daphne_asgi_rps"), 2, True)
+    add("http", "HTTP split web + 1 worker >= 1.5x Daphne+Django ASGI requests/s",
+        http.get("split_1_vs_daphne_asgi_rps"), 1.5, True)
+    rate = _get(s, "http", "rate", default=0)
+    add("http", f"HTTP combined p99 at {rate:.0f} requests/s <= 3x gunicorn's",
+        http.get("combined_vs_gunicorn_p99_at_rate"), 3, False)
+    add("http", f"HTTP split web + 1 worker p99 at {rate:.0f} requests/s <= 3x gunicorn's",
+        http.get("split_1_vs_gunicorn_p99_at_rate"), 3, False)
+    add("broadcast", "broadcast p99 latency <= 0.5x Channels 4", _get(s, "broadcast", "ratios", "p99_latency"), 0.5, False)
+    add("broadcast", "broadcast: 100% of deliveries", _get(s, "broadcast", "ours", "delivered_fraction"), 1.0, True,
+        unit="fraction")
+    add("memory", "memory per idle WebSocket <= 1x Channels 4", _get(s, "memory", "ratios", "per_connection"), 1, False)
+    add("deploy", "rolling deploy: 0 WebSockets dropped", _get(s, "deploy", "websockets_dropped"), 0, False, unit="count")
+    add("deploy", "rolling deploy: 0 HTTP requests failed", _get(s, "deploy", "http_failed"), 0, False, unit="count")
+    return rows
+
+
+### Markdown ###
+
+
+def _n(value, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _x(value) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def _measured(row: dict) -> str:
+    value = row["measured"]
+    if value is None:
+        return "not measured"
+    if row["unit"] == "x":
+        return f"{value:.2f}x"
+    if row["unit"] == "fraction":
+        return f"{value * 100:.1f}%"
+    return f"{value:,}"
+
+
+def markdown(results: dict) -> str:
+    """The whole run as one header, one table of figures against the peers, and the targets."""
+    m = results["machine"]
+    s = results["scenarios"]
+    before, after = results["load_before"][0], results["load_after"][0]
+    lines = [
+        f"Measured {results['date']} by `python -m bench{'' if results['profile'] == 'full' else ' --' + results['profile']}` "
+        f"in {results['seconds']:.0f} s on {m['cpu']}, {m['cores']} cores, Python {m['python']}, Redis {m['redis']}, "
+        f"load average {before:.2f} before and {after:.2f} after (1 min). Every peer ran on the same machine in "
+        "the same run, alternating with this project; ratios are this project / the peer.",
+        "",
+        "| scenario | measure | paas-channels | peer | peer's figure | ratio |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    if "layer" in s:
+        layer = s["layer"]
+        for key, text in (("send", "sends/s"), ("receive", "receives/s"), ("request_reply", "request/reply round trips/s"),
+                          ("group", "group deliveries/s")):
+            lines.append(f"| 1 layer | {text} (sync API) | {_n(layer['paas_sync'][key])} | channels_redis 4 | "
+                         f"{_n(layer['channels_redis'][key])} | {_x(layer['ratios'][f'sync_{key}'])} |")
+    if "http" in s:
+        http = s["http"]["results"]
+        rate = s["http"]["rate"]
+        peers = [(name, http[name]) for name in ("daphne_asgi", "gunicorn") if name in http]
+        for name in ("combined", "combined_direct", "split_1", "split_2"):
+            if name not in http:
+                continue
+            ours = http[name]
+            for peer_name, peer in peers:
+                lines.append(
+                    f"| 2 HTTP | {ours['label']}: requests/s | {_n(ours['throughput']['requests_per_s'])} | "
+                    f"{peer['label']} | {_n(peer['throughput']['requests_per_s'])} | "
+                    f"{_x(ours['throughput']['requests_per_s'] / peer['throughput']['requests_per_s'])} |")
+            if "gunicorn" in http:
+                ours_p99, peer_p99 = ours["fixed_rate"]["latency_ms"]["p99"], http["gunicorn"]["fixed_rate"]["latency_ms"]["p99"]
+                lines.append(f"| 2 HTTP | {ours['label']}: p99 ms at {rate:.0f} requests/s | {_n(ours_p99, 1)} | "
+                             f"{http['gunicorn']['label']} | {_n(peer_p99, 1)} | {_x(ours_p99 / peer_p99)} |")
+    if "broadcast" in s:
+        b = s["broadcast"]
+        ours, peer = b["ours"], b["channels4"]
+        what = f"{ours['clients']:,} clients, {ours['broadcasts']} broadcasts"
+        lines.append(f"| 3 broadcast | {what}: delivered | {ours['delivered']:,}/{ours['expected']:,} | Channels 4 | "
+                     f"{peer['delivered']:,}/{peer['expected']:,} | {_x(b['ratios']['delivered'])} |")
+        for key in ("p50", "p99"):
+            lines.append(f"| 3 broadcast | {what}: {key} latency ms | {_n(ours['latency_ms'][key], 1)} | Channels 4 | "
+                         f"{_n(peer['latency_ms'][key], 1)} | {_x(b['ratios'][f'{key}_latency'])} |")
+    if "memory" in s:
+        mem = s["memory"]
+        lines.append(f"| 4 memory | KiB RSS per idle WebSocket ({mem['ours']['connections']:,} open) | "
+                     f"{_n(mem['ours']['kib_per_connection'], 1)} | Channels 4 on Daphne | "
+                     f"{_n(mem['channels4']['kib_per_connection'], 1)} | {_x(mem['ratios']['per_connection'])} |")
+    if "deploy" in s:
+        d = s["deploy"]
+        what = f"{d['workers']} workers replaced, {d['connected']:,} WebSockets, {d['rate']:.0f} requests/s"
+        lines.append(f"| 5 deploy | {what}: WebSockets dropped | {d['websockets_dropped']} | none (no separate "
+                     f"workers) | — | — |")
+        lines.append(f"| 5 deploy | {what}: HTTP requests failed | {d['http_failed']}/{d['http_requests']:,} | "
+                     f"none | — | — |")
+    lines += ["", "| target | measured | met |", "|---|---:|---|"]
+    for row in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
+        lines.append(f"| {row['target']} | {_measured(row)} | {met} |")
+    notes = []
+    if "broadcast" in s:
+        notes.append(f"Broadcast peer: {s['broadcast']['peer_config']}.")
+    if "deploy" in s:
+        notes.append(f"Deploy: {s['deploy']['peer_note']}.")
+    if "http" in s:
+        notes.append(f"HTTP load generator: {s['http']['generator']}; the Daphne + Django ASGI peer runs Django's "
+                     "default middleware and a sync view, as `startproject` would.")
+    if notes:
+        lines += ["", " ".join(notes)]
+    return "\n".join(lines)
+
+
+### Plots ###
+
+
+def plots(results: dict, out: Path) -> list[Path]:
+    """One PNG per scenario with a peer: bars of ours against the peer.  Empty when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    s = results["scenarios"]
+    written: list[Path] = []
+
+    def bars(name: str, title: str, groups: list[str], series: dict[str, list[float]], ylabel: str,
+             log: bool = False) -> None:
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        width = 0.8 / max(1, len(series))
+        for index, (label, values) in enumerate(series.items()):
+            positions = [g + index * width for g in range(len(groups))]
+            ax.bar(positions, [v if v is not None else 0 for v in values], width, label=label)
+        ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))], groups, fontsize=8)
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(f"{title}\n{results['date']}, {results['machine']['cores']} cores", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    if "layer" in s:
+        layer = s["layer"]
+        keys = ["send", "receive", "request_reply", "group"]
+        bars("layer", "Channel layer operations/s (higher is better)", ["send", "receive", "request/reply", "group deliveries"],
+             {"paas-channels (sync)": [layer["paas_sync"][k] for k in keys],
+              "paas-channels (async)": [layer["paas_async"][k] for k in keys],
+              "channels_redis 4": [layer["channels_redis"][k] for k in keys]}, "operations/s", log=True)
+    if "http" in s:
+        http = s["http"]["results"]
+        names = list(http)
+        bars("http", "HTTP requests/s, small Django view (higher is better)", [http[n]["label"].replace(" (", "\n(") for n in names],
+             {"requests/s": [http[n]["throughput"]["requests_per_s"] for n in names]}, "requests/s")
+        bars("http_latency", f"HTTP p99 ms at {s['http']['rate']:.0f} requests/s (lower is better)",
+             [http[n]["label"].replace(" (", "\n(") for n in names],
+             {"p99 ms": [http[n]["fixed_rate"]["latency_ms"]["p99"] for n in names]}, "ms", log=True)
+    if "broadcast" in s:
+        b = s["broadcast"]
+        bars("broadcast", f"Broadcast to {b['ours']['clients']:,} WebSockets: latency ms (lower is better)",
+             ["p50", "p99", "max"],
+             {"paas-channels split": [b["ours"]["latency_ms"][k] for k in ("p50", "p99", "max")],
+              "Channels 4 + channels_redis": [b["channels4"]["latency_ms"][k] for k in ("p50", "p99", "max")]},
+             "ms", log=True)
+    if "memory" in s:
+        mem = s["memory"]
+        bars("memory", "Web process RSS per idle WebSocket, KiB (lower is better)", ["KiB per connection"],
+             {"paas-channels run web": [mem["ours"]["kib_per_connection"]],
+              "Daphne + Channels 4": [mem["channels4"]["kib_per_connection"]]}, "KiB")
+    return written
+
+
+### README ###
+
+
+def _replace(content: str, marker: str, text: str) -> str:
+    pattern = re.compile(rf"(<!-- bench:{marker} -->\n).*?(<!-- /bench:{marker} -->)", re.S)
+    if not pattern.search(content):
+        print(f"README.md has no bench:{marker} markers; that table was not written", flush=True)
+        return content
+    return pattern.sub(lambda match: match.group(1) + text + "\n" + match.group(2), content)
+
+
+def write_readme(results: dict, table: str) -> None:
+    """The full run's tables into README: bench:all, and the layer and HTTP tables from the same run."""
+    from bench import http, layer
+
+    content = README.read_text()
+    content = _replace(content, "all", table)
+    s = results["scenarios"]
+    if "layer" in s:
+        content = _replace(content, "layer", layer.table(s["layer"]))
+    if "http" in s:
+        h = s["http"]
+        labels = {name: result["label"] for name, result in h["results"].items()}
+        args = argparse.Namespace(duration=h["duration_s"], rate=h["rate"], rounds=h["rounds"])
+        content = _replace(content, "http", http.report(h["results"], labels, args))
+    README.write_text(content)

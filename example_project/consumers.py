@@ -7,11 +7,11 @@ import logging
 
 from PIL import Image
 
-from paas_channels import Channel, Group
+from paas_channels import Group
 from paas_channels.consumers import JsonWebsocketConsumer
 from paas_channels.message import Message
 
-from .models import ChatMessage, Picture
+from .models import ChatMessage, Picture, display_name
 from .views import LIVE_GROUP
 
 logger = logging.getLogger(__name__)
@@ -86,11 +86,6 @@ class ChatConsumer(JsonWebsocketConsumer):
         return self.message.channel_session.get("name") or display_name(self.message.user)
 
 
-def display_name(user) -> str:
-    """The name shown in the chat: the username, or ``anonymous`` for visitors who did not log in."""
-    return user.get_username() if user is not None and user.is_authenticated else "anonymous"
-
-
 ### Background work: the `thumbnail` channel ###
 
 THUMBNAIL_SIZE = (128, 128)
@@ -100,7 +95,7 @@ def make_thumbnail(message: Message) -> None:
     """Make the thumbnail of ``Picture`` ``message["picture"]`` and show it in its chat room.
 
     Runs on a worker, off the HTTP path: the upload view only stored the
-    picture and sent this message.  ``reply_to`` (optional) also gets the result.
+    picture and sent this message.
     """
     picture = Picture.objects.filter(pk=message.get("picture")).first()
     if picture is None:
@@ -122,8 +117,6 @@ def make_thumbnail(message: Message) -> None:
     picture.thumbnail, (picture.width, picture.height) = out.getvalue(), size
     picture.save(update_fields=["thumbnail", "width", "height"])
     logger.info("thumbnail of picture %s (%s) made: %sx%s", picture.pk, picture.name, picture.width, picture.height)
-    if message.get("reply_to"):
-        Channel(message["reply_to"]).send(picture.as_json())
     JsonWebsocketConsumer.group_send_json(f"chat-{picture.room}", picture.as_json())
 
 

@@ -11,6 +11,11 @@ from django.conf import settings
 from django.db import models
 
 
+def display_name(user) -> str:
+    """The name shown in the chat: the username, or ``anonymous`` for visitors who did not log in."""
+    return user.get_username() if user is not None and user.is_authenticated else "anonymous"
+
+
 class ChatMessage(models.Model):
     """One line said in a chat room."""
 

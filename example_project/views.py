@@ -24,7 +24,7 @@ from django.views.decorators.http import require_POST
 
 from paas_channels import Channel, Group
 
-from .models import ChatMessage, Picture
+from .models import ChatMessage, Picture, display_name
 
 #: Group of the requests waiting on /live/ (see consumers.long_poll).
 LIVE_GROUP = "live"
@@ -66,8 +66,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 def whoami(request: HttpRequest) -> HttpResponse:
     """The logged-in user's name, or ``anonymous``: plain text for scripts."""
-    name = request.user.get_username() if request.user.is_authenticated else "anonymous"
-    return HttpResponse(name, content_type="text/plain")
+    return HttpResponse(display_name(request.user), content_type="text/plain")
 
 
 def counter(request: HttpRequest) -> HttpResponse:
@@ -177,8 +176,8 @@ def post_picture(request: HttpRequest, room: str) -> JsonResponse:
     if uploaded.size > MAX_PICTURE_BYTES:
         return JsonResponse({"error": f"{uploaded.name} is {uploaded.size} bytes; pictures may have at most "
                                       f"{MAX_PICTURE_BYTES} bytes"}, status=413)
-    name = request.user.get_username() if request.user.is_authenticated else "anonymous"
-    picture = Picture.objects.create(room=room, name=uploaded.name[:200], uploaded_by=name, image=uploaded.read())
+    picture = Picture.objects.create(room=room, name=uploaded.name[:200], uploaded_by=display_name(request.user),
+                                     image=uploaded.read())
     Channel("thumbnail").send({"picture": picture.pk})
     return JsonResponse({"picture": picture.pk, "thumbnail": "queued"}, status=202)
 

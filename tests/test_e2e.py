@@ -116,11 +116,13 @@ class Honcho(Started):
 
     def stop(self, timeout: float = 40.0) -> int:
         code = super().stop(timeout)
-        for pid in re.findall(r"started \(pid=(\d+)\)", self.output()):
-            try:
-                os.killpg(int(pid), signal.SIGKILL)  # honcho's children, if honcho died before them
-            except (ProcessLookupError, PermissionError):
-                pass
+        output = self.output()
+        for name, pid in re.findall(r"(\S+) started \(pid=(\d+)\)", output):
+            if f"{name} stopped (" not in output:  # honcho died before it: its session is still ours
+                try:
+                    os.killpg(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         return code
 
 

@@ -49,7 +49,7 @@ PROFILES: dict[str, dict] = {
         "layer": {"n": 3000, "repeat": 3},
         "http": {"duration": 10.0, "rate": 300.0, "rounds": 2, "only": None, "warmup": 300},
         "broadcast": {"clients": 2000, "broadcasts": 20, "interval": 1.0, "client_processes": 2},
-        "memory": {"connections": 1000, "client_processes": 1},
+        "memory": {"connections": 1000, "client_processes": 1, "settle": 2.0},
         "deploy": {"connections": 1000, "rate": 100.0, "client_processes": 1},
     },
     "quick": {
@@ -57,7 +57,7 @@ PROFILES: dict[str, dict] = {
         "http": {"duration": 3.0, "rate": 300.0, "rounds": 1, "only": ["combined", "split_1", "daphne_asgi", "gunicorn"],
                  "warmup": 100},
         "broadcast": {"clients": 300, "broadcasts": 10, "interval": 0.3, "client_processes": 1},
-        "memory": {"connections": 300, "client_processes": 1},
+        "memory": {"connections": 300, "client_processes": 1, "settle": 1.0},
         "deploy": {"connections": 200, "rate": 100.0, "client_processes": 1},
     },
     "tiny": {
@@ -65,7 +65,7 @@ PROFILES: dict[str, dict] = {
         "http": {"duration": 1.0, "rate": 50.0, "rounds": 1, "only": ["combined", "split_1", "daphne_asgi", "gunicorn"],
                  "warmup": 10},
         "broadcast": {"clients": 20, "broadcasts": 3, "interval": 0.2, "client_processes": 1},
-        "memory": {"connections": 20, "client_processes": 1},
+        "memory": {"connections": 20, "client_processes": 1, "settle": 0.3},
         "deploy": {"connections": 20, "rate": 50.0, "client_processes": 1},
     },
 }
@@ -141,7 +141,7 @@ def run(profile: str, only: list[str], workdir: Path) -> dict:
             outcome = broadcast.run(workdir, size["clients"], size["broadcasts"], size["interval"],
                                     size["client_processes"], log=log)
         elif name == "memory":
-            outcome = memory.run(workdir, size["connections"], size["client_processes"], log=log)
+            outcome = memory.run(workdir, size["connections"], size["client_processes"], size["settle"], log=log)
         else:
             outcome = deploy.run(workdir, size["connections"], size["rate"], size["client_processes"], log=log)
         outcome["seconds"] = round(time.monotonic() - begun, 1)

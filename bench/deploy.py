@@ -23,12 +23,12 @@ from pathlib import Path
 from bench import http as http_bench
 from bench._procs import Clients, Deployment
 
-HTTP_CHUNK_SECONDS = 2.0
+HTTP_CHUNK_SECONDS = 1.0
 
 
 def _replace_workers(deployment: Deployment, steps: list[dict], done: threading.Event, errors: list[str]) -> None:
     try:
-        time.sleep(1.0)  # traffic first, then the deploy
+        time.sleep(0.5)  # traffic first, then the deploy
         for old in list(deployment.workers):
             started = time.monotonic()
             code = old.terminate(timeout=60)

@@ -19,15 +19,15 @@ WARMUP_CONNECTIONS = 10
 SETTLE_SECONDS = 2.0
 
 
-def run_side(kind: str, workdir: Path, connections: int, client_processes: int) -> dict:
+def run_side(kind: str, workdir: Path, connections: int, client_processes: int, settle: float) -> dict:
     deployment = Deployment(kind, workdir, workers=1)
     pool = None
     try:
         Clients(deployment.url("/ws/idle/"), WARMUP_CONNECTIONS, joined=False).close()
-        time.sleep(SETTLE_SECONDS)
+        time.sleep(settle)
         before = rss_kib(deployment.web.pid)
         pool = Clients(deployment.url("/ws/idle/"), connections, joined=False, processes=client_processes)
-        time.sleep(SETTLE_SECONDS)
+        time.sleep(settle)
         after = rss_kib(deployment.web.pid)
         connected = pool.connected
     finally:
@@ -41,11 +41,11 @@ def run_side(kind: str, workdir: Path, connections: int, client_processes: int) 
     }
 
 
-def run(workdir: Path, connections: int, client_processes: int, log=print) -> dict:
+def run(workdir: Path, connections: int, client_processes: int, settle: float = SETTLE_SECONDS, log=print) -> dict:
     sides = {}
     for kind in ("ours", "channels4"):
         log(f"== memory: {kind}, {connections:,} idle WebSockets")
-        sides[kind] = side = run_side(kind, workdir, connections, client_processes)
+        sides[kind] = side = run_side(kind, workdir, connections, client_processes, settle)
         per = side["kib_per_connection"]
         log(f"   RSS {side['rss_before_kib']:,} -> {side['rss_after_kib']:,} KiB, "
             f"{per:.1f} KiB per connection" if per is not None else "   no connection opened")

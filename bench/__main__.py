@@ -53,9 +53,9 @@ PROFILES: dict[str, dict] = {
         "deploy": {"connections": 1000, "rate": 100.0, "client_processes": 1},
     },
     "quick": {
-        "layer": {"n": 1000, "repeat": 1},
-        "http": {"duration": 3.0, "rate": 300.0, "rounds": 1, "only": ["combined", "split_1", "daphne_asgi", "gunicorn"],
-                 "warmup": 100},
+        "layer": {"n": 600, "repeat": 1},
+        "http": {"duration": 2.0, "rate": 300.0, "rounds": 1, "only": ["combined", "split_1", "daphne_asgi", "gunicorn"],
+                 "warmup": 50},
         "broadcast": {"clients": 300, "broadcasts": 10, "interval": 0.3, "client_processes": 1},
         "memory": {"connections": 300, "client_processes": 1, "settle": 1.0},
         "deploy": {"connections": 200, "rate": 100.0, "client_processes": 1},

@@ -68,6 +68,20 @@ def _x(value) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def _errors(result: dict) -> str:
+    bad = result["throughput"]["non_2xx"] + result["throughput"]["socket_errors"]
+    return f" ({bad:,} errors)" if bad else ""
+
+
+def _failed(result: dict) -> str:
+    fixed = result["fixed_rate"]
+    if not fixed["failures"]:
+        return ""
+    how = ", ".join(f"{status}: {count:,}" for status, count in sorted(fixed.get("statuses", {}).items())
+                    if not status.startswith(("2", "3")))
+    return f" ({fixed['failures']:,} of {fixed['requests']:,} failed{'; ' + how if how else ''})"
+
+
 def _measured(row: dict) -> str:
     value = row["measured"]
     if value is None:
@@ -109,13 +123,14 @@ def markdown(results: dict) -> str:
             ours = http[name]
             for peer_name, peer in peers:
                 lines.append(
-                    f"| 2 HTTP | {ours['label']}: requests/s | {_n(ours['throughput']['requests_per_s'])} | "
-                    f"{peer['label']} | {_n(peer['throughput']['requests_per_s'])} | "
+                    f"| 2 HTTP | {ours['label']}: requests/s | {_n(ours['throughput']['requests_per_s'])}{_errors(ours)} | "
+                    f"{peer['label']} | {_n(peer['throughput']['requests_per_s'])}{_errors(peer)} | "
                     f"{_x(ours['throughput']['requests_per_s'] / peer['throughput']['requests_per_s'])} |")
             if "gunicorn" in http:
                 ours_p99, peer_p99 = ours["fixed_rate"]["latency_ms"]["p99"], http["gunicorn"]["fixed_rate"]["latency_ms"]["p99"]
-                lines.append(f"| 2 HTTP | {ours['label']}: p99 ms at {rate:.0f} requests/s | {_n(ours_p99, 1)} | "
-                             f"{http['gunicorn']['label']} | {_n(peer_p99, 1)} | {_x(ours_p99 / peer_p99)} |")
+                lines.append(f"| 2 HTTP | {ours['label']}: p99 ms at {rate:.0f} requests/s | {_n(ours_p99, 1)}"
+                             f"{_failed(ours)} | {http['gunicorn']['label']} | {_n(peer_p99, 1)}{_failed(http['gunicorn'])} | "
+                             f"{_x(ours_p99 / peer_p99)} |")
     if "broadcast" in s:
         b = s["broadcast"]
         ours, peer = b["ours"], b["channels4"]
@@ -135,7 +150,8 @@ def markdown(results: dict) -> str:
         what = f"{d['workers']} workers replaced, {d['connected']:,} WebSockets, {d['rate']:.0f} requests/s"
         lines.append(f"| 5 deploy | {what}: WebSockets dropped | {d['websockets_dropped']} | none (no separate "
                      f"workers) | — | — |")
-        lines.append(f"| 5 deploy | {what}: HTTP requests failed | {d['http_failed']}/{d['http_requests']:,} | "
+        lines.append(f"| 5 deploy | {what}: HTTP requests failed | {d['http_failed']}/{d['http_requests']:,} "
+                     f"(after it, {d['group_delivered_after_deploy']:,} of the open WebSockets got a group message) | "
                      f"none | — | — |")
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
     for row in results["targets"]:
@@ -147,8 +163,9 @@ def markdown(results: dict) -> str:
     if "deploy" in s:
         notes.append(f"Deploy: {s['deploy']['peer_note']}.")
     if "http" in s:
-        notes.append(f"HTTP load generator: {s['http']['generator']}; the Daphne + Django ASGI peer runs Django's "
-                     "default middleware and a sync view, as `startproject` would.")
+        notes.append(f"HTTP load generator: {s['http']['generator']}; every server runs the example project's settings "
+                     "(Django's default middleware plus WhiteNoise, DEBUG off) and the same sync view; the "
+                     "Daphne + Django ASGI peer is `daphne project.asgi:application` as Django's docs deploy it.")
     if notes:
         lines += ["", " ".join(notes)]
     return "\n".join(lines)

@@ -60,6 +60,7 @@ def run(workdir: Path, connections: int, rate: float, client_processes: int, wor
         started = time.monotonic()
         deployer.start()
         requests = failures = 0
+        statuses: dict[str, int] = {}
         # HTTP in short open-loop chunks until the deploy is over, plus one chunk after it.
         tail_chunks = 0
         while tail_chunks < 1:
@@ -68,6 +69,8 @@ def run(workdir: Path, connections: int, rate: float, client_processes: int, wor
             chunk = http_bench.run_fixed_rate(hello, rate, HTTP_CHUNK_SECONDS)
             requests += chunk["requests"]
             failures += chunk["failures"]
+            for status, count in chunk["statuses"].items():
+                statuses[status] = statuses.get(status, 0) + count
         deployer.join()
         deploy_s = time.monotonic() - started
         # Do the connections that survived still get group messages (through the new workers' groups)?
@@ -87,7 +90,7 @@ def run(workdir: Path, connections: int, rate: float, client_processes: int, wor
         "label": "paas-channels split (web + 2 workers), every worker replaced",
         "connections": connections, "connected": pool.connected, "connect_failed": pool.failed,
         "workers": workers, "rate": rate, "deploy_seconds": round(deploy_s, 2), "steps": steps,
-        "deploy_errors": errors, "http_requests": requests, "http_failed": failures,
+        "deploy_errors": errors, "http_requests": requests, "http_failed": failures, "http_statuses": statuses,
         "websockets_dropped": dropped, "group_delivered_after_deploy": delivered_after,
         "peer": None, "peer_note": "Channels 4 has no separate workers: a deploy restarts the process holding "
                                   "the WebSockets, so there is no like-for-like peer run",

@@ -140,6 +140,7 @@ async def _fixed_rate(host: str, port: int, path: str, rate: float, duration: fl
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     latencies: list[float] = []
     failures = 0
+    statuses: dict[str, int] = {}
 
     async def one(due: float) -> None:
         nonlocal failures
@@ -149,14 +150,16 @@ async def _fixed_rate(host: str, port: int, path: str, rate: float, duration: fl
             reader, writer = connection
             status, closes = await _exchange(reader, writer, request)
             latencies.append(time.perf_counter() - due)
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
             if status >= 400:
                 failures += 1
             if closes:
                 writer.close()
             else:
                 idle.append(connection)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             failures += 1
+            statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
             if writer is not None:
                 writer.close()
 
@@ -172,7 +175,8 @@ async def _fixed_rate(host: str, port: int, path: str, rate: float, duration: fl
     await asyncio.wait_for(asyncio.gather(*tasks), 60)
     for _, writer in idle:
         writer.close()
-    return {"rate": rate, "requests": total, "failures": failures, "latency_ms": _percentiles(latencies)}
+    return {"rate": rate, "requests": total, "failures": failures, "statuses": statuses,
+            "latency_ms": _percentiles(latencies)}
 
 
 async def _closed_loop(host: str, port: int, path: str, connections: int, duration: float) -> dict:

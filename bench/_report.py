@@ -215,10 +215,12 @@ def plots(results: dict, out: Path) -> list[Path]:
     if "http" in s:
         http = s["http"]["results"]
         names = list(http)
-        bars("http", "HTTP requests/s, small Django view (higher is better)", [http[n]["label"].replace(" (", "\n(") for n in names],
+        short = {"combined": "combined", "combined_direct": "combined\n--http direct", "split_1": "split\nweb + 1 worker",
+                 "split_2": "split\nweb + 2 workers", "daphne_asgi": "Daphne +\nDjango ASGI", "gunicorn": "gunicorn\n2 workers"}
+        groups = [short.get(n, n) for n in names]
+        bars("http", "HTTP requests/s, small Django view (higher is better)", groups,
              {"requests/s": [http[n]["throughput"]["requests_per_s"] for n in names]}, "requests/s")
-        bars("http_latency", f"HTTP p99 ms at {s['http']['rate']:.0f} requests/s (lower is better)",
-             [http[n]["label"].replace(" (", "\n(") for n in names],
+        bars("http_latency", f"HTTP p99 ms at {s['http']['rate']:.0f} requests/s (lower is better)", groups,
              {"p99 ms": [http[n]["fixed_rate"]["latency_ms"]["p99"] for n in names]}, "ms", log=True)
     if "broadcast" in s:
         b = s["broadcast"]

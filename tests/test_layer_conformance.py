@@ -204,6 +204,26 @@ def test_group_send(layer):
     assert layer.receive(["gr_three"]) == ("gr_three", {"value": "orange"})
 
 
+def test_group_send_follows_membership_changes(make_layer):
+    """Each send reaches the members of that moment (a layer may cache the membership)."""
+    layer = make_layer(group_expiry=EXPIRY)
+    layer.group_add("moving", "mv.inbox!a")
+    layer.group_add("moving", "mv.inbox!b")
+    layer.send_group("moving", {"n": 1})
+    layer.group_add("moving", "mv.inbox!c")
+    layer.send_group("moving", {"n": 2})
+    layer.group_discard("moving", "mv.inbox!a")
+    layer.send_group("moving", {"n": 3})
+    got = sorted((message["n"], channel) for channel, message in drain(layer, ["mv.inbox!"]))
+    assert got == [(1, "mv.inbox!a"), (1, "mv.inbox!b"), (2, "mv.inbox!a"), (2, "mv.inbox!b"), (2, "mv.inbox!c"),
+                   (3, "mv.inbox!b"), (3, "mv.inbox!c")]
+    time.sleep(0.7)
+    layer.group_add("moving", "mv.inbox!b")  # renewed: outlives the others
+    time.sleep(0.7)
+    layer.send_group("moving", {"n": 4})
+    assert drain(layer, ["mv.inbox!"]) == [("mv.inbox!b", {"n": 4})]
+
+
 def test_group_membership(layer):
     assert layer.group_channels("members") == []
     layer.group_add("members", "m.one")

@@ -40,7 +40,9 @@ def test_group_send_to_5000_members_of_one_inbox(layer_and_clients):
     layer.group_add("everyone", "daphne.small!ws0")
 
     for inbox in ("daphne.big!", "daphne.small!"):  # the shards have loaded the scripts
-        layer.send(inbox + "warm", {})
+        layer.group_add("warm", inbox + "warm")
+    layer.send_group("warm", {})
+    for inbox in ("daphne.big!", "daphne.small!"):
         assert layer.receive([inbox])[0] == inbox + "warm"
     scripts_before = command_calls(clients, "evalsha", "eval")
     writes_before = command_calls(clients, "rpush")
@@ -110,3 +112,33 @@ def test_group_message_on_inbox_expires_for_members_not_yet_handed_out(layer_and
         assert layer.receive(["late.inbox!"]) == (None, None)
     finally:
         layer.close()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"text": "hi", "bytes": b"\x00", "n": 1, "x": 1.5, "ok": True, "none": None},  # copied
+        {"text": "hi", "nested": {"list": [1, 2]}, "items": [{"a": 1}]},  # decoded per member
+    ],
+    ids=["flat", "nested"],
+)
+def test_members_of_one_inbox_get_independent_messages(layer_and_clients, message):
+    layer, _ = layer_and_clients
+    for n in range(3):
+        layer.group_add("room", f"daphne.one!ws{n}")
+    layer.send_group("room", message)
+    first_channel, first = layer.receive(["daphne.one!"])
+    assert first == message
+    first["text"] = "changed"
+    first["added"] = 1
+    for value in first.values():
+        if isinstance(value, dict):
+            value["list"].append(3)
+        elif isinstance(value, list):
+            value[0]["a"] = 2
+    rest = [layer.receive(["daphne.one!"]) for _ in range(2)]
+    assert sorted([first_channel] + [channel for channel, _ in rest]) == [f"daphne.one!ws{n}" for n in range(3)]
+    for _, other in rest:
+        assert other == message  # untouched by what the first receiver did
+        other["text"] = "again"
+    assert [m for _, m in rest][0] is not [m for _, m in rest][1]

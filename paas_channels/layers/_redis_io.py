@@ -36,7 +36,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from ._redis_hosts import RedisHost
 from ._redis_scripts import Script
 
-__all__ = ["AsyncIO", "BlockingPop", "Call", "ChannelLayerConnectionError", "SyncIO"]
+__all__ = ["AsyncIO", "BlockingPop", "Call", "ChannelLayerConnectionError", "SyncIO", "packed", "script_call"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,21 +53,25 @@ class ChannelLayerConnectionError(redis.exceptions.ConnectionError, ConnectionEr
 
 
 class Call(NamedTuple):
-    """One command (``script`` is None) or one script run on shard ``shard``.
+    """One command on shard ``shard``, as sent; for a script (``script`` set) an ``EVALSHA``.
 
-    A named tuple, not a dataclass: one is made per operation, on the hot path.
+    A named tuple holding the finished command, not a dataclass building it
+    later: one is made per operation, on the hot path.
     """
 
     shard: int
-    args: tuple
+    command: tuple | bytes  # bytes: already packed (see packed())
     script: Script | None = None
-    keys: tuple = ()
 
-    def command(self, by_sha: bool = True) -> tuple:
-        if self.script is None:
-            return self.args
-        head = ("EVALSHA", self.script.sha) if by_sha else ("EVAL", self.script.source)
-        return (*head, len(self.keys), *self.keys, *self.args)
+    def with_source(self) -> tuple:
+        """The same script call sending the script's source (``EVAL``): Redis lost its cache."""
+        assert self.script is not None
+        return ("EVAL", self.script.source, *self.command[2:])
+
+
+def script_call(shard: int, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Call:
+    """A :class:`Call` running ``script`` by SHA on ``shard`` with ``keys`` and ``args``."""
+    return Call(shard, ("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,17 @@ class BlockingPop:
 Op = Generator[Any, Any, Any]
 
 
-def _pack(commands: Sequence[tuple]) -> list[bytes]:
+def _pack(commands: Sequence[tuple | bytes]) -> list[bytes]:
+    # A command given as bytes was packed once and is reused (constant commands of a send).
     if len(commands) == 1:
-        return [hiredis.pack_command(commands[0])]
-    return [b"".join([hiredis.pack_command(command) for command in commands])]
+        command = commands[0]
+        return [command if type(command) is bytes else hiredis.pack_command(command)]
+    return [b"".join([command if type(command) is bytes else hiredis.pack_command(command) for command in commands])]
+
+
+def packed(command: tuple) -> bytes:
+    """``command`` packed once, for a :class:`Call` sent many times."""
+    return hiredis.pack_command(command)
 
 
 def _blpop(keys: Sequence[str], timeout: float) -> tuple:
@@ -251,17 +262,19 @@ class SyncIO(_Shards):
     def _calls(self, calls: Sequence[Call]) -> list[Any]:
         if len(calls) == 1:  # the common case, kept short
             call = calls[0]
-            (result,) = self._round_trip(call.shard, (call.command(),))
-            if isinstance(result, NoScriptError) and call.script is not None:
-                (result,) = self._round_trip(call.shard, (call.command(by_sha=False),))
-            return [_reply(result)]
+            (result,) = self._round_trip(call.shard, (call.command,))
+            if call.script is not None and isinstance(result, NoScriptError):
+                (result,) = self._round_trip(call.shard, (call.with_source(),))
+            if isinstance(result, Exception):
+                raise result
+            return [result]
         replies: list[Any] = [None] * len(calls)
         for shard, indexes in _by_shard(calls).items():
-            shard_calls = [calls[i] for i in indexes]
-            results = self._round_trip(shard, [call.command() for call in shard_calls])
+            shard_calls = [calls[i] for i in indexes] if len(indexes) < len(calls) else calls
+            results = self._round_trip(shard, [call.command for call in shard_calls])
             resend = self._scripts_to_resend(shard_calls, results)
             if resend:  # Redis lost its script cache (restart): send the source once
-                again = self._round_trip(shard, [shard_calls[i].command(by_sha=False) for i in resend])
+                again = self._round_trip(shard, [shard_calls[i].with_source() for i in resend])
                 for i, result in zip(resend, again):
                     results[i] = result
             for index, result in zip(indexes, results):
@@ -397,10 +410,10 @@ class AsyncIO(_Shards):
         raise AssertionError("unreachable")
 
     async def _shard_calls(self, shard: int, calls: list[Call]) -> list[Any]:
-        results = await self._round_trip(shard, [call.command() for call in calls])
+        results = await self._round_trip(shard, [call.command for call in calls])
         resend = self._scripts_to_resend(calls, results)
         if resend:
-            again = await self._round_trip(shard, [calls[i].command(by_sha=False) for i in resend])
+            again = await self._round_trip(shard, [calls[i].with_source() for i in resend])
             for i, result in zip(resend, again):
                 results[i] = result
         return [_reply(result) for result in results]

@@ -7,6 +7,8 @@ Keys (``P`` is the layer's prefix; every key of a layer starts with ``P:``):
 * ``P:c:<name>``   list of envelopes for a normal or ``?`` channel, or for a
   whole ``!`` inbox (``<name>`` is then the part up to and including ``!``);
 * ``P:g:<group>``  sorted set: member channel -> membership expiry (ms);
+* ``P:gm:<group>`` the group's members grouped by stored name (a cache, see
+  :data:`GROUP_MEMBERS`);
 * ``P:s``          hash of this shard's global counters (``count``, ``full``);
 * ``P:s:<name>``   hash of one stored channel's counters on this shard;
 * ``P:hb``         hash of worker id -> envelope of heartbeat info (first shard).
@@ -25,14 +27,22 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-__all__ = ["Script", "PUSH", "POP", "STATS", "GROUP_ADD", "GROUP_MEMBERS", "FLUSH", "Keys", "pack", "unpack"]
+__all__ = ["Script", "pack_target", "pack_packed", "PUSH", "TAKE_BACK", "POP", "STATS", "GROUP_ADD", "GROUP_MEMBERS", "FLUSH", "Keys", "pack", "unpack"]
 
 _HEADER = 21  # 13 digits of expiry + 8 hex digits of target length
 
 
 def pack(expires_ms: int, target: str, data: bytes) -> bytes:
     """An envelope: expiry, target channel(s), encoded message."""
-    packed_target = msgpack.packb(target, use_bin_type=True)
+    return pack_packed(expires_ms, pack_target(target), data)
+
+
+def pack_target(target: str) -> bytes:
+    """The envelope's target part, for :func:`pack_packed`: sends to one channel reuse it."""
+    return msgpack.packb(target, use_bin_type=True)
+
+
+def pack_packed(expires_ms: int, packed_target: bytes, data: bytes) -> bytes:
     return b"%013d%08x" % (expires_ms, len(packed_target)) + packed_target + data
 
 
@@ -77,6 +87,9 @@ class Keys:
     def group(self, name: str) -> str:
         return f"{self.prefix}:g:{name}"
 
+    def group_members(self, name: str) -> str:
+        return f"{self.prefix}:gm:{name}"
+
 
 # Expired messages sit at the head (all messages of a layer share one expiry),
 # so trimming the head is enough to free their capacity.
@@ -94,44 +107,81 @@ local function trim(key, n, now)
 end
 """
 
-#: Store envelopes on this shard, one per list key, checking capacity.
+#: Store envelopes on this shard, one per list key, checking capacity: the
+#: group send, which stores one envelope per member inbox.
 #: KEYS: global stats, then (list, list stats) per envelope.
 #: ARGV: now ms, list ttl ms, stats ttl ms, then (envelope, capacity,
 #: count_full 0/1, check_dead 0/1) per envelope.
 #: Returns one status per envelope: 0 stored, 1 full, 2 dead (its oldest
 #: message expired unread: nobody reads it; nothing stored).
+#: Pushes first and takes the message back when that went over capacity
+#: (nothing runs between the two): the common case costs no LLEN.
+#: Only ``!``/``?`` keys expire (see :data:`TAKE_BACK`).
 PUSH = Script("push", _TRIM + """
 local now = tonumber(ARGV[1])
 local statuses = {}
 for i = 2, #KEYS, 2 do
   local key, stats = KEYS[i], KEYS[i + 1]
   local a = (i - 2) * 2 + 4
-  local capacity = tonumber(ARGV[a + 1])
-  local n = redis.call('LLEN', key)
+  local volatile = string.find(key, '[!?]')
   local status = 0
-  if ARGV[a + 3] == '1' and n > 0 and expired_head(key, now) then
+  local n = ARGV[a + 3] == '1' and redis.call('LLEN', key) or 0
+  if n > 0 and expired_head(key, now) then  -- LLEN first: a live inbox is empty
     trim(key, n, now)
     status = 2
   else
-    if n >= capacity then n = trim(key, n, now) end
-    if n >= capacity then
-      status = 1
+    local capacity = tonumber(ARGV[a + 1])
+    n = redis.call('RPUSH', key, ARGV[a])
+    if n > capacity then
+      redis.call('RPOP', key)
+      if trim(key, n - 1, now) < capacity then
+        redis.call('RPUSH', key, ARGV[a])
+      else
+        status = 1
+      end
+    end
+    if status == 1 then
       if ARGV[a + 2] == '1' then
         redis.call('HINCRBY', stats, 'full', 1)
-        redis.call('PEXPIRE', stats, ARGV[3])
+        if volatile then redis.call('PEXPIRE', stats, ARGV[3]) end
         redis.call('HINCRBY', KEYS[1], 'full', 1)
       end
     else
-      redis.call('RPUSH', key, ARGV[a])
-      redis.call('PEXPIRE', key, ARGV[2])
+      if volatile then redis.call('PEXPIRE', key, ARGV[2]) end
       redis.call('HINCRBY', stats, 'count', 1)
-      redis.call('PEXPIRE', stats, ARGV[3])
+      if volatile then redis.call('PEXPIRE', stats, ARGV[3]) end
       redis.call('HINCRBY', KEYS[1], 'count', 1)
     end
   end
   statuses[#statuses + 1] = status
 end
 return statuses
+""")
+
+#: A plain send is a pipeline, not a script (a script costs more than the
+#: commands it runs): ``RPUSH``, counters, and for ``!``/``?`` keys their
+#: expiry.  ``RPUSH`` answers the new length; when that is over capacity the
+#: sender takes its message back with this script, in a second round trip.
+#: Normal channels' lists and counters never expire: their names are few
+#: (the routed channels), their messages carry their own expiry and at most
+#: ``capacity`` of them are kept.
+#: KEYS: list, list stats, global stats.  ARGV: envelope, capacity, now ms,
+#: count_full 0/1.  Returns 0 stored after all (a receiver took it first, or
+#: expired messages made room), 1 full (taken back, counted).
+TAKE_BACK = Script("take_back", _TRIM + """
+local key, stats = KEYS[1], KEYS[2]
+if redis.call('LREM', key, -1, ARGV[1]) == 0 then return 0 end
+if trim(key, redis.call('LLEN', key), tonumber(ARGV[3])) < tonumber(ARGV[2]) then
+  redis.call('RPUSH', key, ARGV[1])
+  return 0
+end
+redis.call('HINCRBY', stats, 'count', -1)
+redis.call('HINCRBY', KEYS[3], 'count', -1)
+if ARGV[4] == '1' then
+  redis.call('HINCRBY', stats, 'full', 1)
+  redis.call('HINCRBY', KEYS[3], 'full', 1)
+end
+return 1
 """)
 
 #: Pop the oldest unexpired envelope from the first of KEYS that has one.
@@ -159,19 +209,28 @@ local counts = redis.call('HMGET', KEYS[2], 'count', 'full')
 return {tonumber(counts[1]) or 0, tonumber(counts[2]) or 0, n, oldest}
 """)
 
-#: KEYS: group.  ARGV: member, membership expiry ms, key ttl ms.
+#: KEYS: group, its members cache.  ARGV: member, membership expiry ms, key ttl ms.
+#: A new member drops the cache; a renewed one leaves it.
 GROUP_ADD = Script("group_add", """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then redis.call('DEL', KEYS[2]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """)
 
-#: KEYS: group.  ARGV: now ms.  Drops expired memberships and returns the
-#: rest grouped by stored name, flat: {name, members joined by newlines, ...}.
+#: KEYS: group, its members cache.  ARGV: now ms, cache ttl ms.  Drops expired
+#: memberships and returns the rest grouped by stored name, as one msgpack
+#: array: {name, members joined by newlines, ...}.
 #: Grouping here costs a fraction of what it costs in Python for thousands
 #: of members, and the reply is two strings per inbox, not one per member.
+#: The grouping is kept (``P:gm:<group>``) until the membership changes:
+#: every group add, discard or expiry drops it, so a broadcast to a large,
+#: steady group does not group its members again.
 GROUP_MEMBERS = Script("group_members", """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local removed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if removed == 0 then
+  local cached = redis.call('GET', KEYS[2])
+  if cached then return cached end
+end
 local order, groups = {}, {}
 for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local bang = string.find(member, '!', 1, true)
@@ -190,7 +249,9 @@ for _, name in ipairs(order) do
   out[#out + 1] = name
   out[#out + 1] = table.concat(groups[name], '\\n')
 end
-return out
+local packed = cmsgpack.pack(out)
+if #out > 0 then redis.call('SET', KEYS[2], packed, 'PX', ARGV[2]) else redis.call('DEL', KEYS[2]) end
+return packed
 """)
 
 #: ARGV: key pattern.  Unlinks every key of the layer on this shard.

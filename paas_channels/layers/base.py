@@ -13,6 +13,7 @@ import fnmatch
 import re
 import secrets
 import string
+import threading
 from typing import Any, Iterable
 
 import msgpack
@@ -49,10 +50,26 @@ class MessageTooLarge(ValueError):
 
 
 def _reject_type(value: Any) -> Any:
+    if isinstance(value, int):  # msgpack asks only for ints it cannot store
+        raise ValueError(f"message contains an integer outside the 64-bit range: {value!r:.60}; send it as a str")
     raise TypeError(
         f"message values must be {_ALLOWED_TYPES}; got {type(value).__name__} "
         f"({value!r:.60}). Convert it first, e.g. str() for a date or list() for a set."
     )
+
+
+class _Packers(threading.local):
+    """One msgpack ``Packer`` per thread: making one per message costs more than packing it.
+
+    (A ``Packer`` resets itself when packing raises, so a rejected message
+    leaves nothing behind for the next one.)
+    """
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(use_bin_type=True, default=_reject_type)
+
+
+_packers = _Packers()
 
 
 class BaseChannelLayer:
@@ -200,7 +217,7 @@ class BaseChannelLayer:
         if not isinstance(message, dict):
             raise TypeError(f"a message must be a dict; got {type(message).__name__} {message!r:.60}")
         try:
-            data = msgpack.packb(message, use_bin_type=True, default=_reject_type)
+            data = _packers.packer.pack(message)
         except OverflowError as exc:
             raise ValueError(f"message contains an integer outside the 64-bit range: {exc}") from None
         except ValueError as exc:  # msgpack's own limits, e.g. nesting depth

@@ -10,10 +10,13 @@ What split mode runs on.  Placement follows the Channels 1.x sharding rules:
   each shard holds a share of the channel's capacity, and a receive waits on
   all shards at once (one ``BLPOP`` per shard, no polling).
 
-Every send is one round trip (a Lua script checks capacity, stores, sets
-expiry and counts).  A group send stores ONE message per member inbox naming
-its local targets; the inbox's reader hands it to each of them.  Statistics,
-groups and worker heartbeats live in Redis so any process can read them.
+Every send is one round trip: a pipeline that stores, counts and (for
+``!``/``?`` names) sets expiry; ``RPUSH`` answers the new length, and a send
+that went over capacity takes its message back with a script in a second
+round trip.  A group send stores ONE message per member inbox naming its
+local targets (one script per shard); the inbox's reader hands it to each of
+them.  Statistics, groups and worker heartbeats live in Redis so any process
+can read them.
 
 Operations are written once, as generators of Redis requests
 (``_op_*``); :mod:`._redis_io` runs them on redis-py (sync: workers, threads,
@@ -30,14 +33,15 @@ import re
 import time
 import zlib
 from collections import deque
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
+import msgpack
 import redis.connection
 
 from . import _redis_scripts as scripts
 from ._redis_hosts import RedisHost, hosts_from_env, parse_hosts, redact_url
 from ._redis_async import AsyncLayerAPI
-from ._redis_io import BlockingPop, Call, ChannelLayerConnectionError, Op, SyncIO
+from ._redis_io import BlockingPop, Call, ChannelLayerConnectionError, Op, SyncIO, packed, script_call
 from .base import BaseChannelLayer, ChannelFull
 
 __all__ = ["ChannelLayerConnectionError", "RedisChannelLayer", "config_from_env", "redact_url"]
@@ -45,7 +49,9 @@ __all__ = ["ChannelLayerConnectionError", "RedisChannelLayer", "config_from_env"
 logger = logging.getLogger(__name__)
 
 _PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
-# Statistics of a channel are kept this long after its last send.
+# Message values for which a shallow copy of the message is a deep one.
+_IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
+# Statistics of a ``!``/``?`` channel are kept this long after its last send.
 _STATS_TTL_MS = 86_400_000
 
 
@@ -76,9 +82,21 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _members_by_stored_name(flat: list[bytes]) -> list[tuple[str, str]]:
+class _Route(NamedTuple):
+    """Where sends to one stored name go; worked out once per name (sends repeat names)."""
+
+    name: str
+    keys: tuple[str, str]  # list, list statistics
+    home: int | None  # the shard of a ``!``/``?`` name; None: spread over all
+    shares: tuple[tuple[int, int], ...]  # (shard, capacity there), by shard
+    target: bytes | None  # the envelope target for sends to ``name`` itself (not for ``!``)
+    after_push: tuple[bytes, ...]  # the constant commands following a send's RPUSH, packed
+
+
+def _members_by_stored_name(packed_flat: bytes) -> list[tuple[str, str]]:
     """``(stored name, its member channels joined by newlines)`` from GROUP_MEMBERS."""
-    return [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+    flat = msgpack.unpackb(packed_flat, raw=False)
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
 class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
@@ -132,11 +150,12 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         self._sync = SyncIO(self.hosts, self._socket_timeout)
         self._init_async()
         self._rotation = itertools.count()
-        # Inbox prefix -> (expires ms, channel, encoded message) this process
-        # took from a group envelope and has not handed out yet.
-        self._local: dict[str, deque[tuple[int, str, bytes]]] = {}
+        # Inbox prefix -> (expires ms, channel, encoded message, or the decoded
+        # one when copying it is enough) this process took from a group
+        # envelope and has not handed out yet.
+        self._local: dict[str, deque[tuple[int, str, bytes | dict]]] = {}
         self._names_cache: dict[tuple, list[str]] = {}
-        self._key_cache: dict[str, tuple[str, str]] = {}
+        self._routes: dict[str, _Route] = {}
 
     def __repr__(self) -> str:
         shards = ", ".join(host.describe() for host in self.hosts)
@@ -155,7 +174,10 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         ``block=True`` waits up to ``blocking_timeout`` seconds on every shard at once.
         """
         if self._local:  # group messages already here: no Redis round trip
-            local = self._take_local(self._valid_receive_names(channels))
+            if type(channels) is not list and type(channels) is not tuple and not isinstance(channels, str):
+                channels = list(channels)  # read twice below
+            names = self._names_cache.get(tuple(channels)) or self._valid_receive_names(channels)
+            local = self._take_local(names)
             if local is not None:
                 return local
         return self._sync.run(self._op_receive(channels, block))
@@ -226,23 +248,49 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
     def _group_shard(self, group: str) -> int:
         return zlib.crc32(group.encode()) % self._shard_count
 
-    def _send_targets(self, channel: str) -> list[tuple[int, int]]:
-        """``(shard, capacity there)`` to try in order for a send to ``channel``.
+    def _route(self, channel: str) -> _Route:
+        """Validate ``channel`` and say where its sends go, remembered per stored name.
 
         A normal channel's capacity is divided over the shards: shard ``i`` holds
         ``capacity // n``, plus one for the first ``capacity % n`` shards, so the
-        shares add up to exactly ``capacity``.  Sends start on the next shard in
-        rotation and fall back to the others when that one is full.
+        shares add up to exactly ``capacity``.
         """
+        route = self._routes.get(channel)
+        if route is not None:
+            return route
+        self.valid_channel_name(channel)
+        name = self.non_local_name(channel)
+        route = self._routes.get(name)
+        if route is not None:  # another channel of a known ``!`` inbox
+            return route
         capacity = self.get_capacity(channel)
         home = self._home_shard(channel)
         if home is not None:
-            return [(home, capacity)]
-        count = self._shard_count
-        start = next(self._rotation) % count
-        order = [(start + step) % count for step in range(count)]
-        shares = [(shard, capacity // count + (1 if shard < capacity % count else 0)) for shard in order]
-        return [(shard, share) for shard, share in shares if share > 0]
+            shares: tuple[tuple[int, int], ...] = ((home, capacity),)
+        else:
+            count = self._shard_count
+            shares = tuple((shard, capacity // count + (1 if shard < capacity % count else 0)) for shard in range(count))
+        target = None if "!" in name else scripts.pack_target(name)
+        list_key, stats_key = self.keys.channel(name), self.keys.channel_stats(name)
+        counters = (packed(("HINCRBY", stats_key, "count", 1)), packed(("HINCRBY", self.keys.stats, "count", 1)))
+        if "!" in name or "?" in name:  # names made per process or request: their keys expire
+            expiry = (packed(("PEXPIRE", list_key, self._list_ttl_ms)), packed(("PEXPIRE", stats_key, _STATS_TTL_MS)))
+            after_push = (expiry[0], counters[0], expiry[1], counters[1])
+        else:
+            after_push = counters
+        route = _Route(name, (list_key, stats_key), home, shares, target, after_push)
+        # ``?`` names are single-use: remembering them would only evict useful ones.
+        if "?" not in name and len(self._routes) < 10_000:
+            self._routes[name] = route
+        return route
+
+    def _send_targets(self, route: _Route) -> tuple[tuple[int, int], ...]:
+        """``(shard, capacity there)`` to try in order: a normal channel starts on
+        the next shard in rotation and falls back to the others when that one is full."""
+        if route.home is not None or self._shard_count == 1:
+            return route.shares
+        start = next(self._rotation) % self._shard_count
+        return tuple(share for share in route.shares[start:] + route.shares[:start] if share[1] > 0)
 
     def _receive_plan(self, names: list[str]) -> list[tuple[int, list[str]]]:
         """``(shard, list keys in priority order)`` for a receive on ``names``."""
@@ -255,40 +303,38 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
                 plan.append((shard, keys))
         return plan
 
-    def _push(self, shard: int, items: list[tuple[str, bytes, int, bool, bool]]) -> Call:
-        """The PUSH script for ``(stored name, envelope, capacity, count_full, check_dead)`` items."""
+    def _push(self, shard: int, now: int, items: list[tuple[tuple[str, str], bytes, int, bool, bool]]) -> Call:
+        """The PUSH script for ``(route keys, envelope, capacity, count_full, check_dead)`` items."""
         keys: list[str] = [self.keys.stats]
-        args: list[Any] = [_now_ms(), self._list_ttl_ms, _STATS_TTL_MS]
-        for name, envelope, capacity, count_full, check_dead in items:
-            keys += self._push_keys(name)
-            args += [envelope, capacity, int(count_full), int(check_dead)]
-        return Call(shard, tuple(args), scripts.PUSH, tuple(keys))
-
-    def _push_keys(self, name: str) -> tuple[str, str]:
-        """List and statistics keys of a stored name, remembered: sends repeat names."""
-        keys = self._key_cache.get(name)
-        if keys is None:
-            keys = (self.keys.channel(name), self.keys.channel_stats(name))
-            if len(self._key_cache) < 10_000:
-                self._key_cache[name] = keys
-        return keys
+        args: list[Any] = [now, self._list_ttl_ms, _STATS_TTL_MS]
+        for route_keys, envelope, capacity, count_full, check_dead in items:
+            keys += route_keys
+            args += [envelope, capacity, 1 if count_full else 0, 1 if check_dead else 0]
+        return script_call(shard, scripts.PUSH, keys, args)
 
     ### Operations (generators of Redis requests; see _redis_io) ###
 
     def _op_send(self, channel: str, message: dict) -> Op:
-        self.valid_channel_name(channel)
-        envelope = scripts.pack(_now_ms() + self._expiry_ms, channel, self.serialize(message))
-        name = self.non_local_name(channel)
-        targets = self._send_targets(channel)
+        route = self._route(channel)
+        now = _now_ms()
+        target = route.target if channel == route.name and route.target is not None else scripts.pack_target(channel)
+        envelope = scripts.pack_packed(now + self._expiry_ms, target, self.serialize(message))
+        targets = self._send_targets(route)
         error = None
+        last = len(targets) - 1
         for index, (shard, capacity) in enumerate(targets):
-            last = index == len(targets) - 1
             try:
-                (statuses,) = yield [self._push(shard, [(name, envelope, capacity, last, False)])]
+                replies = yield [Call(shard, ("RPUSH", route.keys[0], envelope))] + [
+                    Call(shard, command) for command in route.after_push
+                ]
+                if replies[0] <= capacity:
+                    return None
+                keys = (*route.keys, self.keys.stats)
+                (status,) = yield [script_call(shard, scripts.TAKE_BACK, keys, (envelope, capacity, now, int(index == last)))]
             except ChannelLayerConnectionError as exc:  # a normal channel has other shards
                 error = exc
                 continue
-            if statuses[0] == 0:
+            if status == 0:
                 return None
         if error is not None:
             raise error
@@ -323,7 +369,13 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
                 error = None
                 for shard, keys in plan:
                     try:
-                        (reply,) = yield [Call(shard, (now,), scripts.POP, tuple(keys))]
+                        if len(keys) == 1:  # a plain LPOP costs less than a script
+                            (reply,) = yield [Call(shard, ("LPOP", keys[0]))]
+                            if reply:
+                                got = (shard, keys[0], reply)
+                                break
+                            continue
+                        (reply,) = yield [script_call(shard, scripts.POP, keys, (now,))]
                     except ChannelLayerConnectionError as exc:  # the other shards may have one
                         error = exc
                         continue
@@ -344,63 +396,72 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         self.valid_channel_name(channel)
         group_ms = int(self.group_expiry * 1000)
         args = (channel, _now_ms() + group_ms, group_ms)
-        yield [Call(self._group_shard(group), args, scripts.GROUP_ADD, (self.keys.group(group),))]
+        keys = (self.keys.group(group), self.keys.group_members(group))
+        yield [script_call(self._group_shard(group), scripts.GROUP_ADD, keys, args)]
 
     def _op_group_discard(self, group: str, channel: str) -> Op:
         self.valid_group_name(group)
         self.valid_channel_name(channel)
-        yield [Call(self._group_shard(group), ("ZREM", self.keys.group(group), channel))]
+        yield self._group_remove(group, [channel])
 
     def _op_group_channels(self, group: str) -> Op:
         self.valid_group_name(group)
-        (flat,) = yield [self._members_call(group)]
-        return [member for _, joined in _members_by_stored_name(flat) for member in joined.split("\n")]
+        (packed_flat,) = yield [self._members_call(group)]
+        return [member for _, joined in _members_by_stored_name(packed_flat) for member in joined.split("\n")]
 
     def _members_call(self, group: str) -> Call:
-        return Call(self._group_shard(group), (_now_ms(),), scripts.GROUP_MEMBERS, (self.keys.group(group),))
+        keys = (self.keys.group(group), self.keys.group_members(group))
+        return script_call(self._group_shard(group), scripts.GROUP_MEMBERS, keys, (_now_ms(), int(self.group_expiry * 1000)))
+
+    def _group_remove(self, group: str, channels: list[str]) -> list[Call]:
+        """ZREM ``channels`` and drop the group's members cache, in one round trip."""
+        shard = self._group_shard(group)
+        return [Call(shard, ("ZREM", self.keys.group(group), *channels)), Call(shard, ("DEL", self.keys.group_members(group)))]
 
     def _op_send_group(self, group: str, message: dict) -> Op:
         self.valid_group_name(group)
         data = self.serialize(message)
-        (flat,) = yield [self._members_call(group)]
-        if not flat:
+        (packed_flat,) = yield [self._members_call(group)]
+        by_name = dict(_members_by_stored_name(packed_flat))
+        if not by_name:
             return None
-        by_name = dict(_members_by_stored_name(flat))
-        expires = _now_ms() + self._expiry_ms
-        # Each pending item: stored name, envelope, remaining (shard, capacity) tries.
-        pending = [
-            (name, scripts.pack(expires, joined, data), self._send_targets(name)) for name, joined in by_name.items()
-        ]
+        now = _now_ms()
+        expires = now + self._expiry_ms
+        # Each pending item: stored name, its route, envelope, remaining (shard, capacity) tries.
+        pending = []
+        for name, joined in by_name.items():
+            route = self._route(name)
+            pending.append((name, route, scripts.pack(expires, joined, data), self._send_targets(route)))
         dead: list[str] = []
         while pending:
-            by_shard: dict[int, list[tuple[str, bytes, list[tuple[int, int]]]]] = {}
-            for name, envelope, tries in pending:
-                if tries:
-                    by_shard.setdefault(tries[0][0], []).append((name, envelope, tries))
+            by_shard: dict[int, list[tuple[str, _Route, bytes, tuple[tuple[int, int], ...]]]] = {}
+            for item in pending:
+                if item[3]:
+                    by_shard.setdefault(item[3][0][0], []).append(item)
             if not by_shard:
                 break
             shards = list(by_shard)
             calls = [
-                self._push(shard, [(name, env, tries[0][1], len(tries) == 1, True) for name, env, tries in by_shard[shard]])
+                self._push(shard, now, [(route.keys, env, tries[0][1], len(tries) == 1, True) for _, route, env, tries in by_shard[shard]])
                 for shard in shards
             ]
             replies = yield calls
             pending = []
             for shard, statuses in zip(shards, replies):
-                for (name, envelope, tries), status in zip(by_shard[shard], statuses):
+                for (name, route, envelope, tries), status in zip(by_shard[shard], statuses):
                     if status == 2:
                         dead.append(name)
                     elif status == 1 and len(tries) > 1:
-                        pending.append((name, envelope, tries[1:]))
+                        pending.append((name, route, envelope, tries[1:]))
         if dead:
             # Their oldest message expired unread: nobody reads them any more.
             gone = [member for name in dead for member in by_name[name].split("\n")]
-            yield [Call(self._group_shard(group), ("ZREM", self.keys.group(group), *gone))]
+            yield self._group_remove(group, gone)
         return None
 
     def _op_flush(self) -> Op:
         self._local.clear()
-        yield [Call(shard, (self.keys.pattern,), scripts.FLUSH) for shard in range(self._shard_count)]
+        yield [script_call(shard, scripts.FLUSH, (), (self.keys.pattern,)) for shard in range(self._shard_count)]
 
     def _op_global_statistics(self) -> Op:
         replies = yield [Call(shard, ("HMGET", self.keys.stats, "count", "full")) for shard in range(self._shard_count)]
@@ -416,7 +477,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         shards = range(self._shard_count) if home is None else [home]
         now = _now_ms()
         keys = (self.keys.channel(name), self.keys.channel_stats(name))
-        replies = yield [Call(shard, (now,), scripts.STATS, keys) for shard in shards]
+        replies = yield [script_call(shard, scripts.STATS, keys, (now,)) for shard in shards]
         oldest = [reply[3] for reply in replies if reply[3] >= 0]
         max_age = 0.0
         if oldest:
@@ -461,23 +522,30 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
             return None
         if "\n" in target:
             first, rest = target.split("\n", 1)
+            # Every member gets its own message.  When all its values are
+            # immutable, a dict copy is one: much cheaper than decoding again.
+            message = self.deserialize(data)
+            if all(type(value) in _IMMUTABLE for value in message.values()):
+                data = message  # kept unread, as the pattern for copies
+                message = message.copy()
             queue = self._local.setdefault(self.non_local_name(first), deque())
             queue.extend((expires, channel, data) for channel in rest.split("\n"))
-            return first, self.deserialize(data)
+            return first, message
         return target, self.deserialize(data)
 
     def _take_local(self, names: list[str]) -> tuple[str, dict] | None:
         # deque.popleft and dict.get are atomic: no lock on this hot path.
         # An emptied queue stays (one per inbox this process reads).
-        now = time.time() * 1000
         local = self._local
         for name in names:
             queue = local.get(name)
-            while queue:
-                try:
-                    expires, channel, data = queue.popleft()
-                except IndexError:  # another thread took the last one
-                    break
-                if expires > now:
-                    return channel, self.deserialize(data)
+            if queue:
+                now = time.time() * 1000
+                while queue:
+                    try:
+                        expires, channel, data = queue.popleft()
+                    except IndexError:  # another thread took the last one
+                        break
+                    if expires > now:
+                        return channel, data.copy() if type(data) is dict else self.deserialize(data)
         return None

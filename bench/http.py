@@ -196,7 +196,10 @@ async def _closed_loop(host: str, port: int, path: str, connections: int, durati
                 status, closes = await _exchange(*connection, request)
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 counts["socket_errors"] += 1
+                if connection is not None:
+                    connection[1].close()
                 connection = None
+                await asyncio.sleep(0.01)  # a refusing server must not turn this into a busy loop
                 continue
             latencies.append(time.perf_counter() - started)
             if not 200 <= status < 400:

@@ -3,6 +3,9 @@
 One instance is shared by Daphne's event loop and the worker threads of the
 combined mode, so every operation takes one lock and blocking receives sleep on
 a condition (threads) or a future (asyncio) until a send wakes them: no polling.
+A send wakes ONE receiver waiting on that channel, not every waiter: the
+interface's loop is not woken by requests meant for the workers, nor the
+worker threads by each other's work, and each wakeup costs the GIL.
 Messages are stored encoded, so a message changed after ``send`` is not changed
 for its receiver, and bytes/str behave exactly as on Redis.
 """
@@ -46,12 +49,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
         )
         self.blocking_timeout = blocking_timeout
         self._lock = threading.Lock()
-        self._message_sent = threading.Condition(self._lock)
+        # Stored name -> receivers blocked on it, oldest first.
+        self._waiters: dict[str, list[_Waiter]] = {}
         # Stored name (a `!` channel's prefix) -> queue of items, oldest first.
         self._channels: dict[str, deque[_Item]] = {}
         # Group -> {channel: membership expires_at}
         self._groups: dict[str, dict[str, float]] = {}
-        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         # Worker id -> (expires_at, info)
         self._heartbeats: dict[str, tuple[float, dict]] = {}
         self._reset_statistics()
@@ -73,15 +76,23 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         names = self.valid_receive_channels(channels)
         deadline = time.monotonic() + self.blocking_timeout
+        waiter = None
         with self._lock:
-            while True:
-                item = self._pop_locked(names)
-                if item is not None:
-                    return item[1], self.deserialize(item[2])
-                remaining = deadline - time.monotonic()
-                if not block or remaining <= 0:
-                    return None, None
-                self._message_sent.wait(remaining)
+            try:
+                while True:
+                    item = self._pop_locked(names)
+                    if item is not None:
+                        return item[1], self.deserialize(item[2])
+                    remaining = deadline - time.monotonic()
+                    if not block or remaining <= 0:
+                        return None, None
+                    if waiter is None:
+                        waiter = _Waiter(names, threading.Condition(self._lock))
+                    self._wait_on_locked(waiter)
+                    waiter.condition.wait(remaining)
+            finally:
+                if waiter is not None:
+                    self._done_waiting_locked(waiter)
 
     def new_channel(self, pattern: str) -> str:
         """A new, unused channel name: ``pattern`` (ending ``?`` or ``!``) plus a random suffix."""
@@ -204,14 +215,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 remaining = deadline - loop.time()
                 if not block or remaining <= 0:
                     return None, None
-                waiter = (loop, loop.create_future())
-                self._async_waiters.append(waiter)
+                waiter = _Waiter(names, future=loop.create_future(), loop=loop)
+                self._wait_on_locked(waiter)
             try:
-                await asyncio.wait({waiter[1]}, timeout=remaining)
+                await asyncio.wait({waiter.future}, timeout=remaining)
             finally:
                 with self._lock:
-                    if waiter in self._async_waiters:
-                        self._async_waiters.remove(waiter)
+                    self._done_waiting_locked(waiter)
 
     async def anew_channel(self, pattern: str) -> str:
         return self.new_channel(pattern)
@@ -270,17 +280,49 @@ class InMemoryChannelLayer(BaseChannelLayer):
         queue.append((now + self.expiry, channel, data))
         self._messages_count += 1
         self._per_channel_count[key] = self._per_channel_count.get(key, 0) + 1
-        self._wake_locked()
+        if key in self._waiters:
+            self._wake_locked(key)
 
-    def _wake_locked(self) -> None:
-        self._message_sent.notify_all()
-        if self._async_waiters:
-            for loop, future in self._async_waiters:
+    def _wait_on_locked(self, waiter: _Waiter) -> None:
+        """Register ``waiter`` on its names until a send wakes it."""
+        waiter.woken = False
+        for name in waiter.names:
+            self._waiters.setdefault(name, []).append(waiter)
+
+    def _done_waiting_locked(self, waiter: _Waiter) -> None:
+        """``waiter`` stops waiting: unregister it, and pass on a wakeup it did not use.
+
+        A receiver woken for one channel may have taken a message from another
+        of its channels, or timed out, leaving the message it was woken for:
+        the next receiver waiting there gets the wakeup instead.
+        """
+        for name in waiter.names:
+            waiting = self._waiters.get(name)
+            if waiting and waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._waiters[name]
+        if waiter.woken:
+            for name in waiter.names:
+                if self._channels.get(name):
+                    self._wake_locked(name)
+
+    def _wake_locked(self, name: str) -> None:
+        """Wake the longest-waiting receiver on ``name`` that is not already woken."""
+        waiting = self._waiters.get(name)
+        if not waiting:
+            return
+        for waiter in waiting:
+            if not waiter.woken:
+                waiter.woken = True
+                if waiter.condition is not None:
+                    waiter.condition.notify()
+                    return
                 try:
-                    loop.call_soon_threadsafe(_resolve, future)
+                    waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
                 except RuntimeError:  # that loop is closed; nobody is waiting there
-                    pass
-            self._async_waiters.clear()
+                    continue
+                return
 
     def _pop_locked(self, names: list[str]) -> _Item | None:
         now = time.monotonic()
@@ -325,6 +367,25 @@ class InMemoryChannelLayer(BaseChannelLayer):
             members = self._groups[group]
             if members.pop(channel, None) is not None and not members:
                 del self._groups[group]
+
+
+class _Waiter:
+    """A blocked receive: a thread on its own condition (of the layer's lock) or a coroutine on a future."""
+
+    __slots__ = ("names", "condition", "future", "loop", "woken")
+
+    def __init__(
+        self,
+        names: list[str],
+        condition: threading.Condition | None = None,
+        future: asyncio.Future | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.names = names
+        self.condition = condition
+        self.future = future
+        self.loop = loop
+        self.woken = False
 
 
 def _resolve(future: asyncio.Future) -> None:

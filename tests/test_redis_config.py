@@ -110,6 +110,30 @@ def test_async_side_over_tls(tls_redis):
         layer.close()
 
 
+def test_async_tls_connections_are_closed_when_their_loop_ends(tls_redis):
+    """A TLS connection closes in several loop iterations; asyncio.run's shutdown must wait for them.
+
+    Repeated: left to chance, the close finished in time in most runs only.
+    """
+    url = f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis['port']}/0?ssl_cert_reqs=none"
+    layer = RedisChannelLayer(hosts=[url], prefix="tlsclose")
+    sockets = []
+
+    async def scenario():
+        await layer.asend("cfg.close", {"n": 1})
+        assert await layer.areceive(["cfg.close"]) == ("cfg.close", {"n": 1})
+        io = await layer._async_io()
+        sockets.extend(conn._writer.get_extra_info("socket") for conn in io.idle[0])
+
+    try:
+        for _ in range(10):
+            asyncio.run(scenario())
+    finally:
+        layer.close()
+    assert len(sockets) == 10
+    assert [sock.fileno() for sock in sockets] == [-1] * 10
+
+
 def test_unix_socket_url(tls_redis):
     round_trip(RedisChannelLayer(hosts=[f"unix://:{PASSWORD}@{tls_redis['socket']}?db=0"], prefix="unixsock"))
 

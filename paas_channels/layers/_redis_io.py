@@ -377,8 +377,12 @@ class AsyncIO(_Shards):
             op.close()
 
     async def close(self) -> None:
+        # Waits until each connection is closed: a TLS connection closes in
+        # several loop iterations (close_notify both ways), and this often
+        # runs as the loop shuts down, which would leave its socket open.
         for shard in range(len(self.hosts)):
-            await self._drop_idle(shard)
+            for conn in self._take_idle(shard):
+                await conn.disconnect()
 
     async def _drop_idle(self, shard: int) -> None:
         for conn in self._take_idle(shard):

@@ -192,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         written = _report.plots(results, args.out)
         log(f"plots: {', '.join(str(path) for path in written)}" if written else
             "plots skipped: matplotlib is not installed (pip install -e '.[bench]')")
-    if profile == "full" and only == list(SCENARIOS) and not args.no_readme:
-        _report.write_readme(results, table)
-        log("README.md benchmark tables rewritten")
+    if profile == "full" and only == list(SCENARIOS):
+        _report.write_details(results, args.out)
+        if not args.no_readme:
+            _report.write_readme(results, table)
+            log("README.md benchmark tables rewritten")
     return 0
 
 

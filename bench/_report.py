@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -135,8 +136,17 @@ def markdown(results: dict) -> str:
         b = s["broadcast"]
         ours, peer = b["ours"], b["channels4"]
         what = f"{ours['clients']:,} clients, {ours['broadcasts']} broadcasts"
-        lines.append(f"| 3 broadcast | {what}: delivered | {ours['delivered']:,}/{ours['expected']:,} | Channels 4 | "
-                     f"{peer['delivered']:,}/{peer['expected']:,} | {_x(b['ratios']['delivered'])} |")
+        def lost(side: dict) -> str:
+            notes = []
+            if side["connect_failed"]:
+                notes.append(f"{side['connect_failed']:,} refused at connect")
+            if side["closed_by_server"]:
+                notes.append(f"{side['closed_by_server']:,} closed by the server")
+            return f" ({', '.join(notes)})" if notes else ""
+
+        lines.append(f"| 3 broadcast | {what}: delivered | {ours['delivered']:,}/{ours['expected']:,}{lost(ours)} | "
+                     f"Channels 4 | {peer['delivered']:,}/{peer['expected']:,}{lost(peer)} | "
+                     f"{_x(b['ratios']['delivered'])} |")
         for key in ("p50", "p99"):
             lines.append(f"| 3 broadcast | {what}: {key} latency ms | {_n(ours['latency_ms'][key], 1)} | Channels 4 | "
                          f"{_n(peer['latency_ms'][key], 1)} | {_x(b['ratios'][f'{key}_latency'])} |")
@@ -250,16 +260,32 @@ def _replace(content: str, marker: str, text: str) -> str:
 
 def write_readme(results: dict, table: str) -> None:
     """The full run's tables into README: bench:all, and the layer and HTTP tables from the same run."""
-    from bench import http, layer
-
     content = README.read_text()
     content = _replace(content, "all", table)
+    for name, text in detail_tables(results).items():
+        content = _replace(content, name, text)
+    README.write_text(content)
+
+
+def detail_tables(results: dict) -> dict[str, str]:
+    """bench/layer.py's and bench/http.py's own tables, from this run's figures."""
+    from bench import http, layer
+
     s = results["scenarios"]
+    tables = {}
     if "layer" in s:
-        content = _replace(content, "layer", layer.table(s["layer"]))
+        tables["layer"] = layer.table(s["layer"])
     if "http" in s:
         h = s["http"]
         labels = {name: result["label"] for name, result in h["results"].items()}
         args = argparse.Namespace(duration=h["duration_s"], rate=h["rate"], rounds=h["rounds"])
-        content = _replace(content, "http", http.report(h["results"], labels, args))
-    README.write_text(content)
+        tables["http"] = http.report(h["results"], labels, args)
+    return tables
+
+
+def write_details(results: dict, out: Path) -> None:
+    """layer.json/.md and http.json/.md next to latest.*, so that every file in the folder is from one run."""
+    titles = {"layer": "# Channel layer benchmark\n\n", "http": ""}
+    for name, text in detail_tables(results).items():
+        (out / f"{name}.json").write_text(json.dumps(results["scenarios"][name], indent=2) + "\n")
+        (out / f"{name}.md").write_text(titles[name] + text + "\n")

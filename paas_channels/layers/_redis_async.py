@@ -31,9 +31,6 @@ class AsyncLayerAPI:
     async def asend(self, channel: str, message: dict) -> None:
         return await (await self._async_io()).run(self._op_send(channel, message))
 
-    async def areceive(self, channels: Iterable[str], block: bool = False) -> tuple[str | None, dict | None]:
-        return await (await self._async_io()).run(self._op_receive(channels, block))
-
     async def anew_channel(self, pattern: str) -> str:
         return self.new_channel(pattern)
 

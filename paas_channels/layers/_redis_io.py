@@ -36,6 +36,12 @@ from redis.exceptions import NoScriptError, ResponseError
 from ._redis_hosts import RedisHost
 from ._redis_scripts import Script
 
+try:  # redis-py's hiredis parser: its reader is read directly (see _read_replies)
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+    from redis._parsers.hiredis import _HiredisParser
+except ImportError:  # another redis-py layout: its public read_response() then
+    _HiredisParser = None
+
 __all__ = ["AsyncIO", "BlockingPop", "Call", "ChannelLayerConnectionError", "SyncIO", "packed", "script_call"]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +110,34 @@ def packed(command: tuple) -> bytes:
 def _blpop(keys: Sequence[str], timeout: float) -> tuple:
     # BLPOP's 0 means "forever": never send it.
     return ("BLPOP", *keys, f"{max(0.01, timeout):.3f}")
+
+
+def _read_replies(conn: Any, count: int) -> list[Any]:
+    """``count`` replies from a sync connection; error replies as values, not raised.
+
+    With hiredis, straight from redis-py's own hiredis reader: its
+    ``read_response()`` wraps each reply in checks that cost more than the
+    reply (a send reads three).  Errors are those of ``read_response()``: a
+    dead socket or a timeout raises, and the caller drops the connection.
+    """
+    parser = conn._parser
+    if type(parser) is not _HiredisParser:
+        replies = []
+        for _ in range(count):
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    reader = parser._reader
+    replies = []
+    for _ in range(count):
+        reply = reader.gets()
+        while reply is _NOT_ENOUGH_DATA:
+            parser.read_from_socket()
+            reply = reader.gets()
+        replies.append(reply)
+    return replies
 
 
 def _by_shard(calls: Sequence[Call]) -> dict[int, list[int]]:
@@ -240,12 +274,7 @@ class SyncIO(_Shards):
             conn, reused = self._acquire(shard, fresh=attempt > 0)
             try:
                 conn.send_packed_command(packed, check_health=False)
-                replies = []
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
+                replies = _read_replies(conn, len(commands))
             except _CONNECTION_ERRORS as exc:
                 conn.disconnect()
                 self._drop_idle(shard)

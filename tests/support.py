@@ -92,10 +92,13 @@ class ServerProcess:
         self.log = tempfile.NamedTemporaryFile(prefix="paas-proc-", suffix=".log", delete=False)
         self.process: subprocess.Popen | None = None
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "paas_channels.cli", *self.args]
+
     def start(self) -> "ServerProcess":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "paas_channels.cli", *self.args],
-            env=self.env, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            self.command(), env=self.env, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 
@@ -110,7 +113,7 @@ class ServerProcess:
             if self.process is not None and self.process.poll() is not None:
                 break
             time.sleep(0.05)
-        raise TimeoutError(f"{text!r} not seen in output of {self.args}:\n{self.output()[-4000:]}")
+        raise TimeoutError(f"{text!r} not seen in the output of {' '.join(self.command())}:\n{self.output()[-4000:]}")
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.process is not None

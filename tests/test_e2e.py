@@ -25,7 +25,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -35,7 +34,7 @@ import pytest
 import websockets
 from PIL import Image
 
-from .support import ROOT, RedisServer, free_port, wait_for_port
+from .support import ROOT, RedisServer, ServerProcess, free_port, wait_for_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -62,46 +61,16 @@ def _environment(**extra: str) -> dict[str, str]:
 ### Processes ###
 
 
-class Started:
-    """A command started from the repository in its own session, its output in a temp file."""
+class Started(ServerProcess):
+    """Any command (honcho, the installed ``paas-channels``) started from the repository, in exactly ``env``."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.argv = argv
-        self.log = tempfile.NamedTemporaryFile(prefix="paas-e2e-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        super().__init__([], cwd=ROOT)
+        self.argv, self.env = argv, env
+        self.start()
 
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
-
-    def wait_for_output(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise TimeoutError(f"{text!r} not seen in the output of {' '.join(self.argv)}:\n{self.output()[-4000:]}")
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout)
-
-    def stop(self, timeout: float = 40.0) -> int:
-        """SIGTERM, as a platform stops a process; SIGKILL to its session if it does not exit in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
-
-    def close(self) -> None:
-        self.stop()
-        self.log.close()
-        os.unlink(self.log.name)
+    def command(self) -> list[str]:
+        return self.argv
 
 
 class Honcho(Started):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from .interface import InterfaceApplication
 
 logger = logging.getLogger(__name__)
+# How long a disconnect waits for room on a full websocket.disconnect channel.
+_DISCONNECT_RETRY_SECONDS = 30.0
 
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
@@ -180,11 +183,26 @@ class WebSocketConnection:
             await self.send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
 
     async def _send_disconnect(self, code: int) -> None:
-        try:
-            await self.app.asend("websocket.disconnect", self._message(code=code))
-        except (ChannelFull, LayerUnavailable) as exc:
-            why = "is full" if isinstance(exc, ChannelFull) else "cannot be reached"
+        # A dropped disconnect leaves the connection in its groups until they
+        # expire, so a full channel (thousands of clients leaving at once) is
+        # waited out, as the workers drain it; the client is gone already.
+        message = self._message(code=code)
+        deadline = time.monotonic() + _DISCONNECT_RETRY_SECONDS
+        delay = 0.01
+        while True:
+            try:
+                await self.app.asend("websocket.disconnect", message)
+                return
+            except ChannelFull:
+                if time.monotonic() < deadline:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.25)
+                    continue
+                why = f"stayed full for {_DISCONNECT_RETRY_SECONDS:.0f} s"
+            except LayerUnavailable:
+                why = "cannot be reached"
             logger.warning("websocket.disconnect %s: the disconnect of %s was dropped", why, self.reply_channel)
+            return
 
     async def _apply_reply(self, reply: Any) -> None:
         """Accept, send data, close, in that order, from one ASGI 1.0 reply message."""

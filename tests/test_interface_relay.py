@@ -383,6 +383,24 @@ def test_full_websocket_receive_closes_with_1013(web, layer):
         assert socket.close_code == 1013
 
 
+def test_disconnect_waits_for_room_on_a_full_channel(web, layer):
+    """Thousands of clients leaving at once fill websocket.disconnect; none may be lost (groups keep them)."""
+    _, port = web
+    pending = in_thread(connect, ws_url(port), open_timeout=20)
+    hello = take(layer, "websocket.connect")
+    layer.send(hello["reply_channel"], {"accept": True})
+    capacity = layer.get_capacity("websocket.disconnect")
+    for index in range(capacity):
+        layer.send("websocket.disconnect", {"filler": index})
+    with pending():
+        pass  # the client closes
+    time.sleep(0.5)  # the interface finds the channel full and waits
+    fillers = [take(layer, "websocket.disconnect") for _ in range(capacity)]
+    assert all("filler" in message for message in fillers)
+    disconnect = take(layer, "websocket.disconnect")
+    assert disconnect["reply_channel"] == hello["reply_channel"]
+
+
 ### Shutdown ###
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import RedisServer, free_port, wait_for_port
+from tests.support import RedisServer, free_port, stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Daphne serving Django keeps non-daemon threads and may never exit on SIGTERM: wait this long, then kill.
@@ -61,14 +61,7 @@ class Proc:
 
     def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM and wait; SIGKILL the session when it does not exit in time.  Returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
 
 def rss_kib(pid: int) -> int:

@@ -80,6 +80,19 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def stop_process(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM, as a platform stops a process; SIGKILL to its session (started with
+    ``start_new_session=True``) if it does not exit within ``timeout`` seconds.  Returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode
+
+
 class ServerProcess:
     """``paas-channels run <args>`` as a real subprocess, output to a temp file."""
 
@@ -127,14 +140,7 @@ class ServerProcess:
         """SIGTERM, then SIGKILL to the whole session if it does not exit in time."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def close(self) -> None:
         self.stop()

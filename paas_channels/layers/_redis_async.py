@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator
 
 from ._redis_io import AsyncIO
 

@@ -96,9 +96,6 @@ Op = Generator[Any, Any, Any]
 
 def _pack(commands: Sequence[tuple | bytes]) -> list[bytes]:
     # A command given as bytes was packed once and is reused (constant commands of a send).
-    if len(commands) == 1:
-        command = commands[0]
-        return [command if type(command) is bytes else hiredis.pack_command(command)]
     return [b"".join([command if type(command) is bytes else hiredis.pack_command(command) for command in commands])]
 
 

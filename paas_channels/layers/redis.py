@@ -476,13 +476,10 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         }
 
     def _op_channel_statistics(self, channel: str) -> Op:
-        self.valid_channel_name(channel)
-        name = self.non_local_name(channel)
-        home = self._home_shard(channel)
-        shards = range(self._shard_count) if home is None else [home]
+        route = self._route(channel)
+        shards = range(self._shard_count) if route.home is None else [route.home]
         now = _now_ms()
-        keys = (self.keys.channel(name), self.keys.channel_stats(name))
-        replies = yield [script_call(shard, scripts.STATS, keys, (now,)) for shard in shards]
+        replies = yield [script_call(shard, scripts.STATS, route.keys, (now,)) for shard in shards]
         oldest = [reply[3] for reply in replies if reply[3] >= 0]
         max_age = 0.0
         if oldest:

@@ -24,7 +24,7 @@ import logging
 import re
 import socket
 import time
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from .conf import Config
 from .exceptions import ConfigError

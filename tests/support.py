@@ -7,6 +7,7 @@ in its own session (so signal tests can target it), with its output captured.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -176,3 +177,53 @@ def long_poll_answer(url: str, text: str):
         time.sleep(0.1)
     waiter.join(30)
     return answer[0] if answer else None
+
+
+class SlowLinkProxy:
+    """A TCP proxy to Redis whose replies each arrive ``delay`` seconds late: a Redis a network hop away.
+
+    Requests pass at once; every chunk Redis sends back is held ``delay``
+    seconds first.  Real sockets both ways, one thread per direction.
+    """
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, self.delay), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, delay: float) -> None:
+        try:
+            while data := source.recv(65536):
+                if delay:
+                    time.sleep(delay)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self._sockets:
+            sock.close()

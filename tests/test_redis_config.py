@@ -66,7 +66,10 @@ def round_trip(layer: RedisChannelLayer) -> None:
 
 def test_rediss_url_with_ssl_cert_reqs_none_accepts_self_signed(tls_redis):
     url = f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis['port']}/0?ssl_cert_reqs=none"
-    round_trip(RedisChannelLayer(hosts=[url], prefix="tlsnone"))
+    layer = RedisChannelLayer(hosts=[url], prefix="tlsnone", reply_spin_us=5000)
+    round_trip(layer)
+    # Bytes on a TLS socket are not the reply yet: the sync side never spins on one.
+    assert layer._sync.spin.tries == 0
 
 
 def test_rediss_verifies_certificates_by_default(tls_redis):
@@ -135,7 +138,10 @@ def test_async_tls_connections_are_closed_when_their_loop_ends(tls_redis):
 
 
 def test_unix_socket_url(tls_redis):
-    round_trip(RedisChannelLayer(hosts=[f"unix://:{PASSWORD}@{tls_redis['socket']}?db=0"], prefix="unixsock"))
+    layer = RedisChannelLayer(hosts=[f"unix://:{PASSWORD}@{tls_redis['socket']}?db=0"], prefix="unixsock",
+                              reply_spin_us=5000)
+    round_trip(layer)
+    assert layer._sync.spin.hits > 0, "a unix socket is polled for replies like a TCP one"
 
 
 def test_wrong_password_is_a_connection_error_without_the_password(tls_redis):

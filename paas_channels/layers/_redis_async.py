@@ -23,6 +23,7 @@ class AsyncLayerAPI:
 
     hosts: list
     _socket_timeout: float
+    reply_spin_us: float
 
     def _init_async(self) -> None:
         self._async: dict[asyncio.AbstractEventLoop, tuple[AsyncIO, Any]] = {}
@@ -81,7 +82,7 @@ class AsyncLayerAPI:
         entry = self._async.get(loop)
         if entry is not None:
             return entry[0]
-        io = AsyncIO(self.hosts, self._socket_timeout)
+        io = AsyncIO(self.hosts, self._socket_timeout, self.reply_spin_us)
         closer = self._close_with_loop(loop, io)
         with self._async_lock:
             self._async[loop] = (io, closer)

@@ -35,12 +35,12 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from ._redis_hosts import RedisHost
 from ._redis_scripts import Script
+from ._redis_spin import NOT_ENOUGH_DATA, ReplySpin
 
-try:  # redis-py's hiredis parser: its reader is read directly (see _read_replies)
-    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
-    from redis._parsers.hiredis import _HiredisParser
+try:  # redis-py's hiredis parsers: their readers are read directly (see _read_replies)
+    from redis._parsers.hiredis import _AsyncHiredisParser, _HiredisParser
 except ImportError:  # another redis-py layout: its public read_response() then
-    _HiredisParser = None
+    _HiredisParser = _AsyncHiredisParser = None
 
 __all__ = ["AsyncIO", "BlockingPop", "Call", "ChannelLayerConnectionError", "SyncIO", "packed", "script_call"]
 
@@ -109,13 +109,14 @@ def _blpop(keys: Sequence[str], timeout: float) -> tuple:
     return ("BLPOP", *keys, f"{max(0.01, timeout):.3f}")
 
 
-def _read_replies(conn: Any, count: int) -> list[Any]:
+def _read_replies(conn: Any, count: int, spin: ReplySpin, counted: bool) -> list[Any]:
     """``count`` replies from a sync connection; error replies as values, not raised.
 
     With hiredis, straight from redis-py's own hiredis reader: its
     ``read_response()`` wraps each reply in checks that cost more than the
     reply (a send reads three).  Errors are those of ``read_response()``: a
     dead socket or a timeout raises, and the caller drops the connection.
+    A reply not there yet is first polled for (see :mod:`._redis_spin`).
     """
     parser = conn._parser
     if type(parser) is not _HiredisParser:
@@ -130,8 +131,32 @@ def _read_replies(conn: Any, count: int) -> list[Any]:
     replies = []
     for _ in range(count):
         reply = reader.gets()
-        while reply is _NOT_ENOUGH_DATA:
+        if reply is NOT_ENOUGH_DATA:
+            reply = spin.read(conn._sock, reader, counted)
+        while reply is NOT_ENOUGH_DATA:
             parser.read_from_socket()
+            reply = reader.gets()
+        replies.append(reply)
+    return replies
+
+
+async def _aread_replies(conn: Any, count: int, spin: ReplySpin, counted: bool) -> list[Any]:
+    """The async twin of :func:`_read_replies` (``redis.asyncio`` connections have no read timeout here)."""
+    parser = conn._parser
+    if type(parser) is not _AsyncHiredisParser:
+        replies = []
+        for _ in range(count):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    reader = parser._reader
+    replies = []
+    for _ in range(count):
+        reply = reader.gets()
+        while reply is NOT_ENOUGH_DATA:
+            await spin.aread(parser, counted)
             reply = reader.gets()
         replies.append(reply)
     return replies
@@ -171,8 +196,9 @@ def _disconnect_all(idle: list[list[Any]]) -> None:
 class _Shards:
     """What both drivers share: hosts, idle connections, and turning redis-py errors into ours."""
 
-    def __init__(self, hosts: Sequence[RedisHost], pools: list[Any]) -> None:
+    def __init__(self, hosts: Sequence[RedisHost], pools: list[Any], reply_spin_us: float) -> None:
         self.hosts = list(hosts)
+        self.spin = ReplySpin(reply_spin_us)
         # redis-py pools only make and configure connections here.
         self.pools = pools
         # Idle connections per shard: list.pop/append are atomic, for threads and greenlets.
@@ -229,8 +255,8 @@ class _Shards:
 class SyncIO(_Shards):
     """Runs layer operations on redis-py connections; safe for threads and gevent."""
 
-    def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float) -> None:
-        super().__init__(hosts, [host.sync_pool(socket_timeout) for host in hosts])
+    def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float, reply_spin_us: float) -> None:
+        super().__init__(hosts, [host.sync_pool(socket_timeout) for host in hosts], reply_spin_us)
         # A layer dropped without close() still closes its sockets, in order
         # (left to the garbage collector, a socket may go before its connection).
         weakref.finalize(self, _disconnect_all, self.idle)
@@ -264,14 +290,18 @@ class SyncIO(_Shards):
         for conn in self._take_idle(shard):
             conn.disconnect()
 
-    def _round_trip(self, shard: int, commands: Sequence[tuple]) -> list[Any]:
-        """Send ``commands`` in one write, read every reply (errors as values)."""
+    def _round_trip(self, shard: int, commands: Sequence[tuple], blocking: bool = False) -> list[Any]:
+        """Send ``commands`` in one write, read every reply (errors as values).
+
+        ``blocking``: a blocking pop, whose reply may rightly take long (it
+        does not count against spinning for replies).
+        """
         packed = _pack(commands)
         for attempt in (0, 1):
             conn, reused = self._acquire(shard, fresh=attempt > 0)
             try:
                 conn.send_packed_command(packed, check_health=False)
-                replies = _read_replies(conn, len(commands))
+                replies = _read_replies(conn, len(commands), self.spin, not blocking)
             except _CONNECTION_ERRORS as exc:
                 conn.disconnect()
                 self._drop_idle(shard)
@@ -310,7 +340,7 @@ class SyncIO(_Shards):
     def _blocking_pop(self, request: BlockingPop) -> tuple[int, bytes, bytes] | None:
         if len(request.plan) == 1:
             shard, keys = request.plan[0]
-            (reply,) = self._round_trip(shard, [_blpop(keys, request.timeout)])
+            (reply,) = self._round_trip(shard, [_blpop(keys, request.timeout)], blocking=True)
             return _popped(shard, _reply(reply))
         # One BLPOP per shard at once.  A shard that fails does not cost the
         # messages popped on the others: every live connection is read to the end.
@@ -381,8 +411,8 @@ class SyncIO(_Shards):
 class AsyncIO(_Shards):
     """Runs layer operations on ``redis.asyncio`` connections bound to one event loop."""
 
-    def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float) -> None:
-        super().__init__(hosts, [host.async_pool(socket_timeout) for host in hosts])
+    def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float, reply_spin_us: float) -> None:
+        super().__init__(hosts, [host.async_pool(socket_timeout) for host in hosts], reply_spin_us)
 
     async def run(self, op: Op) -> Any:
         try:
@@ -414,18 +444,13 @@ class AsyncIO(_Shards):
         for conn in self._take_idle(shard):
             await conn.disconnect(nowait=True)
 
-    async def _round_trip(self, shard: int, commands: Sequence[tuple]) -> list[Any]:
+    async def _round_trip(self, shard: int, commands: Sequence[tuple], blocking: bool = False) -> list[Any]:
         packed = _pack(commands)
         for attempt in (0, 1):
             conn, reused = self._acquire(shard, fresh=attempt > 0)
             try:
                 await conn.send_packed_command(packed, check_health=False)
-                replies = []
-                for _ in commands:
-                    try:
-                        replies.append(await conn.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
+                replies = await _aread_replies(conn, len(commands), self.spin, not blocking)
             except _CONNECTION_ERRORS as exc:
                 await conn.disconnect(nowait=True)
                 await self._drop_idle(shard)
@@ -466,7 +491,7 @@ class AsyncIO(_Shards):
     async def _blocking_pop(self, request: BlockingPop) -> tuple[int, bytes, bytes] | None:
         if len(request.plan) == 1:
             shard, keys = request.plan[0]
-            (reply,) = await self._round_trip(shard, [_blpop(keys, request.timeout)])
+            (reply,) = await self._round_trip(shard, [_blpop(keys, request.timeout)], blocking=True)
             return _popped(shard, _reply(reply))
         taken: list[tuple[int, Any, int]] = []
         failures: list[Exception] = []

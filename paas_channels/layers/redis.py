@@ -106,8 +106,10 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
     tuples or dicts of connection keywords (``{"address": url, "ssl_cert_reqs": None}``);
     ``None`` means ``redis://127.0.0.1:6379/0``.  ``prefix`` starts every key, so
     several layers can share a Redis.  ``blocking_timeout``: seconds a blocking
-    receive waits.  Other keywords are connection keywords for every host
-    (e.g. ``socket_connect_timeout=2``).
+    receive waits.  ``reply_spin_us``: microseconds to poll for a reply before
+    sleeping until it comes (``0``: off; see :mod:`._redis_spin`).  Other
+    keywords are connection keywords for every host (e.g.
+    ``socket_connect_timeout=2``).
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         capacity: int = 100,
         channel_capacity: dict[str, int] | None = None,
         blocking_timeout: float = 1,
+        reply_spin_us: float = 100,
         **kwargs: Any,
     ) -> None:
         super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
@@ -128,18 +131,23 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
             )
         if isinstance(blocking_timeout, bool) or not isinstance(blocking_timeout, (int, float)) or blocking_timeout <= 0:
             raise ValueError(f"blocking_timeout must be a positive number of seconds; got {blocking_timeout!r}")
+        if isinstance(reply_spin_us, bool) or not isinstance(reply_spin_us, (int, float)) or not 0 <= reply_spin_us <= 10_000:
+            raise ValueError(
+                f"reply_spin_us must be a number of microseconds from 0 (off) to 10000; got {reply_spin_us!r}"
+            )
         unknown = set(kwargs) - _connection_keywords()
         if unknown:
             raise TypeError(
                 f"RedisChannelLayer got unexpected keyword(s) {', '.join(sorted(unknown))}; "
                 "it takes hosts, prefix, expiry, group_expiry, capacity, channel_capacity, "
-                "blocking_timeout and redis-py connection keywords"
+                "blocking_timeout, reply_spin_us and redis-py connection keywords"
             )
         self.hosts: list[RedisHost] = [
             RedisHost(host.kind, {**kwargs, **host.kwargs}) if kwargs else host for host in parse_hosts(hosts)
         ]
         self.prefix = prefix
         self.blocking_timeout = blocking_timeout
+        self.reply_spin_us = reply_spin_us
         self.keys = scripts.Keys(prefix)
         self._shard_count = len(self.hosts)
         self._socket_timeout = blocking_timeout + 10
@@ -147,7 +155,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         # A list outlives its newest message by one expiry, so that an
         # expired, unread message can still be seen (and its members dropped).
         self._list_ttl_ms = 2 * self._expiry_ms + 1000
-        self._sync = SyncIO(self.hosts, self._socket_timeout)
+        self._sync = SyncIO(self.hosts, self._socket_timeout, reply_spin_us)
         self._init_async()
         self._rotation = itertools.count()
         # Inbox prefix -> (expires ms, channel, encoded message, or the decoded

@@ -8,6 +8,7 @@ replies that came within the window) say what it did; no test reads a clock.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ import uuid
 import pytest
 
 from paas_channels.layers.redis import RedisChannelLayer
-from tests.support import ROOT, SlowLinkProxy
+from tests.support import ROOT, SlowLinkProxy, stop_process
 
 # Replies through the proxy come 2 ms late: never within a 100 µs window.
 SLOW = 0.002
@@ -34,9 +35,20 @@ def make(url, **config):
     return RedisChannelLayer(hosts=[url], prefix="spin" + uuid.uuid4().hex[:8], **config)
 
 
+def spare_cpus(spin):
+    """As if the machine had CPUs to spare whatever else runs now, so each test sees only its own rule.
+
+    (How busy the machine is decides whether to spin at all:
+    ``test_busy_machine_never_spins`` covers that, with real load.)
+    """
+    spin.cpus = 1_000_000
+    return spin
+
+
 def test_spins_for_replies_and_reads_them_whole(redis_server):
     # A window far longer than any loopback reply: every spin ends with its reply.
     layer = make(redis_server.url, reply_spin_us=5000, capacity=1000)
+    spare_cpus(layer._sync.spin)
     big = {"blob": b"z" * 1_000_000, "n": 0}  # a reply read in many pieces while spinning
     try:
         for i in range(50):
@@ -53,6 +65,7 @@ def test_spins_for_replies_and_reads_them_whole(redis_server):
 
 def test_far_redis_stops_the_spinning_then_tries_again(slow_redis):
     layer = make(slow_redis.url, reply_spin_us=100)
+    spare_cpus(layer._sync.spin)
     try:
         for i in range(40):
             layer.send("spin.far", {"n": i})
@@ -73,6 +86,7 @@ def test_far_redis_stops_the_spinning_async(slow_redis):
     layer = make(slow_redis.url, reply_spin_us=100)
 
     async def main():
+        spare_cpus((await layer._async_io()).spin)
         try:
             for i in range(40):
                 await layer.asend("spin.far", {"n": i})
@@ -102,6 +116,7 @@ def test_async_spin_lets_other_tasks_run(slow_redis):
                 ticks += 1
                 await asyncio.sleep(0)
 
+        spare_cpus((await layer._async_io()).spin)
         task = asyncio.create_task(ticker())
         await asyncio.sleep(0)
         try:
@@ -124,11 +139,33 @@ def test_async_spin_lets_other_tasks_run(slow_redis):
 
 def test_zero_turns_spinning_off(redis_server):
     layer = make(redis_server.url, reply_spin_us=0)
+    spare_cpus(layer._sync.spin)
     try:
         layer.send("spin.off", {"a": 1})
         assert layer.receive(["spin.off"]) == ("spin.off", {"a": 1})
         assert layer._sync.spin.tries == 0
     finally:
+        layer.close()
+
+
+def test_busy_machine_never_spins(redis_server):
+    # As many CPU-bound processes as CPUs, twice over: a spin would take CPU
+    # from them or from Redis, so every reply is slept for.
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+        for _ in range(2 * len(os.sched_getaffinity(0)))
+    ]
+    layer = make(redis_server.url, reply_spin_us=5000)
+    try:
+        time.sleep(0.2)  # the burners are running
+        for i in range(30):
+            layer.send("spin.busy", {"n": i})
+        assert [layer.receive(["spin.busy"])[1]["n"] for _ in range(30)] == list(range(30))
+        assert layer._sync.spin.budget > 0 and layer._sync.spin.tries == 0
+    finally:
+        for burner in burners:
+            stop_process(burner, 5)
+        layer.flush()
         layer.close()
 
 

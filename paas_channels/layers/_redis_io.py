@@ -109,14 +109,14 @@ def _blpop(keys: Sequence[str], timeout: float) -> tuple:
     return ("BLPOP", *keys, f"{max(0.01, timeout):.3f}")
 
 
-def _read_replies(conn: Any, count: int, spin: ReplySpin, counted: bool) -> list[Any]:
+def _read_replies(conn: Any, count: int, spin: ReplySpin | None) -> list[Any]:
     """``count`` replies from a sync connection; error replies as values, not raised.
 
     With hiredis, straight from redis-py's own hiredis reader: its
     ``read_response()`` wraps each reply in checks that cost more than the
     reply (a send reads three).  Errors are those of ``read_response()``: a
     dead socket or a timeout raises, and the caller drops the connection.
-    A reply not there yet is first polled for (see :mod:`._redis_spin`).
+    A reply not there yet is first polled for with ``spin`` (see :mod:`._redis_spin`).
     """
     parser = conn._parser
     if type(parser) is not _HiredisParser:
@@ -131,8 +131,8 @@ def _read_replies(conn: Any, count: int, spin: ReplySpin, counted: bool) -> list
     replies = []
     for _ in range(count):
         reply = reader.gets()
-        if reply is NOT_ENOUGH_DATA:
-            reply = spin.read(conn._sock, reader, counted)
+        if reply is NOT_ENOUGH_DATA and spin is not None:
+            reply = spin.read(conn._sock, reader)
         while reply is NOT_ENOUGH_DATA:
             parser.read_from_socket()
             reply = reader.gets()
@@ -140,7 +140,7 @@ def _read_replies(conn: Any, count: int, spin: ReplySpin, counted: bool) -> list
     return replies
 
 
-async def _aread_replies(conn: Any, count: int, spin: ReplySpin, counted: bool) -> list[Any]:
+async def _aread_replies(conn: Any, count: int, spin: ReplySpin | None) -> list[Any]:
     """The async twin of :func:`_read_replies` (``redis.asyncio`` connections have no read timeout here)."""
     parser = conn._parser
     if type(parser) is not _AsyncHiredisParser:
@@ -156,7 +156,7 @@ async def _aread_replies(conn: Any, count: int, spin: ReplySpin, counted: bool) 
     for _ in range(count):
         reply = reader.gets()
         while reply is NOT_ENOUGH_DATA:
-            await spin.aread(parser, counted)
+            await (parser.read_from_socket() if spin is None else spin.aread(parser))
             reply = reader.gets()
         replies.append(reply)
     return replies
@@ -293,15 +293,15 @@ class SyncIO(_Shards):
     def _round_trip(self, shard: int, commands: Sequence[tuple], blocking: bool = False) -> list[Any]:
         """Send ``commands`` in one write, read every reply (errors as values).
 
-        ``blocking``: a blocking pop, whose reply may rightly take long (it
-        does not count against spinning for replies).
+        ``blocking``: a blocking pop, whose reply comes when another process
+        sends something: never polled for.
         """
         packed = _pack(commands)
         for attempt in (0, 1):
             conn, reused = self._acquire(shard, fresh=attempt > 0)
             try:
                 conn.send_packed_command(packed, check_health=False)
-                replies = _read_replies(conn, len(commands), self.spin, not blocking)
+                replies = _read_replies(conn, len(commands), None if blocking else self.spin)
             except _CONNECTION_ERRORS as exc:
                 conn.disconnect()
                 self._drop_idle(shard)
@@ -450,7 +450,7 @@ class AsyncIO(_Shards):
             conn, reused = self._acquire(shard, fresh=attempt > 0)
             try:
                 await conn.send_packed_command(packed, check_health=False)
-                replies = await _aread_replies(conn, len(commands), self.spin, not blocking)
+                replies = await _aread_replies(conn, len(commands), None if blocking else self.spin)
             except _CONNECTION_ERRORS as exc:
                 await conn.disconnect(nowait=True)
                 await self._drop_idle(shard)

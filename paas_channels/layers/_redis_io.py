@@ -300,7 +300,11 @@ class SyncIO(_Shards):
         for attempt in (0, 1):
             conn, reused = self._acquire(shard, fresh=attempt > 0)
             try:
-                conn.send_packed_command(packed, check_health=False)
+                if conn._sock is None:
+                    conn.connect()
+                # redis-py's send_packed_command() only adds checks made here
+                # already, and its own error wrapping, which _connection_error does.
+                conn._sock.sendall(packed[0])
                 replies = _read_replies(conn, len(commands), None if blocking else self.spin)
             except _CONNECTION_ERRORS as exc:
                 conn.disconnect()
@@ -324,6 +328,9 @@ class SyncIO(_Shards):
             if isinstance(result, Exception):
                 raise result
             return [result]
+        shard = calls[0].shard
+        if all(call.shard == shard and call.script is None for call in calls):  # a send: plain commands, one shard
+            return [_reply(result) for result in self._round_trip(shard, [call.command for call in calls])]
         replies: list[Any] = [None] * len(calls)
         for shard, indexes in _by_shard(calls).items():
             shard_calls = [calls[i] for i in indexes] if len(indexes) < len(calls) else calls
@@ -449,7 +456,12 @@ class AsyncIO(_Shards):
         for attempt in (0, 1):
             conn, reused = self._acquire(shard, fresh=attempt > 0)
             try:
-                await conn.send_packed_command(packed, check_health=False)
+                if not conn.is_connected:
+                    await conn.connect()
+                # What redis-py's send_packed_command() does, without its checks
+                # (made here already) and error wrapping (_connection_error's job).
+                conn._writer.write(packed[0])
+                await conn._writer.drain()
                 replies = await _aread_replies(conn, len(commands), None if blocking else self.spin)
             except _CONNECTION_ERRORS as exc:
                 await conn.disconnect(nowait=True)
@@ -474,14 +486,13 @@ class AsyncIO(_Shards):
         return [_reply(result) for result in results]
 
     async def _calls(self, calls: Sequence[Call]) -> list[Any]:
+        shard = calls[0].shard
+        if all(call.shard == shard for call in calls):  # the common case: one round trip, replies in order
+            return await self._shard_calls(shard, list(calls))
         by_shard = _by_shard(calls)
-        if len(by_shard) == 1:
-            ((shard, indexes),) = by_shard.items()
-            shard_replies = [await self._shard_calls(shard, list(calls))]
-        else:
-            shard_replies = await asyncio.gather(
-                *(self._shard_calls(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items())
-            )
+        shard_replies = await asyncio.gather(
+            *(self._shard_calls(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items())
+        )
         replies: list[Any] = [None] * len(calls)
         for indexes, results in zip(by_shard.values(), shard_replies):
             for index, result in zip(indexes, results):

@@ -6,7 +6,8 @@
 Measures sequential send, sequential receive, request/reply over process-
 specific (``!``) channels and a group send to 1,000 members spread over two
 inboxes (deliveries/s: send plus every member receiving it), for our sync API
-(workers), our async API (interface) and channels_redis (async only).  Also
+(workers), our async API (interface) and channels_redis (async only); and our
+sync API again with ``reply_spin_us=0``, to show what spinning for replies adds.  Also
 measures raw unpipelined ``PING`` round trips: the ceiling any layer doing one
 round trip per operation can approach.  Prints ratios and writes
 ``bench/results/layer.json``, ``bench/results/layer.md`` and the table between
@@ -60,8 +61,8 @@ def _rate(count: int, seconds: float) -> float:
 ### paas_channels, sync ###
 
 
-def ours_sync(url: str, n: int) -> dict[str, float]:
-    layer = RedisChannelLayer(hosts=[url], prefix="bs" + uuid.uuid4().hex[:8], capacity=CAPACITY)
+def ours_sync(url: str, n: int, **config: Any) -> dict[str, float]:
+    layer = RedisChannelLayer(hosts=[url], prefix="bs" + uuid.uuid4().hex[:8], capacity=CAPACITY, **config)
     try:
         out = {}
         started = time.perf_counter()
@@ -196,21 +197,26 @@ def ping_ceiling(url: str, n: int) -> float:
 
 def table(results: dict[str, Any]) -> str:
     ours_sync_r, ours_async_r, peer = results["paas_sync"], results["paas_async"], results["channels_redis"]
+    no_spin = results.get("paas_sync_no_spin")
     lines = [
-        "| operation | paas-channels sync | paas-channels async | channels_redis 4 | sync / peer | async / peer |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| operation | paas-channels sync | paas-channels async | channels_redis 4 | sync / peer | async / peer "
+        + ("| sync, `reply_spin_us=0` | its ratio |" if no_spin else "|"),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if no_spin else ""),
     ]
     for key, label, unit in TESTS:
         lines.append(
             f"| {label} ({unit}) | {ours_sync_r[key]:,.0f} | {ours_async_r[key]:,.0f} | {peer[key]:,.0f} "
             f"| {ours_sync_r[key] / peer[key]:.1f}x | {ours_async_r[key] / peer[key]:.1f}x |"
+            + (f" {no_spin[key]:,.0f} | {no_spin[key] / peer[key]:.1f}x |" if no_spin else "")
         )
     lines.append("")
     lines.append(
         f"Same Redis {results['redis_version']}, one run (best of {results['repeat']} alternating runs each), "
         f"{results['machine']}, {os.cpu_count()} cores, load average {results['load_before']:.1f} before and "
         f"{results['load_after']:.1f} after, n={results['n']:,}; "
-        f"unpipelined PING on a bare socket: {results['ping_per_s']:,.0f}/s (the ceiling for one round trip per operation). "
+        f"unpipelined PING on a bare socket: {results['ping_per_s']:,.0f}/s (the ceiling for one round trip per "
+        f"operation, for a client that sleeps until the reply comes). paas-channels runs with its defaults "
+        f"(`reply_spin_us=100`); the last columns turn spinning for replies off. "
         f"`python bench/layer.py` ({results['date']})."
     )
     return "\n".join(lines)
@@ -245,7 +251,9 @@ def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -
         }
         # Alternate the contenders and keep each one's best of `repeat` runs,
         # so that load from other processes on the machine hits all of them alike.
-        runs: dict[str, list[dict[str, float]]] = {"channels_redis": [], "paas_sync": [], "paas_async": []}
+        runs: dict[str, list[dict[str, float]]] = {
+            "channels_redis": [], "paas_sync": [], "paas_async": [], "paas_sync_no_spin": []
+        }
         pings = []
         for round_number in range(1, repeat + 1):
             log(f"== layer: round {round_number}/{repeat}, n={n:,}")
@@ -253,6 +261,7 @@ def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -
             runs["channels_redis"].append(asyncio.run(channels_redis(url, n)))
             runs["paas_sync"].append(ours_sync(url, n))
             runs["paas_async"].append(asyncio.run(ours_async(url, n)))
+            runs["paas_sync_no_spin"].append(ours_sync(url, n, reply_spin_us=0))
         results["ping_per_s"] = max(pings)
         for name, measured in runs.items():
             results[name] = {key: max(run[key] for run in measured) for key, _, _ in TESTS}
@@ -260,7 +269,7 @@ def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -
         results["load_after"] = os.getloadavg()[0]
         results["ratios"] = {
             f"{side}_{key}": results[f"paas_{side}"][key] / results["channels_redis"][key]
-            for side in ("sync", "async") for key, _, _ in TESTS
+            for side in ("sync", "async", "sync_no_spin") for key, _, _ in TESTS
         }
         return results
     finally:

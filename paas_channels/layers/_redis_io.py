@@ -12,6 +12,8 @@ client and pool layers of redis-py cost more per command than the round trip
 to a local Redis, and one round trip per operation is the point of this layer.
 A connection that fails is dropped; a reused idle connection that fails (Redis
 restarted since) is replaced once, because the old server never saw the command.
+A reply is polled for briefly before the driver sleeps until it comes
+(:mod:`._redis_spin`).
 
 A blocking pop over several shards sends ``BLPOP`` on one connection per shard
 at once; the first reply wins, the other connections are released with

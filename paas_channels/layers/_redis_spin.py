@@ -15,18 +15,19 @@ default, ``0`` turns it off) and only then sleeps as before:
 
 It costs CPU only while a reply is due, so idle processes stay idle; a
 blocking pop (waiting for messages other processes will send) never spins.
-And it only uses a CPU nobody else wants: when the machine already has as
-many other runnable tasks as CPUs (``/proc/loadavg``, read every 10 ms), the
-spin would take CPU from Redis or the rest of the application, so the layer
-sleeps at once instead.  Measured on the HTTP benchmark's split mode at full
-load, spinning without that check cost 6-8% of the requests/s.
-  It does
-not pay, and is not done, when Redis is far away (a PaaS add-on a network hop
-off): after 16 replies in a row that did not come within the window, the layer
-stops spinning and tries once a second whether it pays again.  Nor with one
-CPU (Redis needs it to answer), on TLS or gevent sockets on the sync side
-(bytes on a TLS socket are not yet the reply; a spinning greenlet would stall
-the hub), or in two threads of one layer at once.
+It is not done where it does not pay:
+
+* when the machine already has as many other runnable tasks as CPUs
+  (``/proc/loadavg``, read every 10 ms): the spin would take CPU from Redis or
+  the rest of the application.  Without this check, the HTTP benchmark's split
+  mode lost 6-8% of its requests/s at full load on 2 cores;
+* when Redis is far away (a PaaS add-on a network hop off): after 16 replies
+  in a row that did not come within the window, spinning pauses, and is tried
+  again once a second;
+* with one CPU (Redis needs it to answer);
+* on TLS or gevent sockets on the sync side (bytes on a TLS socket are not yet
+  the reply; a spinning greenlet would stall the hub);
+* in two threads of one layer at once.
 """
 
 from __future__ import annotations

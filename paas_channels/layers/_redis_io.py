@@ -321,29 +321,23 @@ class SyncIO(_Shards):
             return replies
         raise AssertionError("unreachable")
 
+    def _shard_calls(self, shard: int, calls: Sequence[Call]) -> list[Any]:
+        results = self._round_trip(shard, [call.command for call in calls])
+        resend = self._scripts_to_resend(calls, results)
+        if resend:  # Redis lost its script cache (restart): send the source once
+            again = self._round_trip(shard, [calls[i].with_source() for i in resend])
+            for i, result in zip(resend, again):
+                results[i] = result
+        return [_reply(result) for result in results]
+
     def _calls(self, calls: Sequence[Call]) -> list[Any]:
-        if len(calls) == 1:  # the common case, kept short
-            call = calls[0]
-            (result,) = self._round_trip(call.shard, (call.command,))
-            if call.script is not None and isinstance(result, NoScriptError):
-                (result,) = self._round_trip(call.shard, (call.with_source(),))
-            if isinstance(result, Exception):
-                raise result
-            return [result]
         shard = calls[0].shard
-        if all(call.shard == shard and call.script is None for call in calls):  # a send: plain commands, one shard
-            return [_reply(result) for result in self._round_trip(shard, [call.command for call in calls])]
+        if all(call.shard == shard for call in calls):  # the common case: one round trip, replies in order
+            return self._shard_calls(shard, calls)
         replies: list[Any] = [None] * len(calls)
         for shard, indexes in _by_shard(calls).items():
-            shard_calls = [calls[i] for i in indexes] if len(indexes) < len(calls) else calls
-            results = self._round_trip(shard, [call.command for call in shard_calls])
-            resend = self._scripts_to_resend(shard_calls, results)
-            if resend:  # Redis lost its script cache (restart): send the source once
-                again = self._round_trip(shard, [shard_calls[i].with_source() for i in resend])
-                for i, result in zip(resend, again):
-                    results[i] = result
-            for index, result in zip(indexes, results):
-                replies[index] = _reply(result)
+            for index, result in zip(indexes, self._shard_calls(shard, [calls[i] for i in indexes])):
+                replies[index] = result
         return replies
 
     def _blocking_pop(self, request: BlockingPop) -> tuple[int, bytes, bytes] | None:
@@ -478,7 +472,7 @@ class AsyncIO(_Shards):
             return replies
         raise AssertionError("unreachable")
 
-    async def _shard_calls(self, shard: int, calls: list[Call]) -> list[Any]:
+    async def _shard_calls(self, shard: int, calls: Sequence[Call]) -> list[Any]:
         results = await self._round_trip(shard, [call.command for call in calls])
         resend = self._scripts_to_resend(calls, results)
         if resend:
@@ -490,7 +484,7 @@ class AsyncIO(_Shards):
     async def _calls(self, calls: Sequence[Call]) -> list[Any]:
         shard = calls[0].shard
         if all(call.shard == shard for call in calls):  # the common case: one round trip, replies in order
-            return await self._shard_calls(shard, list(calls))
+            return await self._shard_calls(shard, calls)
         by_shard = _by_shard(calls)
         shard_replies = await asyncio.gather(
             *(self._shard_calls(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items())

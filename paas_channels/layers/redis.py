@@ -42,7 +42,7 @@ from . import _redis_scripts as scripts
 from ._redis_hosts import RedisHost, hosts_from_env, parse_hosts, redact_url
 from ._redis_async import AsyncLayerAPI
 from ._redis_io import BlockingPop, Call, ChannelLayerConnectionError, Op, SyncIO, packed, script_call
-from .base import BaseChannelLayer, ChannelFull
+from .base import BaseChannelLayer, ChannelFull, _positive_number
 
 __all__ = ["ChannelLayerConnectionError", "RedisChannelLayer", "config_from_env", "redact_url"]
 
@@ -129,8 +129,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
             raise ValueError(
                 f"prefix must be 1-40 ASCII letters, digits, '_', '.' or '-'; got {prefix!r:.60}"
             )
-        if isinstance(blocking_timeout, bool) or not isinstance(blocking_timeout, (int, float)) or blocking_timeout <= 0:
-            raise ValueError(f"blocking_timeout must be a positive number of seconds; got {blocking_timeout!r}")
+        _positive_number("blocking_timeout", blocking_timeout)
         if isinstance(reply_spin_us, bool) or not isinstance(reply_spin_us, (int, float)) or not 0 <= reply_spin_us <= 10_000:
             raise ValueError(
                 f"reply_spin_us must be a number of microseconds from 0 (off) to 10000; got {reply_spin_us!r}"

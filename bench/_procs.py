@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import RedisServer, free_port, stop_process, wait_for_port
+from paas_channels.testing import RedisServer, free_port, stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Daphne serving Django keeps non-daemon threads and may never exit on SIGTERM: wait this long, then kill.

@@ -44,7 +44,7 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != RO
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support import RedisServer, free_port, wait_for_port  # noqa: E402
+from paas_channels.testing import RedisServer, free_port, wait_for_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CONNECTIONS = 32

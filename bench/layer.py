@@ -235,7 +235,7 @@ def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -
     """Every contender ``repeat`` times, alternating; each one's best run counts.  A private Redis unless ``url``."""
     server = None
     if url is None:
-        from tests.support import RedisServer
+        from paas_channels.testing import RedisServer
 
         server = RedisServer().start()
         url = server.url

@@ -27,11 +27,12 @@ from typing import Any, Iterable
 
 from django.core import signals as django_signals
 
-from .conf import Config
+from .config.options import Config
 from .exceptions import ConfigError
 from .layers import BaseChannelLayer, channel_layer_settings, get_channel_layer
 from .message import Message, deferred_sends
 from .routing import Router, default_routing
+from .runtime.boot import closing_layer
 
 __all__ = ["Worker", "build_worker", "run", "select_channels"]
 
@@ -302,12 +303,9 @@ def run(config: Config) -> int:
 
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        cut = worker.serve()
+        with closing_layer(worker.layer):
+            cut = worker.serve()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        try:
-            worker.layer.close()
-        except Exception as exc:
-            logger.debug("closing the layer: %s", exc)
     return 0 if cut == 0 else 1

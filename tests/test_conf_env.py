@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from paas_channels.conf import configure, settings_from_env
-from paas_channels.envsettings import WHITENOISE_MIDDLEWARE, describe_settings, mask_url
+from paas_channels.config.settings import WHITENOISE_MIDDLEWARE, describe_settings, mask_url
 from paas_channels.exceptions import ConfigError
 
 from .support import ROOT

@@ -15,9 +15,9 @@ import logging
 import pytest
 from django.test import override_settings
 
-from paas_channels._interface_http import BODY_CHUNK
-from paas_channels._interface_ws import choose_subprotocol, origin_allowed
-from paas_channels._static import StaticFiles
+from paas_channels.interface.asgi import BODY_CHUNK
+from paas_channels.interface.websocket import choose_subprotocol, origin_allowed
+from paas_channels.interface.static import StaticFiles
 from paas_channels.conf import load_config
 from paas_channels.interface import InterfaceApplication
 from paas_channels.layers import InMemoryChannelLayer
@@ -73,7 +73,7 @@ def test_hash_pattern_decides_without_a_manifest(tmp_path):
 
 def test_missing_static_root_says_what_to_do(tmp_path, caplog):
     with override_settings(STATIC_URL="/static/", STATIC_ROOT=str(tmp_path / "not-collected")):
-        with caplog.at_level(logging.WARNING, logger="paas_channels._static"):
+        with caplog.at_level(logging.WARNING, logger="paas_channels.interface.static"):
             assert StaticFiles.from_settings() is None
     assert "collectstatic" in caplog.text
 

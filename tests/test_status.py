@@ -11,7 +11,7 @@ import time
 import pytest
 
 from paas_channels.layers import InMemoryChannelLayer, RedisChannelLayer
-from paas_channels.status import render, take_snapshot
+from paas_channels.tools.status import render, take_snapshot
 
 from .support import ROOT, RedisServer, ServerProcess, write_project
 

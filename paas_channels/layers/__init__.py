@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from django.conf import settings
 from django.utils.module_loading import import_string
 
 from ..exceptions import ConfigError
@@ -35,6 +36,7 @@ __all__ = [
     "channel_layer_settings",
     "get_channel_layer",
     "has_channel_layers",
+    "layer_class",
 ]
 
 DEFAULT_CHANNEL_LAYER = "default"
@@ -54,15 +56,11 @@ def __getattr__(name: str) -> Any:
 
 def has_channel_layers() -> bool:
     """True when the project's settings define ``CHANNEL_LAYERS``."""
-    from django.conf import settings
-
     return bool(getattr(settings, "CHANNEL_LAYERS", None))
 
 
 def channel_layer_settings(alias: str = DEFAULT_CHANNEL_LAYER) -> dict[str, Any]:
     """``settings.CHANNEL_LAYERS[alias]``, checked, with a clear error when it is wrong."""
-    from django.conf import settings
-
     layers = getattr(settings, "CHANNEL_LAYERS", None)
     if not layers:
         raise ConfigError(
@@ -95,9 +93,8 @@ def channel_layer_settings(alias: str = DEFAULT_CHANNEL_LAYER) -> dict[str, Any]
     return {"BACKEND": entry["BACKEND"], "CONFIG": config, "ROUTING": routing}
 
 
-def build_channel_layer(backend: str | type, config: dict[str, Any] | None = None, where: str = "BACKEND") -> BaseChannelLayer:
-    """Make a new layer from a dotted path (or class) and its CONFIG keywords."""
-    config = config or {}
+def layer_class(backend: str | type, where: str = "BACKEND") -> type[BaseChannelLayer]:
+    """The layer class a ``BACKEND`` setting names (a dotted path or the class), checked."""
     if isinstance(backend, str):
         try:
             cls = import_string(backend)
@@ -114,8 +111,14 @@ def build_channel_layer(backend: str | type, config: dict[str, Any] | None = Non
             f"settings.{where} = {backend!r} is not a channel layer class "
             "(a subclass of paas_channels.layers.BaseChannelLayer)"
         )
+    return cls
+
+
+def build_channel_layer(backend: str | type, config: dict[str, Any] | None = None, where: str = "BACKEND") -> BaseChannelLayer:
+    """Make a new layer from a dotted path (or class) and its CONFIG keywords."""
+    cls = layer_class(backend, where)
     try:
-        return cls(**config)
+        return cls(**(config or {}))
     except TypeError as exc:
         raise ConfigError(f"settings.{where.replace('BACKEND', 'CONFIG')} is not accepted by {cls.__name__}: {exc}") from None
     except ValueError as exc:

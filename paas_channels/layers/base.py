@@ -92,6 +92,12 @@ class BaseChannelLayer:
     """
 
     extensions: list[str] = ["groups", "flush", "statistics", "heartbeats"]
+    #: Who shares one layer: ``"process"`` (in-memory), ``"machine"`` (IPC) or
+    #: ``"network"`` (Redis, RabbitMQ: processes on any dyno).
+    reach: str = "network"
+    # ASGI 1.0: the exceptions are attributes of every layer object (``layer.ChannelFull``).
+    ChannelFull = ChannelFull
+    MessageTooLarge = MessageTooLarge
 
     def __init__(
         self,
@@ -229,6 +235,7 @@ class BaseChannelLayer:
         """Encode a message dict with msgpack; bytes stay bytes, str stays str."""
         if not isinstance(message, dict):
             raise TypeError(f"a message must be a dict; got {type(message).__name__} {message!r:.60}")
+        _check_keys(message, "message")
         try:
             data = _packers.packer.pack(message)
         except OverflowError as exc:
@@ -248,6 +255,33 @@ class BaseChannelLayer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} expiry={self.expiry} capacity={self.capacity}>"
+
+
+def _check_keys(mapping: dict, where: str) -> None:
+    """Every dict key in a message is a str (ASGI 1.0: "unicode strings"), however deep.
+
+    msgpack would store ``{1: "x"}`` as it is, and the receiver would get an
+    int key; the sender hears about it here instead.  Walks dicts and lists
+    only (the values a message may nest), so a flat message costs a loop.
+    """
+    for key, value in mapping.items():
+        if type(key) is not str:
+            raise TypeError(
+                f"{where} has the key {key!r:.60} ({type(key).__name__}); message keys must be str, "
+                f"e.g. {str(key)!r:.60}"
+            )
+        if isinstance(value, dict):
+            _check_keys(value, f"{where}[{key!r}]")
+        elif isinstance(value, (list, tuple)):
+            _check_items(value, f"{where}[{key!r}]")
+
+
+def _check_items(items: list | tuple, where: str) -> None:
+    for index, value in enumerate(items):
+        if isinstance(value, dict):
+            _check_keys(value, f"{where}[{index}]")
+        elif isinstance(value, (list, tuple)):
+            _check_items(value, f"{where}[{index}]")
 
 
 def _positive_number(name: str, value: Any) -> float:

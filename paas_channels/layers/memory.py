@@ -33,6 +33,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
     message before it returns ``(None, None)``.
     """
 
+    reach = "process"
+
     def __init__(
         self,
         expiry: float = 60,

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Mapping, MutableMapping
 from urllib.parse import urlsplit
 
-from .exceptions import ConfigError
+from ..exceptions import ConfigError
+from ..layers.redis.hosts import hosts_from_env, redact_url
+from .options import LOG_FORMAT, parse_bool
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +38,10 @@ __all__ = ["configure", "describe_settings", "mask_url", "on_paas", "settings_fr
 WHITENOISE_MIDDLEWARE = "whitenoise.middleware.WhiteNoiseMiddleware"
 _SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
 _LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***``: safe to log or put in an error."""
-    from .layers._redis_hosts import redact_url
-
     return redact_url(url)
 
 
@@ -68,12 +66,10 @@ def _env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raw = environ.get(name)
     if raw is None:
         return default
-    lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigError(f"environment variable {name}: expected true/false (1/0, yes/no, on/off); got {raw!r}")
+    try:
+        return parse_bool(raw)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {name}: {exc}") from None
 
 
 def _split_list(raw: str) -> list[str]:
@@ -84,9 +80,7 @@ def _split_list(raw: str) -> list[str]:
 
 
 def _channel_layers(environ: Mapping[str, str], routing: str | None) -> dict[str, Any]:
-    from .layers.redis import config_from_env
-
-    config = config_from_env(environ)
+    config = hosts_from_env(environ)
     if config is None:
         entry: dict[str, Any] = {"BACKEND": "paas_channels.layers.InMemoryChannelLayer", "CONFIG": {}}
     else:
@@ -153,7 +147,7 @@ def _logging(environ: Mapping[str, str]) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "paas": {"format": "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"},
+            "paas": {"format": LOG_FORMAT},
         },
         # A PaaS collects stdout into its log stream (heroku logs, fly logs).
         "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "paas"}},
@@ -273,7 +267,7 @@ def configure(
     return applied
 
 
-def _address(host: Any) -> str:
+def host_address(host: Any) -> str:
     """A ``CONFIG['hosts']`` entry (URL, ``{"address": url, ...}`` or ``(host, port)``) as text."""
     if isinstance(host, dict):
         host = host.get("address", "?")
@@ -291,7 +285,7 @@ def describe_settings(settings: Any) -> str:
     for alias, entry in layers.items():
         backend = str(entry.get("BACKEND", "?")).rsplit(".", 1)[-1]
         hosts = (entry.get("CONFIG") or {}).get("hosts") or []
-        shown = ",".join(mask_url(_address(host)) for host in hosts)
+        shown = ",".join(mask_url(host_address(host)) for host in hosts)
         parts.append(f"layer[{alias}]={backend}" + (f"({shown})" if shown else ""))
     if not layers:
         parts.append("layer=none")

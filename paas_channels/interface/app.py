@@ -13,7 +13,8 @@ without a worker hop.
 
 Public pieces (combined mode reuses them on a shared layer):
 :class:`InterfaceApplication` (an ASGI 3 app built from a layer and the config),
-:func:`serve` (runs an app on Daphne with graceful shutdown) and :func:`run`.
+:func:`serve` (runs an app on Daphne with graceful shutdown); the `run web` process is
+:func:`paas_channels.runtime.web.run`.
 """
 
 from __future__ import annotations
@@ -24,18 +25,21 @@ import logging
 import re
 import socket
 import time
-from typing import Awaitable, Callable
+from typing import Callable
 
-from .conf import Config
-from .exceptions import ConfigError
-from .layers import BaseChannelLayer, ChannelFull
-from ._interface_http import HttpConnection, LayerUnavailable, send_plain
-from ._interface_ws import WebSocketConnection
-from ._static import StaticFiles
+from django.conf import settings
+
+from ..config.options import Config
+from ..layers import BaseChannelLayer, ChannelFull
+from .asgi import LayerUnavailable, Receive, Scope, Send, send_plain
+from .daphne import serve_daphne
+from .http import HttpConnection
+from .static import StaticFiles
+from .websocket import WebSocketConnection
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HEALTH_PATH", "InterfaceApplication", "LayerUnavailable", "run", "serve"]
+__all__ = ["HEALTH_PATH", "InterfaceApplication", "serve"]
 
 #: Answered in-process with layer reachability and the number of live workers.
 HEALTH_PATH = "/.paas-channels/health"
@@ -48,10 +52,6 @@ _RETRY_START, _RETRY_MAX = 0.5, 5.0
 #: Layer sends in flight at once from this process: a burst of frames from many
 #: sockets queues here instead of exhausting the layer's connection pool.
 MAX_CONCURRENT_SENDS = 32
-
-Scope = dict
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
 
 
 def _inbox_name() -> str:
@@ -70,8 +70,6 @@ class InterfaceApplication:
     """
 
     def __init__(self, layer: BaseChannelLayer, config: Config, static: StaticFiles | None | bool = None) -> None:
-        from django.conf import settings
-
         self.layer = layer
         self.config = config
         self.http_timeout = float(config.http_timeout or 120.0)
@@ -327,36 +325,4 @@ def serve(app: InterfaceApplication, config: Config, ready: Callable[[], None] |
     ``http_timeout`` can be served this way (combined mode wraps the interface).
     A port that cannot be bound raises ``ConfigError`` (exit code 3 from the CLI).
     """
-    from ._interface_serve import serve_daphne
-
     return serve_daphne(app, config, ready)
-
-
-def run(config: Config) -> int:
-    """``paas-channels run web``: build the layer from settings and serve until stopped."""
-    from .layers import get_channel_layer
-
-    layer = get_channel_layer(config.layer)
-    try:
-        layer.heartbeats()
-    except Exception as exc:
-        # The layer's own message names the host it tried (with the password redacted) and what to do.
-        detail = str(exc)[:300] or f"{type(exc).__name__}; check REDIS_URL and that Redis is running"
-        raise ConfigError(
-            f"the channel layer {config.layer!r} ({type(layer).__name__}) is unreachable: {detail}"
-        ) from None
-    if layer.__class__.__name__ == "InMemoryChannelLayer":
-        logger.warning(
-            "`run web` on InMemoryChannelLayer: workers in other processes cannot see this layer, so only "
-            "static files and the health endpoint will answer. Set REDIS_URL (RedisChannelLayer) or use "
-            "`paas-channels run --combined`"
-        )
-    app = InterfaceApplication(layer, config)
-    try:
-        return serve(app, config)
-    finally:
-        try:
-            layer.close()
-        except Exception:
-            logger.debug("closing the layer failed", exc_info=True)
-

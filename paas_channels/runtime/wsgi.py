@@ -16,13 +16,15 @@ import logging
 import os
 import signal
 import socket
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
-from .conf import Config
+from ..config.options import Config
+from ..config.settings import WHITENOISE_MIDDLEWARE
+from ..exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["POOL_SIZE", "run", "static_files", "wsgi_application"]
+__all__ = ["POOL_SIZE", "finder_files", "run", "static_files", "wsgi_application"]
 
 #: Most requests served at once; beyond it the listener stops accepting until one ends.
 POOL_SIZE = 1000
@@ -34,8 +36,6 @@ def wsgi_application() -> WSGIApp:
     """The project's ``WSGI_APPLICATION`` (Django's own default when unset)."""
     from django.core.exceptions import ImproperlyConfigured
     from django.core.servers.basehttp import get_internal_wsgi_application
-
-    from .exceptions import ConfigError
 
     try:
         return get_internal_wsgi_application()
@@ -52,13 +52,10 @@ def static_files(application: WSGIApp) -> WSGIApp:
     """
     from django.conf import settings
 
-    from .envsettings import WHITENOISE_MIDDLEWARE
-
     if WHITENOISE_MIDDLEWARE in getattr(settings, "MIDDLEWARE", []):
         return application
     if "django.contrib.staticfiles" not in settings.INSTALLED_APPS or not settings.STATIC_URL:
         return application
-    from django.contrib.staticfiles import finders
     from whitenoise import WhiteNoise
 
     prefix = "/" + settings.STATIC_URL.lstrip("/")
@@ -67,13 +64,21 @@ def static_files(application: WSGIApp) -> WSGIApp:
     if static_root and os.path.isdir(static_root):
         wrapped.add_files(str(static_root), prefix=prefix)
     else:
-        for finder in finders.get_finders():
-            for path, storage in finder.list(None):
-                storage_prefix = (getattr(storage, "prefix", None) or "").strip("/")
-                url = prefix + (storage_prefix + "/" if storage_prefix else "") + path.replace("\\", "/")
-                if url not in wrapped.files:
-                    wrapped.add_file_to_dictionary(url, storage.path(path))
+        for url, path in finder_files(prefix):
+            if url not in wrapped.files:  # the first finder wins, as in collectstatic
+                wrapped.add_file_to_dictionary(url, path)
     return wrapped
+
+
+def finder_files(prefix: str) -> Iterator[tuple[str, str]]:
+    """``(url, file path)`` of every file Django's static-file finders know (the interface's index uses it too)."""
+    from django.contrib.staticfiles import finders
+
+    for finder in finders.get_finders():
+        for path, storage in finder.list(None):
+            storage_prefix = (getattr(storage, "prefix", None) or "").strip("/")
+            url = prefix + (storage_prefix + "/" if storage_prefix else "") + path.replace("\\", "/")
+            yield url, storage.path(path)
 
 
 class _Shutdown:
@@ -147,8 +152,6 @@ def run(config: Config) -> int:
     import gevent
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIServer
-
-    from .exceptions import ConfigError
 
     shutdown = _Shutdown()
     application = _proxy_and_drain(static_files(wsgi_application()), config, shutdown)

@@ -21,7 +21,12 @@ import threading
 import time
 from typing import Any
 
-from .conf import Config
+from ..config.options import Config
+from ..interface import InterfaceApplication, serve
+from ..interface.direct import HybridApplication
+from ..layers import get_channel_layer
+from ..worker import build_worker
+from .boot import close_layer
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +42,6 @@ def _interface_app(layer: Any, config: Config, drain_started: list[float]) -> An
     ``drain_started`` receives the moment the interface begins its shutdown, so
     the workers get what is left of the graceful timeout.
     """
-    from .interface import InterfaceApplication
-
     interface = InterfaceApplication(layer, config)
     shutdown = interface.shutdown
 
@@ -48,18 +51,12 @@ def _interface_app(layer: Any, config: Config, drain_started: list[float]) -> An
 
     interface.shutdown = timed_shutdown  # type: ignore[method-assign]
     if getattr(config, "http", "layer") == "direct":
-        from ._hybrid import HybridApplication
-
         return HybridApplication(interface, config)
     return interface
 
 
 def run(config: Config) -> int:
     """Serve until SIGTERM/SIGINT; exit 0 when both parts stopped cleanly, 1 if work was cut off."""
-    from .interface import serve
-    from .layers import get_channel_layer
-    from .worker import build_worker
-
     layer = get_channel_layer(config.layer)
     worker = build_worker(config, layer=layer, threads=config.threads)
     worker.check_layer()  # a boot error (unreachable Redis) before anything listens
@@ -86,10 +83,7 @@ def run(config: Config) -> int:
         worker.graceful_timeout = max(_MIN_WORKER_DRAIN, config.graceful_timeout - spent)
         worker.stop()
         thread.join(worker.graceful_timeout + 5)
-        try:
-            layer.close()
-        except Exception as exc:
-            logger.debug("closing the layer: %s", exc)
+        close_layer(layer)
     cut = worker_cut[0] if worker_cut else -1
     if cut:
         logger.warning("combined: the worker part did not stop cleanly (%s)",

@@ -13,7 +13,7 @@ import asyncio
 import threading
 from typing import Any, AsyncIterator
 
-from ._redis_io import AsyncIO
+from .drivers import AsyncIO
 
 __all__ = ["AsyncLayerAPI"]
 

@@ -16,9 +16,11 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 from whitenoise.base import WhiteNoise
+
+from ..runtime.wsgi import finder_files
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class StaticFiles:
             self._whitenoise.add_files(str(self.root), self.prefix)
             where = str(self.root)
         else:
-            for url, path in _finder_files(self.prefix):
+            for url, path in finder_files(self.prefix):
                 if url not in self._whitenoise.files:  # the first finder wins, as in collectstatic
                     self._whitenoise.add_file_to_dictionary(url, path)
             where = "the apps' static folders (no STATIC_ROOT: run collectstatic for compressed, hashed files)"
@@ -141,14 +143,3 @@ class StaticFiles:
         if self._hashed:
             return name in self._hashed
         return bool(_HASHED_NAME.search(name))
-
-
-def _finder_files(prefix: str) -> Iterator[tuple[str, str]]:
-    """``(url, file path)`` of every file Django's static-file finders know."""
-    from django.contrib.staticfiles import finders
-
-    for finder in finders.get_finders():
-        for path, storage in finder.list(None):
-            storage_prefix = (getattr(storage, "prefix", None) or "").strip("/")
-            url = prefix + (storage_prefix + "/" if storage_prefix else "") + path.replace("\\", "/")
-            yield url, storage.path(path)

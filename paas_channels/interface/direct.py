@@ -21,18 +21,20 @@ import re
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Iterable
 
-from .conf import Config
-from .exceptions import ConfigError
+from ..config.options import Config
+from ..exceptions import ConfigError
+from ..handler import view_consumer
+from ..layers import channel_layer_settings
+from ..routing import Route, Router
+from ..runtime.wsgi import static_files, wsgi_application
+from .app import HEALTH_PATH
+from .asgi import Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DirectWSGI", "HybridApplication", "long_poll_patterns", "run_web"]
-
-Scope = dict
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
+__all__ = ["DirectWSGI", "HybridApplication", "long_poll_patterns"]
 
 #: Request bodies up to this size stay in memory; larger ones spill to a temporary file.
 _SPOOL_MAX = 1024 * 1024
@@ -41,10 +43,6 @@ _SPOOL_MAX = 1024 * 1024
 def long_poll_patterns(config: Config, alias: str) -> list[re.Pattern[str]]:
     """Paths that must reach the workers: ``--long-poll-path`` plus ROUTING's non-view HTTP routes."""
     patterns: list[str] = list(config.long_poll_paths or ())
-    from .handler import view_consumer
-    from .layers import channel_layer_settings
-    from .routing import Route, Router
-
     path = channel_layer_settings(alias)["ROUTING"]
     if path is not None:
         for entry in Router(path).routing:
@@ -161,8 +159,6 @@ class HybridApplication:
     """
 
     def __init__(self, interface: Any, config: Config, patterns: list[re.Pattern[str]] | None = None) -> None:
-        from .wsgi import static_files, wsgi_application
-
         self.interface = interface
         self.http_timeout = interface.http_timeout
         self.patterns = long_poll_patterns(config, config.layer) if patterns is None else patterns
@@ -190,8 +186,6 @@ class HybridApplication:
                 self._idle.set()
 
     def _via_layer(self, scope: Scope) -> bool:
-        from .interface import HEALTH_PATH
-
         path = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
@@ -225,26 +219,3 @@ async def _plain(send: Send, status: int, body: bytes) -> None:
         (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
         (b"retry-after", b"1"), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
-
-
-def run_web(config: Config) -> int:
-    """``paas-channels run web --http direct``: the interface server with in-process HTTP."""
-    from .interface import InterfaceApplication, serve
-    from .layers import get_channel_layer
-
-    layer = get_channel_layer(config.layer)
-    try:
-        layer.heartbeats()
-    except Exception as exc:
-        raise ConfigError(
-            f"the channel layer {config.layer!r} ({type(layer).__name__}) is unreachable: {type(exc).__name__}. "
-            "Check REDIS_URL and that Redis is running"
-        ) from None
-    app = HybridApplication(InterfaceApplication(layer, config), config)
-    try:
-        return serve(app, config)
-    finally:
-        try:
-            layer.close()
-        except Exception as exc:
-            logger.debug("closing the layer: %s", exc)

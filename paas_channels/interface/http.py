@@ -13,49 +13,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any
 
-from .layers import ChannelFull
+from ..layers import ChannelFull
+from .asgi import BODY_CHUNK, LayerUnavailable, Receive, Relay, Send, scope_fields, send_plain
+from .daphne import abort_response
 
-if TYPE_CHECKING:
-    from .interface import InterfaceApplication
+__all__ = ["HttpConnection"]
 
 logger = logging.getLogger(__name__)
 
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
-
-
-class LayerUnavailable(Exception):
-    """A layer send failed for another reason than ``ChannelFull`` (Redis down, ...); already logged."""
-
-
-#: Body bytes per layer message: well under the layer's 1 MiB message limit.
-BODY_CHUNK = 256 * 1024
 #: First and longest pause when the body channel is full.
 _BACKOFF_START, _BACKOFF_MAX = 0.01, 0.5
-
-
-async def send_plain(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """A short ``text/plain`` response answered by the interface itself."""
-    body = text.encode("utf-8")
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-            *(headers or []),
-        ],
-    })
-    await send({"type": "http.response.body", "body": body})
 
 
 class HttpConnection:
     """Carries one HTTP request to a worker and its reply back to the client."""
 
-    def __init__(self, app: "InterfaceApplication", scope: dict, receive: Receive, send: Send) -> None:
+    def __init__(self, app: Relay, scope: dict, receive: Receive, send: Send) -> None:
         self.app = app
         self.scope = scope
         self.receive = receive
@@ -246,14 +221,10 @@ class HttpConnection:
     async def _abort(self) -> None:
         """Cut a started response so the client sees it incomplete, not falsely finished.
 
-        ASGI has no "abort"; under Daphne ``send`` is bound to the request, whose
-        transport can be closed.  Elsewhere the response is ended normally.
+        ASGI has no "abort": under Daphne the connection is closed after what was
+        written so far (a truncated body); elsewhere the response is ended normally.
         """
-        request = next(iter(getattr(self.send, "args", ())), None)
-        transport = getattr(request, "transport", None) or getattr(getattr(request, "channel", None), "transport", None)
-        if transport is not None and hasattr(transport, "loseConnection"):
-            transport.loseConnection()  # after what was written so far: a truncated body
-        else:
+        if not abort_response(self.send):
             await self.send({"type": "http.response.body", "body": b""})
 
     async def _no_worker_answer(self, what: str) -> None:
@@ -280,18 +251,6 @@ async def _layer_unavailable(send: Send) -> None:
         send, 503, "503 Service Unavailable: the channel layer did not take the request. Try again shortly.\n",
         [(b"retry-after", b"5")],
     )
-
-
-def scope_fields(scope: dict) -> dict:
-    """The ASGI 1.0 fields HTTP and WebSocket messages share, from an ASGI 3 scope."""
-    return {
-        "path": scope["path"],
-        "query_string": scope.get("query_string", b""),
-        "root_path": scope.get("root_path", ""),
-        "headers": [[name, value] for name, value in scope.get("headers", ())],
-        "client": list(scope["client"]) if scope.get("client") else None,
-        "server": list(scope["server"]) if scope.get("server") else None,
-    }
 
 
 def _header_bytes(value: Any) -> bytes:

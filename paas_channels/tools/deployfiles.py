@@ -2,7 +2,7 @@
 
 Framework-free: each reader returns what it understood plus a list of
 problems (one line each, saying what was found and what to write instead).
-:mod:`paas_channels.check` compares the results with each other and with the
+:mod:`paas_channels.tools.check` compares the results with each other and with the
 settings.
 """
 
@@ -16,6 +16,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..config.options import load_config
+from ..config.parser import build_parser
+from ..exceptions import ConfigError
 
 __all__ = ["Process", "Procfile", "read_app_json", "read_procfile", "read_python_versions"]
 
@@ -61,10 +65,6 @@ def _paas_channels_args(argv: list[str]) -> list[str] | None:
 
 
 def _parse_command(process: Process, problems: list[str]) -> None:
-    from .cli import build_parser
-    from .conf import load_config
-    from .exceptions import ConfigError
-
     try:
         argv = shlex.split(process.command)
     except ValueError as exc:

@@ -17,7 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, TextIO
 
-from .conf import Config
+from ..config.options import Config
+from ..exceptions import ConfigError
+from ..layers import channel_layer_settings, get_channel_layer
+from ..routing import Router, default_routing
+from ..runtime.boot import closing_layer
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +108,6 @@ def render(now: Snapshot, before: Snapshot | None = None) -> str:
 
 
 def _routed_channels(alias: str) -> list[str]:
-    from .exceptions import ConfigError
-    from .layers import channel_layer_settings
-    from .routing import Router, default_routing
-
     try:
         path = channel_layer_settings(alias)["ROUTING"]
         return sorted(Router(default_routing() if path is None else path).channels)
@@ -125,36 +125,29 @@ def run_status(
     out: TextIO | None = None,
 ) -> int:
     """Print the status once (two readings ``interval`` apart), or every ``watch`` seconds until Ctrl-C."""
-    from .exceptions import ConfigError
-    from .layers import InMemoryChannelLayer, get_channel_layer
-
     out = out or sys.stdout
     layer = get_channel_layer(config.layer)
     channels = [*_routed_channels(config.layer), *extra_channels]
     groups = list(groups)
     clear = "\x1b[H\x1b[2J" if out.isatty() else ""
-    if isinstance(layer, InMemoryChannelLayer):
+    if layer.reach == "process":
         out.write("note: the in-memory layer lives inside one process; this command sees only its own, "
                   "empty copy. Set REDIS_URL to watch a running deployment.\n")
-    try:
+    with closing_layer(layer):
         try:
             before = take_snapshot(layer, channels, groups)
         except Exception as exc:
             raise ConfigError(f"channel layer {config.layer!r} cannot be read: {type(exc).__name__}: {exc}") from None
-        while True:
-            time.sleep(watch if watch else interval)
-            now = take_snapshot(layer, channels, groups)
-            stamp = time.strftime("%H:%M:%S UTC", time.gmtime())
-            out.write(f"{clear}paas-channels status at {stamp} (layer {config.layer!r})\n{render(now, before)}\n")
-            if not watch:
-                return 0
-            out.write("\n")
-            out.flush()
-            before = now
-    except KeyboardInterrupt:
-        return 0
-    finally:
         try:
-            layer.close()
-        except Exception as exc:
-            logger.debug("closing the layer: %s", exc)
+            while True:
+                time.sleep(watch if watch else interval)
+                now = take_snapshot(layer, channels, groups)
+                stamp = time.strftime("%H:%M:%S UTC", time.gmtime())
+                out.write(f"{clear}paas-channels status at {stamp} (layer {config.layer!r})\n{render(now, before)}\n")
+                if not watch:
+                    return 0
+                out.write("\n")
+                out.flush()
+                before = now
+        except KeyboardInterrupt:
+            return 0

@@ -35,9 +35,9 @@ import hiredis
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from ._redis_hosts import RedisHost
-from ._redis_scripts import Script
-from ._redis_spin import NOT_ENOUGH_DATA, ReplySpin
+from .hosts import RedisHost
+from .scripts import Script
+from .spin import NOT_ENOUGH_DATA, ReplySpin
 
 try:  # redis-py's hiredis parsers: their readers are read directly (see _read_replies)
     from redis._parsers.hiredis import _AsyncHiredisParser, _HiredisParser

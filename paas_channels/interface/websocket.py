@@ -13,21 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
+from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from ._interface_http import LayerUnavailable, scope_fields
-from .layers import ChannelFull
+from django.http.request import validate_host
 
-if TYPE_CHECKING:
-    from .interface import InterfaceApplication
+from ..layers import ChannelFull
+from .asgi import LayerUnavailable, Receive, Relay, Send, scope_fields
 
 logger = logging.getLogger(__name__)
 # How long a disconnect waits for room on a full websocket.disconnect channel.
 _DISCONNECT_RETRY_SECONDS = 30.0
-
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
 
 #: Close codes (RFC 6455 and the IANA registry).
 CLOSE_NORMAL = 1000
@@ -44,8 +40,6 @@ def origin_allowed(headers: Iterable[tuple[bytes, bytes]], patterns: Iterable[st
     No Origin header at all is allowed: browsers always send one, so its absence
     means a non-browser client that cross-site protection does not concern.
     """
-    from django.http.request import validate_host
-
     origin = None
     for name, value in headers:
         if name == b"origin":
@@ -72,7 +66,7 @@ def choose_subprotocol(offered: list[str], allowed: Iterable[str]) -> str | None
 class WebSocketConnection:
     """Carries one WebSocket's frames to workers and the workers' replies back."""
 
-    def __init__(self, app: "InterfaceApplication", scope: dict, receive: Receive, send: Send) -> None:
+    def __init__(self, app: Relay, scope: dict, receive: Receive, send: Send) -> None:
         self.app = app
         self.scope = scope
         self.receive = receive

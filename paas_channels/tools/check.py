@@ -19,13 +19,17 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
-from . import _deployfiles as files
-from .conf import Config
-from .exceptions import ConfigError
+from ..config.options import Config
+from ..config.settings import host_address, mask_url
+from ..exceptions import ConfigError
+from ..layers import channel_layer_settings, get_channel_layer, has_channel_layers, layer_class
+from ..routing import Router, default_routing
+from ..runtime.boot import close_layer, probe_layer, setup_django
+from ..worker import select_channels
+from . import deployfiles as files
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +37,6 @@ __all__ = ["LAYER_TIMEOUT", "run_checks"]
 
 #: Seconds the layer gets to answer before it counts as unreachable.
 LAYER_TIMEOUT = 10.0
-_MEMORY_BACKEND = "InMemoryChannelLayer"
 #: Channels the interface server sends to, and what happens when nobody consumes them.
 _INTERFACE_CHANNELS = {
     "http.request": "every HTTP request waits for --http-timeout and gets a 503",
@@ -42,8 +45,6 @@ _INTERFACE_CHANNELS = {
 
 
 def _settings_problems(config: Config) -> list[str]:
-    from .cli import setup_django
-
     try:
         setup_django(config)
     except ConfigError as exc:
@@ -56,57 +57,31 @@ def _settings_problems(config: Config) -> list[str]:
     return []
 
 
-def _probe(layer: Any) -> None:
-    layer.global_statistics()
-    layer.heartbeats()
-
-
 def _layer_problems(alias: str) -> tuple[Any, list[str]]:
     """The layer (or None) and why it cannot be used."""
-    from .layers import get_channel_layer
-
     try:
         layer = get_channel_layer(alias)
     except ConfigError as exc:
         return None, [f"channel layer: {exc}"]
-    failure: list[BaseException] = []
-
-    def probe() -> None:
-        try:
-            _probe(layer)
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=probe, name="paas-check-layer", daemon=True)
-    thread.start()
-    thread.join(LAYER_TIMEOUT)
-    where = f"channel layer {alias!r} ({type(layer).__name__}{_hosts_text(layer)})"
-    if thread.is_alive():
-        return None, [f"{where} did not answer within {LAYER_TIMEOUT:.0f} s: check REDIS_URL and the network"]
-    if failure:
-        return None, [
-            f"{where} is unreachable: {type(failure[0]).__name__}: {failure[0]}. Check REDIS_URL / "
-            "CONFIG['hosts'] and that the Redis server is running"
-        ]
+    try:
+        probe_layer(layer, alias, timeout=LAYER_TIMEOUT, at=_hosts_text(layer))
+    except ConfigError as exc:
+        close_layer(layer)
+        return None, [f"{exc}. Check REDIS_URL / CONFIG['hosts'] and that the server is running"]
     return layer, []
 
 
 def _hosts_text(layer: Any) -> str:
     from django.conf import settings
 
-    from .envsettings import _address, mask_url
-
     entry = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(getattr(layer, "alias", "default"), {})
     hosts = (entry.get("CONFIG") or {}).get("hosts") or []
-    shown = [mask_url(_address(host)) for host in hosts]
-    return f" at {', '.join(shown)}" if shown else ""
+    shown = [mask_url(host_address(host)) for host in hosts]
+    return ", ".join(shown)
 
 
 def _routing_problems(alias: str) -> tuple[set[str] | None, list[str]]:
     """The routed channels (None when the routing cannot be loaded) and problems."""
-    from .layers import channel_layer_settings
-    from .routing import Router, default_routing
-
     try:
         path = channel_layer_settings(alias)["ROUTING"]
         router = Router(default_routing() if path is None else path)
@@ -125,11 +100,9 @@ def _routing_problems(alias: str) -> tuple[set[str] | None, list[str]]:
 
 
 def _procfile_problems(
-    procfile: files.Procfile, app: dict[str, Any] | None, backend: str | None, routed: set[str] | None,
+    procfile: files.Procfile, app: dict[str, Any] | None, backend: type | None, routed: set[str] | None,
     redis_in_env: bool,
 ) -> list[str]:
-    from .worker import select_channels
-
     problems = []
     webs = procfile.by_mode("web")
     workers = procfile.by_mode("worker")
@@ -159,9 +132,9 @@ def _procfile_problems(
     plans = files.addon_plans(app) if app else []
     redis_planned = redis_in_env or any("redis" in plan for plan in plans) or (
         bool(app) and "REDIS_URL" in (app.get("env") or {}))
-    if split and backend == _MEMORY_BACKEND and not redis_planned:
+    if split and backend is not None and backend.reach == "process" and not redis_planned:
         problems.append(
-            "Procfile runs split mode (separate web and worker processes) but the layer is InMemoryChannelLayer, "
+            f"Procfile runs split mode (separate web and worker processes) but the layer is {backend.__name__}, "
             "which processes cannot share and REDIS_URL is set nowhere: add the heroku-redis add-on to app.json "
             "(\"addons\": [\"heroku-redis:mini\"]) or set REDIS_URL"
         )
@@ -242,12 +215,10 @@ def run_checks(config: Config, deploy: bool = False, directory: Path | None = No
     if settings_problems:
         return problems, notes
 
-    from .layers import channel_layer_settings, has_channel_layers
-
     backend = routed = None
     if has_channel_layers():
         try:
-            backend = str(channel_layer_settings(config.layer)["BACKEND"]).rsplit(".", 1)[-1]
+            backend = layer_class(channel_layer_settings(config.layer)["BACKEND"])
         except ConfigError as exc:
             problems.append(f"channel layer: {exc}")
         else:
@@ -256,10 +227,7 @@ def run_checks(config: Config, deploy: bool = False, directory: Path | None = No
             routed, found = _routing_problems(config.layer)
             problems += found
             if layer is not None:
-                try:
-                    layer.close()
-                except Exception as exc:
-                    logger.debug("closing the layer: %s", exc)
+                close_layer(layer)
     if procfile is not None:
         problems += _procfile_problems(
             procfile, app, backend, routed, bool(os.environ.get("REDIS_URL") or os.environ.get("REDIS_TLS_URL"))

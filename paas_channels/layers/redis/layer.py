@@ -38,11 +38,11 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import msgpack
 import redis.connection
 
-from . import _redis_scripts as scripts
-from ._redis_hosts import RedisHost, hosts_from_env, parse_hosts, redact_url
-from ._redis_async import AsyncLayerAPI
-from ._redis_io import BlockingPop, Call, ChannelLayerConnectionError, Op, SyncIO, packed, script_call
-from .base import BaseChannelLayer, ChannelFull, _positive_number
+from . import scripts as scripts
+from .hosts import RedisHost, hosts_from_env, parse_hosts, redact_url
+from .aio import AsyncLayerAPI
+from .drivers import BlockingPop, Call, ChannelLayerConnectionError, Op, SyncIO, packed, script_call
+from ..base import BaseChannelLayer, ChannelFull, _positive_number
 
 __all__ = ["ChannelLayerConnectionError", "RedisChannelLayer", "config_from_env", "redact_url"]
 

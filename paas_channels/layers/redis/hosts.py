@@ -23,7 +23,7 @@ import redis.connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..exceptions import ConfigError
+from ...exceptions import ConfigError
 
 __all__ = ["RedisHost", "hosts_from_env", "parse_hosts", "redact_url"]
 

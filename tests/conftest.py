@@ -20,6 +20,23 @@ django.setup()
 from tests.layer_backends import LAYER_BACKENDS  # noqa: E402
 
 
+#: Fixtures that start private Redis servers: a test using one is marked ``redis``.
+_REDIS_FIXTURES = {"redis_server", "redis_shard_servers", "own_redis_servers"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that needs Redis, so ``-m "not redis"`` is the quick subset without it.
+
+    A test needs Redis when it uses a Redis fixture or runs on a Redis layer
+    backend; modules whose own fixtures start Redis say so with ``pytestmark``.
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = str(callspec.params.get("make_layer", "")) if callspec else ""
+        if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())) or backend.startswith("redis"):
+            item.add_marker(pytest.mark.redis)
+
+
 @pytest.fixture(params=sorted(LAYER_BACKENDS))
 def make_layer(request):
     """Factory for fresh layers of each backend: ``make_layer(expiry=1, capacity=3)``."""

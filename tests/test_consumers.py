@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from paas_channels.testing import wait_until
 from paas_channels import Channel, Group
 from paas_channels.consumers import JsonWebsocketConsumer, WebsocketConsumer
 from paas_channels.layers import InMemoryChannelLayer, _layers
@@ -76,17 +77,18 @@ def test_failed_consumer_sends_nothing_but_immediate_sends_go(layer, caplog):
 
 
 def test_sends_are_delivered_when_the_consumer_returns(layer, serving):
-    release = threading.Event()
+    release, sent = threading.Event(), threading.Event()
 
     def consumer(message):
         message.reply_channel.send({"n": 1})
         Channel("other", channel_layer=layer).send({"n": 2})
+        sent.set()
         release.wait(5)
 
     worker = Worker(layer, [route("work", consumer)])
     serving(worker)
     layer.send("work", {"reply_channel": "in!a"})
-    time.sleep(0.3)
+    assert sent.wait(5)  # the consumer has "sent" both, and is still running
     assert drain(layer) == [] and layer.receive(["other"]) == (None, None)
     release.set()
     deadline = time.monotonic() + 5
@@ -141,9 +143,8 @@ def test_no_prefetch_one_thread_takes_one_message_at_a_time(layer, serving):
     serving(worker)
     for n in range(3):
         layer.send("work", {"n": n})
-    time.sleep(0.4)
+    assert wait_until(lambda: worker.busy == 1)
     assert layer.channel_statistics("work")["messages_pending"] == 2
-    assert worker.busy == 1
     release.set()
 
 
@@ -156,7 +157,7 @@ def test_stop_drains_in_flight_consumers(layer, serving):
     thread, result = serving(worker)
     layer.send("work", {"reply_channel": "in!a"})
     layer.send("work", {"reply_channel": "in!b"})
-    time.sleep(0.3)
+    assert wait_until(lambda: worker.busy == 2)  # both taken and running
     worker.stop()
     layer.send("work", {"reply_channel": "in!late"})
     thread.join(10)

@@ -186,7 +186,7 @@ class CombinedDeployment:
         return self.process.output()[-6000:]
 
 
-@pytest.fixture(params=["procfile", "combined"])
+@pytest.fixture(params=[pytest.param("procfile", marks=pytest.mark.redis), "combined"])
 def deployment(request, tmp_path):
     cleanup: list = []
     try:

@@ -14,6 +14,8 @@ import httpx
 import pytest
 import websockets
 
+from paas_channels.testing import wait_until
+
 from .support import ROOT, RedisServer, ServerProcess, free_port, wait_for_port
 
 
@@ -58,7 +60,8 @@ def test_sigterm_drains_the_interface_then_the_workers(tmp_path, started):
     answers = []
     slow = threading.Thread(target=lambda: answers.append(httpx.get(f"{url}/slow/?seconds=2", timeout=30)))
     slow.start()
-    time.sleep(0.7)  # the 2 s view is running in a worker thread by now
+    # The request is in flight (the interface holds it; a worker thread runs the 2 s view).
+    assert wait_until(lambda: httpx.get(f"{url}/.paas-channels/health", timeout=10).json()["connections"]["http"] >= 1)
     process.signal()
     slow.join(30)
     assert answers and answers[0].status_code == 200 and answers[0].text == "slept 2.0"

@@ -14,6 +14,8 @@ import httpx
 import pytest
 import websockets
 
+from paas_channels.testing import wait_until
+
 from .support import ROOT, RedisServer, ServerProcess, free_port, long_poll_answer, wait_for_port
 
 
@@ -73,7 +75,8 @@ def test_web_direct_serves_http_without_workers_and_sockets_through_them(tmp_pat
         slow = []
         thread = threading.Thread(target=lambda: slow.append(httpx.get(f"{url}/slow/?seconds=2", timeout=30)))
         thread.start()
-        time.sleep(0.7)
+        # In flight: the health endpoint counts the direct request the web process is running.
+        assert wait_until(lambda: httpx.get(f"{url}/.paas-channels/health", timeout=10).json()["connections"]["http"] >= 1)
         web.signal()
         thread.join(30)
         assert slow and slow[0].status_code == 200 and slow[0].text == "slept 2.0"

@@ -21,10 +21,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from paas_channels.layers import RedisChannelLayer
+from paas_channels.testing import wait_until
 from tests.interface_support import project_env, start_web
 from tests.support import RedisServer
 
 HTTP_TIMEOUT = 8
+
+pytestmark = pytest.mark.redis  # every test here runs on a private Redis
 
 
 @pytest.fixture(scope="module")
@@ -392,9 +395,11 @@ def test_disconnect_waits_for_room_on_a_full_channel(web, layer):
     capacity = layer.get_capacity("websocket.disconnect")
     for index in range(capacity):
         layer.send("websocket.disconnect", {"filler": index})
+    full_before = layer.channel_statistics("websocket.disconnect")["channel_full_count"]
     with pending():
         pass  # the client closes
-    time.sleep(0.5)  # the interface finds the channel full and waits
+    # The interface found the channel full and waits for room.
+    assert wait_until(lambda: layer.channel_statistics("websocket.disconnect")["channel_full_count"] > full_before)
     fillers = [take(layer, "websocket.disconnect") for _ in range(capacity)]
     assert all("filler" in message for message in fillers)
     disconnect = take(layer, "websocket.disconnect")

@@ -21,6 +21,8 @@ from tests.support import RedisServer, ServerProcess, free_port
 
 HTTP_TIMEOUT = 2
 
+pytestmark = pytest.mark.redis  # every test here runs on a private Redis
+
 
 @pytest.fixture(scope="module")
 def web():

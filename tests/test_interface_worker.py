@@ -28,6 +28,8 @@ from tests.support import RedisServer
 
 FIVE_MB = 5 * 1024 * 1024
 
+pytestmark = pytest.mark.redis  # every test here runs on a private Redis
+
 
 @pytest.fixture(scope="module")
 def stack():

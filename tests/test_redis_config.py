@@ -21,6 +21,8 @@ from tests.support import free_port, wait_for_port
 
 PASSWORD = "tls-s3cret-pw"
 
+pytestmark = pytest.mark.redis  # every test here runs on a private Redis
+
 
 @pytest.fixture(scope="module")
 def tls_redis():

@@ -10,6 +10,8 @@ import redis
 
 from paas_channels.layers.redis import RedisChannelLayer
 
+pytestmark = pytest.mark.redis  # every test here runs on a private Redis
+
 
 @pytest.fixture
 def layer_and_clients(redis_shard_servers):

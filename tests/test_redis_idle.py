@@ -48,6 +48,8 @@ async def main():
 asyncio.run(main())
 """
 
+pytestmark = pytest.mark.redis  # every test here runs on a private Redis
+
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -32,6 +32,8 @@ print(json.dumps({
 }))
 """
 
+pytestmark = pytest.mark.redis  # every test here runs on a private Redis
+
 
 @pytest.fixture
 def layer(redis_shard_servers):

@@ -13,6 +13,8 @@ import pytest
 from paas_channels.layers.redis import ChannelLayerConnectionError, RedisChannelLayer
 from tests.support import RedisServer
 
+pytestmark = pytest.mark.redis  # every test here runs on a private Redis
+
 
 @pytest.fixture
 def server():

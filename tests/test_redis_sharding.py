@@ -18,7 +18,10 @@ import pytest
 import redis
 
 from paas_channels.layers import ChannelFull
+from paas_channels.testing import wait_until
 from paas_channels.layers.redis import RedisChannelLayer
+
+pytestmark = pytest.mark.redis  # every test here runs on a private Redis
 
 
 @pytest.fixture
@@ -101,8 +104,11 @@ def test_idle_worker_picks_up_from_any_shard_at_once(shards, side):
     layer, _, singles = shards
     latencies = []
 
+    clients = shards[1]
+
     def send_later(single, n):
-        time.sleep(0.4)  # the receiver is blocked on every shard by now
+        # Once the receiver is blocked on every shard (one BLPOP each).
+        wait_until(lambda: all(client.info("clients")["blocked_clients"] >= 1 for client in clients), timeout=10)
         single.send("http.request", {"n": n, "at": time.monotonic()})
 
     for index, single in enumerate(singles):  # each message on a different shard

@@ -18,10 +18,13 @@ import uuid
 import pytest
 
 from paas_channels.layers.redis import RedisChannelLayer
+from paas_channels.testing import wait_until
 from tests.support import ROOT, SlowLinkProxy, stop_process
 
 # Replies through the proxy come 2 ms late: never within a 100 µs window.
 SLOW = 0.002
+
+pytestmark = pytest.mark.redis  # every test here runs on a private Redis
 
 
 @pytest.fixture
@@ -149,15 +152,17 @@ def test_zero_turns_spinning_off(redis_server):
 
 
 def test_busy_machine_never_spins(redis_server):
-    # As many CPU-bound processes as CPUs, twice over: a spin would take CPU
-    # from them or from Redis, so every reply is slept for.
+    # As many CPU-bound processes as CPUs (the rule's threshold, not more: the
+    # load is sized to the machine): a spin would take CPU from them or from
+    # Redis, so every reply is slept for.
+    cpus = len(os.sched_getaffinity(0))
     burners = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
-        for _ in range(2 * len(os.sched_getaffinity(0)))
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(cpus)
     ]
     layer = make(redis_server.url, reply_spin_us=5000)
     try:
-        time.sleep(0.2)  # the burners are running
+        # The burners are running: the kernel counts them runnable (this process too).
+        assert wait_until(lambda: (_runnable_now() or 0) > cpus, timeout=10)
         for i in range(30):
             layer.send("spin.busy", {"n": i})
         assert [layer.receive(["spin.busy"])[1]["n"] for _ in range(30)] == list(range(30))
@@ -173,6 +178,15 @@ def test_busy_machine_never_spins(redis_server):
 def test_bad_reply_spin_us_says_what_is_allowed(value):
     with pytest.raises(ValueError, match=r"reply_spin_us must be a number of microseconds from 0 \(off\) to 10000"):
         RedisChannelLayer(reply_spin_us=value)
+
+
+def _runnable_now() -> int | None:
+    """Runnable tasks on the machine, from /proc/loadavg's fourth field (running/total)."""
+    try:
+        with open("/proc/loadavg") as loadavg:
+            return int(loadavg.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _run_child(code: str, url: str) -> str:

@@ -14,6 +14,8 @@ import time
 import pytest
 from PIL import Image
 
+from paas_channels.testing import wait_until
+
 from tests.support import ROOT, ServerProcess, free_port
 from tests.worker_client import ExampleStack, multipart
 
@@ -39,17 +41,13 @@ def stack(shared_stack):
     shared_stack.processes.clear()
 
 
-def wait_until(predicate, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
-
-
 def pending(stack, channel):
     return stack.layer.channel_statistics(channel)["messages_pending"]
+
+
+def busy(stack):
+    """Consumers running now, as the workers' heartbeats say (sent whenever a worker turns busy)."""
+    return sum(int(info.get("busy", 0)) for info in stack.layer.heartbeats().values())
 
 
 def test_routing_filters_named_groups_and_include(stack):
@@ -166,7 +164,7 @@ def test_sigterm_lets_five_slow_consumers_finish_and_exits_0(stack):
     replies = [client.send_request("GET", "/slow/", query={"seconds": 3}) for _ in range(5)]
     # All five taken (no prefetch beyond five threads), then the deploy's SIGTERM.
     assert wait_until(lambda: pending(stack, "http.request") == 0)
-    time.sleep(0.3)
+    assert wait_until(lambda: busy(stack) == 5)
     worker.signal(signal.SIGTERM)
     late = client.send_request("GET", "/whoami/")
     for reply in replies:
@@ -185,7 +183,7 @@ def test_graceful_timeout_abandons_consumers_and_second_sigint_forces(stack):
     client = stack.client()
     client.send_request("GET", "/slow/", query={"seconds": 10})
     assert wait_until(lambda: pending(stack, "http.request") == 0)
-    time.sleep(0.3)
+    assert wait_until(lambda: busy(stack) == 1)
     started = time.monotonic()
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 1
@@ -195,9 +193,9 @@ def test_graceful_timeout_abandons_consumers_and_second_sigint_forces(stack):
     worker = stack.worker()
     client.send_request("GET", "/slow/", query={"seconds": 10})
     assert wait_until(lambda: pending(stack, "http.request") == 0)
-    time.sleep(0.3)
+    assert wait_until(lambda: busy(stack) == 1)
     worker.signal(signal.SIGINT)
-    time.sleep(0.3)
+    assert wait_until(lambda: "SIGINT received: finishing in-flight consumers" in worker.output())
     worker.signal(signal.SIGINT)
     assert worker.wait(20) == 1
     assert "forced stop: 1 consumer(s) still running were abandoned" in worker.output()

@@ -20,12 +20,13 @@ Public pieces (combined mode reuses them on a shared layer):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import socket
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from django.conf import settings
 
@@ -99,26 +100,18 @@ class InterfaceApplication:
         if scope["type"] == "websocket":
             await WebSocketConnection(self, scope, receive, send).run()
         elif scope["type"] == "http":
-            self._http_active += 1
-            self._idle.clear()
-            try:
-                await self._http(scope, receive, send)
-            finally:
-                self._http_active -= 1
-                self._check_idle()
+            path = _app_path(scope)
+            if path == HEALTH_PATH:  # not counted: it reports the others
+                await self._health(send)
+                return
+            with self.http_in_flight():
+                await self._http(path, scope, receive, send)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
         else:
             raise ValueError(f"unsupported ASGI scope type {scope['type']!r}; expected 'http' or 'websocket'")
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"]
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):] or "/"
-        if path == HEALTH_PATH:
-            await self._health(send)
-            return
+    async def _http(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         if self.static is not None:
             entry = self.static.lookup(path)
             if entry is not None:
@@ -131,6 +124,17 @@ class InterfaceApplication:
         await HttpConnection(self, scope, receive, send).run()
 
     ### Inbox and connections ###
+
+    @contextlib.contextmanager
+    def http_in_flight(self) -> Iterator[None]:
+        """Count an HTTP request as in flight (health, shutdown); ``--http direct`` counts its own here too."""
+        self._http_active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._http_active -= 1
+            self._check_idle()
 
     def start(self) -> None:
         """Start the inbox receive loop and the worker monitor on the running event loop."""
@@ -302,6 +306,15 @@ class InterfaceApplication:
     def _check_idle(self) -> None:
         if self._http_active == 0 and not self._websockets:
             self._idle.set()
+
+
+def _app_path(scope: Scope) -> str:
+    """The request path below ``root_path`` (what routing, static files and health see)."""
+    path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return path
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

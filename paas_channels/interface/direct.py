@@ -180,7 +180,8 @@ class HybridApplication:
             return
         self._idle.clear()
         try:
-            await self.direct(scope, receive, send)
+            with self.interface.http_in_flight():
+                await self.direct(scope, receive, send)
         finally:
             if self.direct.active == 0:
                 self._idle.set()

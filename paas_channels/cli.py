@@ -30,6 +30,9 @@ from .runtime import boot
 
 logger = logging.getLogger("paas_channels")
 
+#: Log lines of the report commands (check, status), beside what they print.
+_REPORT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
 #: mode -> module whose ``run(config) -> int`` serves it.
 MODE_RUNNERS = {
     "web": "paas_channels.runtime.web",
@@ -77,7 +80,7 @@ def _quiet_project_logging() -> None:
 def _check(args: argparse.Namespace) -> int:
     from .tools.check import run_checks
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    boot.configure_logging("warning", _REPORT_FORMAT)
     config = load_config("combined", {"settings": args.settings, "layer": args.layer})
     problems, notes = run_checks(config, deploy=args.deploy)
     for note in notes:
@@ -94,7 +97,7 @@ def _check(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .tools.status import run_status
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    boot.configure_logging("warning", _REPORT_FORMAT)
     config = load_config("combined", {"settings": args.settings, "layer": args.layer})
     boot.setup_django(config)
     _quiet_project_logging()

@@ -19,7 +19,9 @@ from typing import Any, Callable
 
 from django.utils.module_loading import import_string
 
+from .consumers import accept_connection, ignore_message
 from .exceptions import ConfigError
+from .handler import view_consumer
 
 __all__ = ["Route", "RouteClass", "Include", "Router", "route", "route_class", "include", "default_routing"]
 
@@ -199,9 +201,6 @@ class Router:
 def default_routing() -> list[Route]:
     """Routes used when ``CHANNEL_LAYERS[alias]`` names no ``ROUTING``: Django views for
     HTTP, WebSocket connections accepted, other WebSocket events ignored."""
-    from .consumers import accept_connection, ignore_message
-    from .handler import view_consumer
-
     return [
         route("http.request", view_consumer),
         route("http.disconnect", ignore_message),

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from django.conf import settings
 from whitenoise.base import WhiteNoise
 
 from ..runtime.wsgi import finder_files
@@ -70,8 +71,6 @@ class StaticFiles:
         from the apps' static folders, so a fresh project still gets its CSS
         without a worker hop.
         """
-        from django.conf import settings
-
         static_url = getattr(settings, "STATIC_URL", None)
         static_root = getattr(settings, "STATIC_ROOT", None)
         if not static_url:

@@ -18,6 +18,8 @@ import signal
 import socket
 from typing import Any, Callable, Iterable, Iterator
 
+from django.conf import settings
+
 from ..config.options import Config
 from ..config.settings import WHITENOISE_MIDDLEWARE
 from ..exceptions import ConfigError
@@ -50,8 +52,6 @@ def static_files(application: WSGIApp) -> WSGIApp:
     straight from the static-file finders, so a fresh project serves its admin
     CSS without a build step.
     """
-    from django.conf import settings
-
     if WHITENOISE_MIDDLEWARE in getattr(settings, "MIDDLEWARE", []):
         return application
     if "django.contrib.staticfiles" not in settings.INSTALLED_APPS or not settings.STATIC_URL:

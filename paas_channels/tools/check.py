@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 from ..config.options import Config
 from ..config.settings import host_address, mask_url
 from ..exceptions import ConfigError
@@ -72,8 +74,6 @@ def _layer_problems(alias: str) -> tuple[Any, list[str]]:
 
 
 def _hosts_text(layer: Any) -> str:
-    from django.conf import settings
-
     entry = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(getattr(layer, "alias", "default"), {})
     hosts = (entry.get("CONFIG") or {}).get("hosts") or []
     shown = [mask_url(host_address(host)) for host in hosts]

@@ -17,6 +17,7 @@ CASES = {
     "GroupSendRaises": ["test_send_group_never_raises_channel_full"],
     "IgnoresCapacity": ["test_capacity_on_normal_channel", "test_capacity_shared_by_all_channels_of_one_prefix"],
     "ReportsPrefix": ["test_process_specific_channels_received_by_prefix"],
+    "AcceptsAnyKeys": ["test_non_str_keys_rejected_naming_the_key"],
 }
 
 

@@ -181,6 +181,33 @@ def test_unsupported_value_types_rejected(layer, value):
     assert layer.receive(["chan"]) == (None, None)
 
 
+@pytest.mark.parametrize("message, key", [
+    ({1: "x"}, "1"),
+    ({"outer": {2: "y"}}, "2"),
+    ({"list": [{"ok": 1}, {b"k": "v"}]}, "b'k'"),
+    ({"deep": [[{None: 1}]]}, "None"),
+])
+def test_non_str_keys_rejected_naming_the_key(layer, message, key):
+    # ASGI 1.0: message keys are unicode strings.  msgpack would store others as they are.
+    with pytest.raises(TypeError, match=f"key {key}") as raised:
+        layer.send("chan", message)
+    assert "must be str" in str(raised.value)
+    with pytest.raises(TypeError, match="must be str"):
+        layer.send_group("g", message)
+    assert layer.receive(["chan"]) == (None, None)
+
+
+def test_layer_exposes_the_asgi_exceptions(make_layer):
+    # ASGI 1.0: `layer.ChannelFull` and `layer.MessageTooLarge`, so callers need no backend import.
+    layer = make_layer(capacity=1)
+    assert layer.ChannelFull is ChannelFull and layer.MessageTooLarge is MessageTooLarge
+    layer.send("one", {"n": 1})
+    with pytest.raises(layer.ChannelFull):
+        layer.send("one", {"n": 2})
+    with pytest.raises(layer.MessageTooLarge):
+        layer.send("two", {"body": b"x" * (1024 * 1024)})
+
+
 def test_oversized_message_rejected(layer):
     with pytest.raises(MessageTooLarge, match="limit is 1,048,576"):
         layer.send("big", {"body": b"x" * (1024 * 1024)})

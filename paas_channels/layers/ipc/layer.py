@@ -28,6 +28,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Iterable
 
 from ..base import BaseChannelLayer, ChannelFull, _positive_number
@@ -46,6 +47,8 @@ _SWEEP_INTERVAL = 1.0
 _PROBE_INTERVAL = 30.0
 #: Seconds a sync call waits for SQLite's write lock before it gives up with an error.
 _LOCK_TIMEOUT = 10.0
+#: Messages a receive takes at once from a ``!`` key (only this process reads it).
+_INBOX_BATCH = 100
 # The async driver's sleeps between tries while another process holds the lock.
 _ASYNC_RETRY_FIRST, _ASYNC_RETRY_MAX = 0.0002, 0.01
 
@@ -94,6 +97,8 @@ class IPCChannelLayer(BaseChannelLayer):
         self._lock = threading.Lock()
         self._generation = 0  # bumped by close(): every thread then opens new connections
         self._open: list[tuple[int, sqlite3.Connection]] = []
+        # Messages taken from this process's own ``!`` keys in a batch, not yet received: key -> items.
+        self._buffered: dict[str, deque[tuple[str, float, bytes]]] = {}
         self._next_sweep = 0.0
         self._next_probe = time.monotonic() + _PROBE_INTERVAL
 
@@ -111,8 +116,9 @@ class IPCChannelLayer(BaseChannelLayer):
         ``blocking_timeout`` seconds.
         """
         keys = self.valid_receive_channels(channels)
-        if not block:
-            return self._delivered(self._execute(self._plan_receive(keys, None, 0, False)))
+        buffered = self._from_buffer(keys)
+        if buffered is not None or not block:
+            return self._delivered(buffered or self._execute(self._plan_receive(keys, None, 0, False)))
         wake_socket = self._pool.take()
         clean = False
         try:
@@ -164,6 +170,7 @@ class IPCChannelLayer(BaseChannelLayer):
     def flush(self) -> None:
         """Drop every message, group, heartbeat and statistic of this prefix."""
         self._execute(_plain(store.flush))
+        self._buffered.clear()
 
     def global_statistics(self) -> dict[str, int]:
         """``messages_count`` (sent) and ``channel_full_count`` over all channels."""
@@ -200,8 +207,9 @@ class IPCChannelLayer(BaseChannelLayer):
     async def areceive(self, channels: Iterable[str], block: bool = False) -> tuple[str | None, dict | None]:
         """Like ``receive``; a blocking wait is ``loop.add_reader`` on the wake-up socket."""
         keys = self.valid_receive_channels(channels)
-        if not block:
-            return self._delivered(await self._aexecute(self._plan_receive(keys, None, 0, False)))
+        buffered = self._from_buffer(keys)
+        if buffered is not None or not block:
+            return self._delivered(buffered or await self._aexecute(self._plan_receive(keys, None, 0, False)))
         loop = asyncio.get_running_loop()
         wake_socket = self._pool.take()
         clean = False
@@ -245,6 +253,7 @@ class IPCChannelLayer(BaseChannelLayer):
 
     async def aflush(self) -> None:
         await self._aexecute(_plain(store.flush))
+        self._buffered.clear()
 
     async def aglobal_statistics(self) -> dict[str, int]:
         return await self._aexecute(_plain(store.global_statistics))
@@ -281,8 +290,8 @@ class IPCChannelLayer(BaseChannelLayer):
     @staticmethod
     def _plan_receive(keys: list[str], address: bytes | None, since: int, wait: bool) -> _Plan:
         def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
-            item, next_waiter = store.receive(conn, now, keys, address, since, wait)
-            return item, [next_waiter] if next_waiter else []
+            items, next_waiter = store.receive(conn, now, keys, address, since, wait, _INBOX_BATCH)
+            return items, [next_waiter] if next_waiter else []
 
         return plan
 
@@ -316,10 +325,17 @@ class IPCChannelLayer(BaseChannelLayer):
 
         def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
             store.sweep(conn, now)
-            wakes = []
+            # Members of one ``!`` key (one process's connections) share one stored envelope naming them all.
+            targets: dict[str, list[str]] = {}
             for channel in store.group_channels(conn, now, group):
                 key = self.non_local_name(channel)
-                sent = store.send(conn, now, key, channel, data, now + expiry, self.get_capacity(channel))
+                if key.endswith("!"):
+                    targets.setdefault(key, []).append(channel)
+                else:
+                    targets[channel] = [channel]
+            wakes = []
+            for key, channels in targets.items():
+                sent = store.send(conn, now, key, "\n".join(channels), data, now + expiry, self.get_capacity(key))
                 if sent.wake:
                     wakes.append(sent.wake)
             return None, wakes
@@ -342,10 +358,30 @@ class IPCChannelLayer(BaseChannelLayer):
     def _plan_heartbeats() -> _Plan:
         return lambda conn, now: (store.heartbeats(conn, now), [])
 
-    def _delivered(self, item: tuple[str, bytes] | None) -> tuple[str | None, dict | None]:
-        if item is None:
+    def _delivered(self, items: list[tuple[str, float, bytes]] | None) -> tuple[str | None, dict | None]:
+        """The first of ``items`` decoded; the rest (all of one ``!`` key) kept for the next receives."""
+        if not items:
             return None, None
-        return item[0], self.deserialize(item[1])
+        if len(items) > 1:
+            key = self.non_local_name(items[0][0])
+            with self._lock:
+                self._buffered.setdefault(key, deque()).extend(items[1:])
+        return items[0][0], self.deserialize(items[0][2])
+
+    def _from_buffer(self, keys: list[str]) -> list[tuple[str, float, bytes]] | None:
+        """The next live message this process already took from one of ``keys`` (``!`` keys only)."""
+        if not self._buffered:
+            return None
+        now = time.time()
+        with self._lock:
+            for key in keys:
+                queue = self._buffered.get(key)
+                while queue:
+                    item = queue.popleft()
+                    if item[1] > now:
+                        return [item]
+                self._buffered.pop(key, None)
+        return None
 
     def _decode_heartbeats(self, rows: list[tuple[str, bytes]]) -> dict[str, dict]:
         return {worker_id: self.deserialize(info) for worker_id, info in rows}

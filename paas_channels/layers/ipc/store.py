@@ -69,6 +69,13 @@ class Wake(NamedTuple):
     address: bytes
 
 
+# The oldest ``?2`` messages of key ``?1``, deleted as they are read.
+_TAKE = (
+    "DELETE FROM messages WHERE key = ?1 AND seq IN (SELECT seq FROM messages WHERE key = ?1 ORDER BY seq LIMIT ?2) "
+    "RETURNING seq, channel, expires, data"
+)
+
+
 class Sent(NamedTuple):
     """What a send did: stored or not (full), and the waiter it claimed to wake."""
 
@@ -138,7 +145,11 @@ def is_busy(exc: BaseException) -> bool:
 
 def send(conn: sqlite3.Connection, now: float, key: str, channel: str, data: bytes,
          expires: float, capacity: int) -> Sent:
-    """Store one message on ``key`` unless it is at ``capacity`` (then count it as refused)."""
+    """Store one message on ``key`` unless it is at ``capacity`` (then count it as refused).
+
+    ``channel``: the full name, or for a group send to several channels of one
+    ``!`` key, all of them separated by newlines: one stored envelope per inbox.
+    """
     row = conn.execute(_COUNT_SEND, (key, now, capacity)).fetchone()
     if row is None and _expire_key(conn, key, now):
         row = conn.execute(_COUNT_SEND, (key, now, capacity)).fetchone()
@@ -150,34 +161,36 @@ def send(conn: sqlite3.Connection, now: float, key: str, channel: str, data: byt
 
 
 def receive(conn: sqlite3.Connection, now: float, keys: list[str], address: bytes | None,
-            since: int, wait: bool) -> tuple[tuple[str, bytes] | None, Wake | None]:
-    """Take the oldest live message of the first of ``keys`` that has one.
+            since: int, wait: bool, batch: int) -> tuple[list[tuple[str, float, bytes]] | None, Wake | None]:
+    """Take the oldest live messages of the first of ``keys`` that has some.
+
+    One message from a normal key; up to ``batch`` from a ``!`` key (only
+    this process reads it, so the caller keeps the rest for its next
+    receives), with group envelopes opened: ``[(channel, expires, data), ...]``.
 
     ``address``: the caller's wake-up socket.  When nothing is found and
-    ``wait`` is true it is registered as a waiter on every key; when a
-    message is taken its registrations go.  Returns ``((channel, data) or
-    None, another waiter to wake)``: a key with messages left
-    passes the wakeup on, so a receiver woken for a message it did not take
-    (it found one on another channel first) strands nobody.
+    ``wait`` is true it is registered as a waiter on every key; when messages
+    are taken its registrations go.  Also returns another waiter to wake: a
+    key with messages left passes the wakeup on, so a receiver woken for a
+    message it did not take (it found one on another channel first) strands nobody.
     """
     for key in keys:
-        row = conn.execute(
-            "SELECT seq, channel, expires, data FROM messages WHERE key = ? ORDER BY seq LIMIT 1", (key,)
-        ).fetchone()
-        if row is not None and row[2] <= now:
-            _expire_key(conn, key, now)
-            row = conn.execute(
-                "SELECT seq, channel, expires, data FROM messages WHERE key = ? ORDER BY seq LIMIT 1", (key,)
+        while True:
+            rows = conn.execute(_TAKE, (key, batch if key.endswith("!") else 1)).fetchall()
+            if not rows:
+                break
+            (pending,) = conn.execute(
+                "UPDATE channels SET pending = pending - ? WHERE key = ? RETURNING pending", (len(rows), key)
             ).fetchone()
-        if row is None:
-            continue
-        conn.execute("DELETE FROM messages WHERE key = ? AND seq = ?", (key, row[0]))
-        (pending,) = conn.execute(
-            "UPDATE channels SET pending = pending - 1 WHERE key = ? RETURNING pending", (key,)
-        ).fetchone()
-        if address is not None:
-            conn.execute("DELETE FROM waiters WHERE address = ?", (address,))
-        return (row[1], row[3]), (claim(conn, key) if pending > 0 else None)
+            rows.sort()
+            _forget_expired(conn, [(key, row[1]) for row in rows if row[2] <= now], counted=True)
+            items = [(channel, expires, data) for _, targets, expires, data in rows if expires > now
+                     for channel in targets.split("\n")]
+            if not items:
+                continue  # all expired: look again behind them
+            if address is not None:
+                conn.execute("DELETE FROM waiters WHERE address = ?", (address,))
+            return items, (claim(conn, key) if pending > 0 else None)
     if address is not None:
         if wait:
             conn.executemany(
@@ -250,17 +263,24 @@ def _expire_key(conn: sqlite3.Connection, key: str, now: float) -> int:
     return len(expired)
 
 
-def _forget_expired(conn: sqlite3.Connection, expired: list[tuple[str, str]]) -> None:
+def _forget_expired(conn: sqlite3.Connection, expired: list[tuple[str, str]], counted: bool = False) -> None:
+    """After expired messages were deleted: fix the pending counts (unless ``counted``) and the groups.
+
+    ``expired``: ``(key, channel column)``; a group envelope's column names
+    its targets separated by newlines (no channel name has one).
+    """
     if not expired:
         return
-    counts: dict[str, int] = {}
-    for key, _ in expired:
-        counts[key] = counts.get(key, 0) + 1
-    conn.executemany("UPDATE channels SET pending = pending - ? WHERE key = ?",
-                     [(count, key) for key, count in counts.items()])
+    if not counted:
+        counts: dict[str, int] = {}
+        for key, _ in expired:
+            counts[key] = counts.get(key, 0) + 1
+        conn.executemany("UPDATE channels SET pending = pending - ? WHERE key = ?",
+                         [(count, key) for key, count in counts.items()])
     # A message left to expire means nobody reads that channel any more: stop
     # sending it group messages (ASGI 1.0 group semantics, as the other layers).
-    conn.executemany("DELETE FROM groups WHERE channel = ?", [(channel,) for channel in {c for _, c in expired}])
+    channels = {channel for _, targets in expired for channel in targets.split("\n")}
+    conn.executemany("DELETE FROM groups WHERE channel = ?", [(channel,) for channel in channels])
 
 
 ### Flush, statistics, heartbeats ###

@@ -456,7 +456,7 @@ class IPCChannelLayer(BaseChannelLayer):
         conn = local.conns[async_driver]
         if conn is None:
             try:
-                conn = store.connect(self.path, 0 if async_driver else _LOCK_TIMEOUT)
+                conn = store.connect(self.path, 0 if async_driver else _LOCK_TIMEOUT, _LOCK_TIMEOUT)
             except (sqlite3.Error, OSError) as exc:
                 raise self._error(exc) from None
             local.conns[async_driver] = conn

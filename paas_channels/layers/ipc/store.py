@@ -86,11 +86,16 @@ class Sent(NamedTuple):
 ### Connections and transactions ###
 
 
-def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """Open (creating if needed) the database at ``path``; readable by this user only."""
+def connect(path: str, busy_timeout: float, setup_timeout: float) -> sqlite3.Connection:
+    """Open (creating if needed) the database at ``path``; readable by this user only.
+
+    Setting it up (WAL mode, the schema) waits up to ``setup_timeout`` for
+    other processes doing the same; afterwards a busy lock waits
+    ``busy_timeout`` seconds (0 for the async driver, which sleeps on its loop instead).
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.close(fd)
-    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=setup_timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # only takes effect on a new database
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -110,6 +115,7 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     except BaseException:
         conn.close()
         raise

@@ -116,21 +116,23 @@ class IPCChannelLayer(BaseChannelLayer):
         ``blocking_timeout`` seconds.
         """
         keys = self.valid_receive_channels(channels)
-        buffered = self._from_buffer(keys)
-        if buffered is not None or not block:
-            return self._delivered(buffered or self._execute(self._plan_receive(keys, None, 0, False)))
+        # First without a wake-up socket: what a request/reply waits for is usually there already.
+        items = self._from_buffer(keys) or self._execute(self._plan_receive(keys))
+        if items or not block:
+            return self._delivered(items)
         wake_socket = self._pool.take()
         clean = False
         try:
             deadline = time.monotonic() + self.blocking_timeout
-            since = time.time_ns()
+            since, registered = time.time_ns(), False
             while True:
                 wake_socket.drain()
                 remaining = deadline - time.monotonic()
-                item = self._execute(self._plan_receive(keys, wake_socket.address, since, remaining > 0))
-                if item is not None or remaining <= 0:
+                items = self._execute(self._plan_receive(keys, wake_socket.address, since, remaining > 0, registered))
+                if items or remaining <= 0:
                     clean = True
-                    return self._delivered(item)
+                    return self._delivered(items)
+                registered = True
                 wake_socket.wait(remaining)
         finally:
             self._give_back(wake_socket, clean)
@@ -207,22 +209,24 @@ class IPCChannelLayer(BaseChannelLayer):
     async def areceive(self, channels: Iterable[str], block: bool = False) -> tuple[str | None, dict | None]:
         """Like ``receive``; a blocking wait is ``loop.add_reader`` on the wake-up socket."""
         keys = self.valid_receive_channels(channels)
-        buffered = self._from_buffer(keys)
-        if buffered is not None or not block:
-            return self._delivered(buffered or await self._aexecute(self._plan_receive(keys, None, 0, False)))
+        items = self._from_buffer(keys) or await self._aexecute(self._plan_receive(keys))
+        if items or not block:
+            return self._delivered(items)
         loop = asyncio.get_running_loop()
         wake_socket = self._pool.take()
         clean = False
         try:
             deadline = loop.time() + self.blocking_timeout
-            since = time.time_ns()
+            since, registered = time.time_ns(), False
             while True:
                 wake_socket.drain()
                 remaining = deadline - loop.time()
-                item = await self._aexecute(self._plan_receive(keys, wake_socket.address, since, remaining > 0))
-                if item is not None or remaining <= 0:
+                items = await self._aexecute(
+                    self._plan_receive(keys, wake_socket.address, since, remaining > 0, registered))
+                if items or remaining <= 0:
                     clean = True
-                    return self._delivered(item)
+                    return self._delivered(items)
+                registered = True
                 woken = loop.create_future()
                 loop.add_reader(wake_socket.fileno(), _resolve, woken)
                 try:
@@ -288,9 +292,14 @@ class IPCChannelLayer(BaseChannelLayer):
         return plan
 
     @staticmethod
-    def _plan_receive(keys: list[str], address: bytes | None, since: int, wait: bool) -> _Plan:
+    def _plan_receive(keys: list[str], address: bytes | None = None, since: int = 0, wait: bool = False,
+                      registered: bool = False) -> _Plan:
+        """Take from ``keys``; with ``address``, register it to be woken (``wait``) or unregister it."""
+        register = (address, since) if address is not None and wait else None
+        unregister = address if registered else None
+
         def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
-            items, next_waiter = store.receive(conn, now, keys, address, since, wait, _INBOX_BATCH)
+            items, next_waiter = store.receive(conn, now, keys, _INBOX_BATCH, register, unregister)
             return items, [next_waiter] if next_waiter else []
 
         return plan

@@ -166,17 +166,19 @@ def send(conn: sqlite3.Connection, now: float, key: str, channel: str, data: byt
     return Sent(True, claim(conn, key))
 
 
-def receive(conn: sqlite3.Connection, now: float, keys: list[str], address: bytes | None,
-            since: int, wait: bool, batch: int) -> tuple[list[tuple[str, float, bytes]] | None, Wake | None]:
+def receive(conn: sqlite3.Connection, now: float, keys: list[str], batch: int,
+            register: tuple[bytes, int] | None = None, unregister: bytes | None = None,
+            ) -> tuple[list[tuple[str, float, bytes]] | None, Wake | None]:
     """Take the oldest live messages of the first of ``keys`` that has some.
 
     One message from a normal key; up to ``batch`` from a ``!`` key (only
     this process reads it, so the caller keeps the rest for its next
     receives), with group envelopes opened: ``[(channel, expires, data), ...]``.
 
-    ``address``: the caller's wake-up socket.  When nothing is found and
-    ``wait`` is true it is registered as a waiter on every key; when messages
-    are taken its registrations go.  Also returns another waiter to wake: a
+    ``register``: ``(address, since)`` of the caller's wake-up socket, to
+    register as a waiter on every key when nothing is found; ``unregister``:
+    the address it registered before, whose rows go unless it registers again.
+    Also returns another waiter to wake: a
     key with messages left passes the wakeup on, so a receiver woken for a
     message it did not take (it found one on another channel first) strands nobody.
     """
@@ -194,16 +196,14 @@ def receive(conn: sqlite3.Connection, now: float, keys: list[str], address: byte
                      for channel in targets.split("\n")]
             if not items:
                 continue  # all expired: look again behind them
-            if address is not None:
-                conn.execute("DELETE FROM waiters WHERE address = ?", (address,))
+            if unregister is not None:
+                conn.execute("DELETE FROM waiters WHERE address = ?", (unregister,))
             return items, (claim(conn, key) if pending > 0 else None)
-    if address is not None:
-        if wait:
-            conn.executemany(
-                "INSERT OR IGNORE INTO waiters VALUES(?, ?, ?)", [(key, since, address) for key in keys]
-            )
-        else:
-            conn.execute("DELETE FROM waiters WHERE address = ?", (address,))
+    if register is not None:
+        address, since = register
+        conn.executemany("INSERT OR IGNORE INTO waiters VALUES(?, ?, ?)", [(key, since, address) for key in keys])
+    elif unregister is not None:
+        conn.execute("DELETE FROM waiters WHERE address = ?", (unregister,))
     return None, None
 
 

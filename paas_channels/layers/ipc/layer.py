@@ -29,11 +29,10 @@ import tempfile
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Generator, Iterable, NamedTuple
 
 from ..base import BaseChannelLayer, ChannelFull, _positive_number
 from . import store
-from .store import Wake
 from .wake import WakePool, address_is_live, wake
 
 __all__ = ["IPCChannelLayer", "default_directory"]
@@ -52,8 +51,28 @@ _INBOX_BATCH = 100
 # The async driver's sleeps between tries while another process holds the lock.
 _ASYNC_RETRY_FIRST, _ASYNC_RETRY_MAX = 0.0002, 0.01
 
-# A plan: run inside one transaction, returns (result, waiters to wake after commit).
-_Plan = Callable[[sqlite3.Connection, float], "tuple[Any, list[Wake]]"]
+# Bumped in a forked child, whose threads then open connections of their own
+# (cheaper to compare on every operation than a getpid() system call).
+_forks = [0]
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
+# What a plan leaves to do once it is committed: wake a receiver on a key, or
+# drop the channels of expired messages from groups.
+_WAKE, _FORGET = "wake", "forget"
+_Effect = tuple[str, Any]
+_Outcome = tuple[Any, list[_Effect]]
+
+
+class _Plan(NamedTuple):
+    """One atomic step of an operation: ``run(conn, now) -> (result, effects)``.
+
+    ``transaction``: run it inside ``BEGIN IMMEDIATE``/``COMMIT``; False for
+    a step of single statements, each atomic on its own, that may be run
+    again from the start when a lock is busy.
+    """
+
+    run: Callable[[sqlite3.Connection, float], _Outcome]
+    transaction: bool = True
 
 
 def default_directory() -> str:
@@ -176,7 +195,7 @@ class IPCChannelLayer(BaseChannelLayer):
 
     def global_statistics(self) -> dict[str, int]:
         """``messages_count`` (sent) and ``channel_full_count`` over all channels."""
-        return self._execute(_plain(store.global_statistics))
+        return self._execute(_plain(store.global_statistics, transaction=False))
 
     def channel_statistics(self, channel: str) -> dict[str, Any]:
         """Counts for one channel (a ``!`` channel is counted by its prefix)."""
@@ -260,7 +279,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._buffered.clear()
 
     async def aglobal_statistics(self) -> dict[str, int]:
-        return await self._aexecute(_plain(store.global_statistics))
+        return await self._aexecute(_plain(store.global_statistics, transaction=False))
 
     async def achannel_statistics(self, channel: str) -> dict[str, Any]:
         return await self._aexecute(self._plan_channel_statistics(channel))
@@ -283,56 +302,75 @@ class IPCChannelLayer(BaseChannelLayer):
         capacity = self.get_capacity(channel)
         expiry = self.expiry
 
-        def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
-            sent = store.send(conn, now, key, channel, data, now + expiry, capacity)
-            if not sent.stored:
-                return ChannelFull(channel), []
-            return None, [sent.wake] if sent.wake else []
+        def run(conn: sqlite3.Connection, now: float) -> _Outcome:
+            expires = now + expiry
+            if store.store(conn, key, channel, data, expires, capacity):
+                return None, [(_WAKE, key)]
+            # At capacity, or expired messages hold the room: look closer, in one transaction.
+            with store.transaction(conn):
+                stored = store.store_or_refuse(conn, now, key, channel, data, expires, capacity)
+            return (None, [(_WAKE, key)]) if stored else (ChannelFull(channel), [])
 
-        return plan
+        return _Plan(run, transaction=False)
 
     @staticmethod
     def _plan_receive(keys: list[str], address: bytes | None = None, since: int = 0, wait: bool = False,
                       registered: bool = False) -> _Plan:
-        """Take from ``keys``; with ``address``, register it to be woken (``wait``) or unregister it."""
-        register = (address, since) if address is not None and wait else None
-        unregister = address if registered else None
+        """Take from ``keys``; with ``address``, (un)register it as a waiter in the same transaction.
 
-        def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
-            items, next_waiter = store.receive(conn, now, keys, _INBOX_BATCH, register, unregister)
-            return items, [next_waiter] if next_waiter else []
+        Without: single statements, no transaction.  A receiver that was
+        registered (and so may have been woken for a message on another of
+        its keys than the one it takes from) passes wakeups on.
+        """
+        def run(conn: sqlite3.Connection, now: float) -> _Outcome:
+            effects: list[_Effect] = []
+            for key in keys:
+                limit = _INBOX_BATCH if key.endswith("!") else 1
+                while True:
+                    items, expired = store.take(conn, now, key, limit)
+                    if expired:
+                        effects.append((_FORGET, expired))
+                    if items:
+                        if registered:
+                            store.unregister(conn, address)
+                            effects += [(_WAKE, other) for other in keys]
+                        return items, effects
+                    if not expired:
+                        break
+            if address is not None and wait:
+                store.register(conn, keys, address, since)
+            elif registered:
+                store.unregister(conn, address)
+            return None, effects
 
-        return plan
-
-    def _plan_channel_exists(self, name: str) -> _Plan:
-        return _plain(store.channel_exists, self.non_local_name(name))
+        return _Plan(run, transaction=address is not None)
 
     def _plan_group_add(self, group: str, channel: str) -> _Plan:
         self.valid_group_name(group)
         self.valid_channel_name(channel)
         group_expiry = self.group_expiry
-        return lambda conn, now: (store.group_add(conn, group, channel, now + group_expiry), [])
+        return _Plan(lambda conn, now: (store.group_add(conn, group, channel, now + group_expiry), []), False)
 
     def _plan_group_discard(self, group: str, channel: str) -> _Plan:
         self.valid_group_name(group)
         self.valid_channel_name(channel)
-        return _plain(store.group_discard, group, channel)
+        return _plain(store.group_discard, group, channel, transaction=False)
 
     def _plan_group_channels(self, group: str) -> _Plan:
         self.valid_group_name(group)
 
-        def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
+        def run(conn: sqlite3.Connection, now: float) -> _Outcome:
             store.sweep(conn, now)
             return store.group_channels(conn, now, group), []
 
-        return plan
+        return _Plan(run)
 
     def _plan_send_group(self, group: str, message: dict) -> _Plan:
         self.valid_group_name(group)
         data = self.serialize(message)
         expiry = self.expiry
 
-        def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
+        def run(conn: sqlite3.Connection, now: float) -> _Outcome:
             store.sweep(conn, now)
             # Members of one ``!`` key (one process's connections) share one stored envelope naming them all.
             targets: dict[str, list[str]] = {}
@@ -342,32 +380,55 @@ class IPCChannelLayer(BaseChannelLayer):
                     targets.setdefault(key, []).append(channel)
                 else:
                     targets[channel] = [channel]
-            wakes = []
-            for key, channels in targets.items():
-                sent = store.send(conn, now, key, "\n".join(channels), data, now + expiry, self.get_capacity(key))
-                if sent.wake:
-                    wakes.append(sent.wake)
-            return None, wakes
+            stored = [key for key, channels in targets.items() if store.store_or_refuse(
+                conn, now, key, "\n".join(channels), data, now + expiry, self.get_capacity(key))]
+            return None, [(_WAKE, key) for key in stored]
 
-        return plan
+        return _Plan(run)
 
     def _plan_channel_statistics(self, channel: str) -> _Plan:
         self.valid_channel_name(channel)
         key, expiry = self.non_local_name(channel), self.expiry
-        return lambda conn, now: (store.channel_statistics(conn, now, key, expiry), [])
+        return _Plan(lambda conn, now: (store.channel_statistics(conn, now, key, expiry), []))
 
     def _plan_heartbeat(self, worker_id: str, info: dict, ttl: float) -> _Plan:
         if not isinstance(worker_id, str) or not worker_id:
             raise TypeError(f"worker_id must be a non-empty str; got {worker_id!r:.60}")
         _positive_number("ttl", ttl)
         data = self.serialize(info)
-        return lambda conn, now: (store.heartbeat(conn, worker_id, now + ttl, data), [])
+        return _Plan(lambda conn, now: (store.heartbeat(conn, worker_id, now + ttl, data), []), False)
 
     @staticmethod
     def _plan_heartbeats() -> _Plan:
-        return lambda conn, now: (store.heartbeats(conn, now), [])
+        return _Plan(lambda conn, now: (store.heartbeats(conn, now), []), False)
 
-    def _delivered(self, items: list[tuple[str, float, bytes]] | None) -> tuple[str | None, dict | None]:
+    def _plan_channel_exists(self, name: str) -> _Plan:
+        return _plain(store.channel_exists, self.non_local_name(name), transaction=False)
+
+    def _operation(self, plan: _Plan) -> Generator[_Plan, _Outcome, Any]:
+        """An operation as the steps a driver runs: a sweep when one is due, the plan, then its effects.
+
+        Each step is atomic (one statement or one transaction) and may be
+        tried again on its own; what the plan leaves to do after its commit
+        (wake a receiver, drop expired channels from groups) comes after.
+        """
+        now = time.time()
+        if now >= self._next_sweep:
+            self._next_sweep = now + _SWEEP_INTERVAL
+            yield _plain(store.sweep, now)
+        result, effects = yield plan
+        for kind, argument in effects:
+            if kind == _FORGET:
+                yield _plain(store.forget_expired, argument)
+                continue
+            # Wake the oldest receiver waiting on the key; one whose process is gone refuses, so the next.
+            while (yield _plain(store.wake_needed, argument, transaction=False))[0]:
+                address = (yield _plain(store.claim, argument))[0]
+                if address is None or wake(address):
+                    break
+        return result
+
+    def _delivered(self, items: list[store.Item] | None) -> tuple[str | None, dict | None]:
         """The first of ``items`` decoded; the rest (all of one ``!`` key) kept for the next receives."""
         if not items:
             return None, None
@@ -377,7 +438,7 @@ class IPCChannelLayer(BaseChannelLayer):
                 self._buffered.setdefault(key, deque()).extend(items[1:])
         return items[0][0], self.deserialize(items[0][2])
 
-    def _from_buffer(self, keys: list[str]) -> list[tuple[str, float, bytes]] | None:
+    def _from_buffer(self, keys: list[str]) -> list[store.Item] | None:
         """The next live message this process already took from one of ``keys`` (``!`` keys only)."""
         if not self._buffered:
             return None
@@ -398,13 +459,15 @@ class IPCChannelLayer(BaseChannelLayer):
     ### Drivers ###
 
     def _execute(self, plan: _Plan) -> Any:
-        """Run ``plan`` in one transaction (waiting for the lock as SQLite does), then wake whom it claimed."""
+        """Run an operation's steps, each waiting for the write lock as SQLite does."""
         conn = self._connection(async_driver=False)
+        steps = self._operation(plan)
         try:
-            result, wakes = self._transact(conn, plan)
-            while wakes:
-                wakes = [self._transact(conn, _plain(store.claim, dead.key))[0] for dead in _unwoken(wakes)]
-                wakes = [w for w in wakes if w]
+            step = next(steps)
+            while True:
+                step = steps.send(self._step(conn, step))
+        except StopIteration as done:
+            result = done.value
         except sqlite3.OperationalError as exc:
             raise self._error(exc) from None
         self._probe_if_due(conn)
@@ -413,30 +476,33 @@ class IPCChannelLayer(BaseChannelLayer):
         return result
 
     async def _aexecute(self, plan: _Plan) -> Any:
-        """Like ``_execute``; while another process holds the lock, sleeps on the loop and tries again."""
+        """Like ``_execute``; while another process holds the lock, a step sleeps on the loop and tries again."""
         conn = self._connection(async_driver=True)
-        result, wakes = await self._atransact(conn, plan)
-        while wakes:
-            wakes = [(await self._atransact(conn, _plain(store.claim, dead.key)))[0] for dead in _unwoken(wakes)]
-            wakes = [w for w in wakes if w]
+        steps = self._operation(plan)
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(await self._astep(conn, step))
+        except StopIteration as done:
+            result = done.value
         self._probe_if_due(conn)
         if isinstance(result, BaseException):
             raise result
         return result
 
-    def _transact(self, conn: sqlite3.Connection, plan: _Plan) -> tuple[Any, list[Wake]]:
+    @staticmethod
+    def _step(conn: sqlite3.Connection, plan: _Plan) -> _Outcome:
         now = time.time()
+        if not plan.transaction:
+            return plan.run(conn, now)
         with store.transaction(conn):
-            if now >= self._next_sweep:
-                store.sweep(conn, now)
-                self._next_sweep = now + _SWEEP_INTERVAL
-            return plan(conn, now)
+            return plan.run(conn, now)
 
-    async def _atransact(self, conn: sqlite3.Connection, plan: _Plan) -> tuple[Any, list[Wake]]:
+    async def _astep(self, conn: sqlite3.Connection, plan: _Plan) -> _Outcome:
         delay, waited = _ASYNC_RETRY_FIRST, 0.0
         while True:
             try:
-                return self._transact(conn, plan)
+                return self._step(conn, plan)
             except sqlite3.OperationalError as exc:
                 if not store.is_busy(exc) or waited >= _LOCK_TIMEOUT:
                     raise self._error(exc) from None
@@ -452,7 +518,7 @@ class IPCChannelLayer(BaseChannelLayer):
         try:
             dead = [address for address in store.waiter_addresses(conn) if not address_is_live(address)]
             if dead:
-                self._transact(conn, _plain(store.forget_waiters, dead))
+                self._step(conn, _plain(store.forget_waiters, dead))
                 logger.debug("dropped %d wait registrations of receivers that are gone", len(dead))
         except sqlite3.OperationalError as exc:  # busy: the next probe will do it
             logger.debug("probing waiters skipped: %s", exc)
@@ -460,8 +526,8 @@ class IPCChannelLayer(BaseChannelLayer):
     def _connection(self, async_driver: bool) -> sqlite3.Connection:
         """This thread's connection for one driver (the async one never waits for a lock inside SQLite)."""
         local = self._local
-        if getattr(local, "key", None) != (os.getpid(), self._generation):
-            local.key, local.conns = (os.getpid(), self._generation), [None, None]
+        if getattr(local, "key", None) != (_forks[0], self._generation):
+            local.key, local.conns = (_forks[0], self._generation), [None, None]
         conn = local.conns[async_driver]
         if conn is None:
             try:
@@ -496,14 +562,9 @@ class IPCChannelLayer(BaseChannelLayer):
         return f"<{type(self).__name__} prefix={self.prefix!r} path={self.path!r} expiry={self.expiry} capacity={self.capacity}>"
 
 
-def _plain(function: Callable[..., Any], *args: Any) -> _Plan:
-    """A plan for a store function that needs only the connection (and ``args``) and wakes nobody."""
-    return lambda conn, now: (function(conn, *args), [])
-
-
-def _unwoken(wakes: list[Wake]) -> list[Wake]:
-    """Wake each claimed waiter; those whose process is gone are returned, to claim the next waiter instead."""
-    return [claimed for claimed in wakes if not wake(claimed.address)]
+def _plain(function: Callable[..., Any], *args: Any, transaction: bool = True) -> _Plan:
+    """A plan for a store function that needs only the connection (and ``args``) and leaves nothing to do after."""
+    return _Plan(lambda conn, now: (function(conn, *args), []), transaction)
 
 
 def _resolve(future: asyncio.Future) -> None:

@@ -12,10 +12,11 @@ at any moment leaves nothing held: SQLite's locks are released by the
 kernel, an unfinished transaction is ignored, and a dead receiver's wake-up
 address refuses datagrams, so senders drop it and wake the next one.
 
-Every operation is one short transaction, written once as a *plan* (a
-function of a connection and the time) that the sync driver runs with
-SQLite's own lock wait and the async driver runs with no lock wait,
-sleeping on the event loop between tries, so the loop never blocks on a lock.
+Every operation is written once, as a *plan* (a function of a connection
+and the time: one statement or one short transaction) plus what it leaves
+to do after its commit; :mod:`.steps` runs them with SQLite's own lock wait
+(sync) or with none, sleeping on the event loop between tries (async), so
+the loop never blocks on another process's lock.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import tempfile
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Generator, Iterable, NamedTuple
+from typing import Any, Iterable
 
 from ..base import BaseChannelLayer, ChannelFull, _positive_number
-from . import store
-from .wake import WakePool, address_is_live, wake
+from . import steps, store
+from .steps import FORGET, LOCK_TIMEOUT, WAKE, Effect, Outcome, Plan, plain
+from .wake import WakePool, address_is_live
 
 __all__ = ["IPCChannelLayer", "default_directory"]
 
@@ -44,35 +46,13 @@ _PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
 _SWEEP_INTERVAL = 1.0
 #: Seconds between checks for registrations of receivers whose process died.
 _PROBE_INTERVAL = 30.0
-#: Seconds a sync call waits for SQLite's write lock before it gives up with an error.
-_LOCK_TIMEOUT = 10.0
 #: Messages a receive takes at once from a ``!`` key (only this process reads it).
 _INBOX_BATCH = 100
-# The async driver's sleeps between tries while another process holds the lock.
-_ASYNC_RETRY_FIRST, _ASYNC_RETRY_MAX = 0.0002, 0.01
 
 # Bumped in a forked child, whose threads then open connections of their own
 # (cheaper to compare on every operation than a getpid() system call).
 _forks = [0]
 os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
-
-# What a plan leaves to do once it is committed: wake a receiver on a key, or
-# drop the channels of expired messages from groups.
-_WAKE, _FORGET = "wake", "forget"
-_Effect = tuple[str, Any]
-_Outcome = tuple[Any, list[_Effect]]
-
-
-class _Plan(NamedTuple):
-    """One atomic step of an operation: ``run(conn, now) -> (result, effects)``.
-
-    ``transaction``: run it inside ``BEGIN IMMEDIATE``/``COMMIT``; False for
-    a step of single statements, each atomic on its own, that may be run
-    again from the start when a lock is busy.
-    """
-
-    run: Callable[[sqlite3.Connection, float], _Outcome]
-    transaction: bool = True
 
 
 def default_directory() -> str:
@@ -190,12 +170,12 @@ class IPCChannelLayer(BaseChannelLayer):
 
     def flush(self) -> None:
         """Drop every message, group, heartbeat and statistic of this prefix."""
-        self._execute(_plain(store.flush))
+        self._execute(plain(store.flush))
         self._buffered.clear()
 
     def global_statistics(self) -> dict[str, int]:
         """``messages_count`` (sent) and ``channel_full_count`` over all channels."""
-        return self._execute(_plain(store.global_statistics, transaction=False))
+        return self._execute(plain(store.global_statistics, transaction=False))
 
     def channel_statistics(self, channel: str) -> dict[str, Any]:
         """Counts for one channel (a ``!`` channel is counted by its prefix)."""
@@ -275,11 +255,11 @@ class IPCChannelLayer(BaseChannelLayer):
         await self._aexecute(self._plan_send_group(group, message))
 
     async def aflush(self) -> None:
-        await self._aexecute(_plain(store.flush))
+        await self._aexecute(plain(store.flush))
         self._buffered.clear()
 
     async def aglobal_statistics(self) -> dict[str, int]:
-        return await self._aexecute(_plain(store.global_statistics, transaction=False))
+        return await self._aexecute(plain(store.global_statistics, transaction=False))
 
     async def achannel_statistics(self, channel: str) -> dict[str, Any]:
         return await self._aexecute(self._plan_channel_statistics(channel))
@@ -295,45 +275,45 @@ class IPCChannelLayer(BaseChannelLayer):
 
     ### Plans: each operation once, for both drivers ###
 
-    def _plan_send(self, channel: str, message: dict) -> _Plan:
+    def _plan_send(self, channel: str, message: dict) -> Plan:
         self.valid_channel_name(channel)
         data = self.serialize(message)
         key = self.non_local_name(channel)
         capacity = self.get_capacity(channel)
         expiry = self.expiry
 
-        def run(conn: sqlite3.Connection, now: float) -> _Outcome:
+        def run(conn: sqlite3.Connection, now: float) -> Outcome:
             expires = now + expiry
             if store.store(conn, key, channel, data, expires, capacity):
-                return None, [(_WAKE, key)]
+                return None, [(WAKE, key)]
             # At capacity, or expired messages hold the room: look closer, in one transaction.
             with store.transaction(conn):
                 stored = store.store_or_refuse(conn, now, key, channel, data, expires, capacity)
-            return (None, [(_WAKE, key)]) if stored else (ChannelFull(channel), [])
+            return (None, [(WAKE, key)]) if stored else (ChannelFull(channel), [])
 
-        return _Plan(run, transaction=False)
+        return Plan(run, transaction=False)
 
     @staticmethod
     def _plan_receive(keys: list[str], address: bytes | None = None, since: int = 0, wait: bool = False,
-                      registered: bool = False) -> _Plan:
+                      registered: bool = False) -> Plan:
         """Take from ``keys``; with ``address``, (un)register it as a waiter in the same transaction.
 
         Without: single statements, no transaction.  A receiver that was
         registered (and so may have been woken for a message on another of
         its keys than the one it takes from) passes wakeups on.
         """
-        def run(conn: sqlite3.Connection, now: float) -> _Outcome:
-            effects: list[_Effect] = []
+        def run(conn: sqlite3.Connection, now: float) -> Outcome:
+            effects: list[Effect] = []
             for key in keys:
                 limit = _INBOX_BATCH if key.endswith("!") else 1
                 while True:
                     items, expired = store.take(conn, now, key, limit)
                     if expired:
-                        effects.append((_FORGET, expired))
+                        effects.append((FORGET, expired))
                     if items:
                         if registered:
                             store.unregister(conn, address)
-                            effects += [(_WAKE, other) for other in keys]
+                            effects += [(WAKE, other) for other in keys]
                         return items, effects
                     if not expired:
                         break
@@ -343,34 +323,34 @@ class IPCChannelLayer(BaseChannelLayer):
                 store.unregister(conn, address)
             return None, effects
 
-        return _Plan(run, transaction=address is not None)
+        return Plan(run, transaction=address is not None)
 
-    def _plan_group_add(self, group: str, channel: str) -> _Plan:
+    def _plan_group_add(self, group: str, channel: str) -> Plan:
         self.valid_group_name(group)
         self.valid_channel_name(channel)
         group_expiry = self.group_expiry
-        return _Plan(lambda conn, now: (store.group_add(conn, group, channel, now + group_expiry), []), False)
+        return Plan(lambda conn, now: (store.group_add(conn, group, channel, now + group_expiry), []), False)
 
-    def _plan_group_discard(self, group: str, channel: str) -> _Plan:
+    def _plan_group_discard(self, group: str, channel: str) -> Plan:
         self.valid_group_name(group)
         self.valid_channel_name(channel)
-        return _plain(store.group_discard, group, channel, transaction=False)
+        return plain(store.group_discard, group, channel, transaction=False)
 
-    def _plan_group_channels(self, group: str) -> _Plan:
+    def _plan_group_channels(self, group: str) -> Plan:
         self.valid_group_name(group)
 
-        def run(conn: sqlite3.Connection, now: float) -> _Outcome:
+        def run(conn: sqlite3.Connection, now: float) -> Outcome:
             store.sweep(conn, now)
             return store.group_channels(conn, now, group), []
 
-        return _Plan(run)
+        return Plan(run)
 
-    def _plan_send_group(self, group: str, message: dict) -> _Plan:
+    def _plan_send_group(self, group: str, message: dict) -> Plan:
         self.valid_group_name(group)
         data = self.serialize(message)
         expiry = self.expiry
 
-        def run(conn: sqlite3.Connection, now: float) -> _Outcome:
+        def run(conn: sqlite3.Connection, now: float) -> Outcome:
             store.sweep(conn, now)
             # Members of one ``!`` key (one process's connections) share one stored envelope naming them all.
             targets: dict[str, list[str]] = {}
@@ -382,51 +362,28 @@ class IPCChannelLayer(BaseChannelLayer):
                     targets[channel] = [channel]
             stored = [key for key, channels in targets.items() if store.store_or_refuse(
                 conn, now, key, "\n".join(channels), data, now + expiry, self.get_capacity(key))]
-            return None, [(_WAKE, key) for key in stored]
+            return None, [(WAKE, key) for key in stored]
 
-        return _Plan(run)
+        return Plan(run)
 
-    def _plan_channel_statistics(self, channel: str) -> _Plan:
+    def _plan_channel_statistics(self, channel: str) -> Plan:
         self.valid_channel_name(channel)
         key, expiry = self.non_local_name(channel), self.expiry
-        return _Plan(lambda conn, now: (store.channel_statistics(conn, now, key, expiry), []))
+        return Plan(lambda conn, now: (store.channel_statistics(conn, now, key, expiry), []))
 
-    def _plan_heartbeat(self, worker_id: str, info: dict, ttl: float) -> _Plan:
+    def _plan_heartbeat(self, worker_id: str, info: dict, ttl: float) -> Plan:
         if not isinstance(worker_id, str) or not worker_id:
             raise TypeError(f"worker_id must be a non-empty str; got {worker_id!r:.60}")
         _positive_number("ttl", ttl)
         data = self.serialize(info)
-        return _Plan(lambda conn, now: (store.heartbeat(conn, worker_id, now + ttl, data), []), False)
+        return Plan(lambda conn, now: (store.heartbeat(conn, worker_id, now + ttl, data), []), False)
 
     @staticmethod
-    def _plan_heartbeats() -> _Plan:
-        return _Plan(lambda conn, now: (store.heartbeats(conn, now), []), False)
+    def _plan_heartbeats() -> Plan:
+        return Plan(lambda conn, now: (store.heartbeats(conn, now), []), False)
 
-    def _plan_channel_exists(self, name: str) -> _Plan:
-        return _plain(store.channel_exists, self.non_local_name(name), transaction=False)
-
-    def _operation(self, plan: _Plan) -> Generator[_Plan, _Outcome, Any]:
-        """An operation as the steps a driver runs: a sweep when one is due, the plan, then its effects.
-
-        Each step is atomic (one statement or one transaction) and may be
-        tried again on its own; what the plan leaves to do after its commit
-        (wake a receiver, drop expired channels from groups) comes after.
-        """
-        now = time.time()
-        if now >= self._next_sweep:
-            self._next_sweep = now + _SWEEP_INTERVAL
-            yield _plain(store.sweep, now)
-        result, effects = yield plan
-        for kind, argument in effects:
-            if kind == _FORGET:
-                yield _plain(store.forget_expired, argument)
-                continue
-            # Wake the oldest receiver waiting on the key; one whose process is gone refuses, so the next.
-            while (yield _plain(store.wake_needed, argument, transaction=False))[0]:
-                address = (yield _plain(store.claim, argument))[0]
-                if address is None or wake(address):
-                    break
-        return result
+    def _plan_channel_exists(self, name: str) -> Plan:
+        return plain(store.channel_exists, self.non_local_name(name), transaction=False)
 
     def _delivered(self, items: list[store.Item] | None) -> tuple[str | None, dict | None]:
         """The first of ``items`` decoded; the rest (all of one ``!`` key) kept for the next receives."""
@@ -456,59 +413,36 @@ class IPCChannelLayer(BaseChannelLayer):
     def _decode_heartbeats(self, rows: list[tuple[str, bytes]]) -> dict[str, dict]:
         return {worker_id: self.deserialize(info) for worker_id, info in rows}
 
-    ### Drivers ###
+    ### Drivers (see .steps) ###
 
-    def _execute(self, plan: _Plan) -> Any:
-        """Run an operation's steps, each waiting for the write lock as SQLite does."""
+    def _execute(self, plan: Plan) -> Any:
         conn = self._connection(async_driver=False)
-        steps = self._operation(plan)
         try:
-            step = next(steps)
-            while True:
-                step = steps.send(self._step(conn, step))
-        except StopIteration as done:
-            result = done.value
+            result = steps.run(conn, steps.operation(plan, self._sweep_due()))
         except sqlite3.OperationalError as exc:
             raise self._error(exc) from None
-        self._probe_if_due(conn)
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        return self._finish(conn, result)
 
-    async def _aexecute(self, plan: _Plan) -> Any:
-        """Like ``_execute``; while another process holds the lock, a step sleeps on the loop and tries again."""
+    async def _aexecute(self, plan: Plan) -> Any:
         conn = self._connection(async_driver=True)
-        steps = self._operation(plan)
         try:
-            step = next(steps)
-            while True:
-                step = steps.send(await self._astep(conn, step))
-        except StopIteration as done:
-            result = done.value
+            result = await steps.arun(conn, steps.operation(plan, self._sweep_due()))
+        except sqlite3.OperationalError as exc:
+            raise self._error(exc) from None
+        return self._finish(conn, result)
+
+    def _sweep_due(self) -> bool:
+        now = time.time()
+        if now < self._next_sweep:
+            return False
+        self._next_sweep = now + _SWEEP_INTERVAL
+        return True
+
+    def _finish(self, conn: sqlite3.Connection, result: Any) -> Any:
         self._probe_if_due(conn)
         if isinstance(result, BaseException):
             raise result
         return result
-
-    @staticmethod
-    def _step(conn: sqlite3.Connection, plan: _Plan) -> _Outcome:
-        now = time.time()
-        if not plan.transaction:
-            return plan.run(conn, now)
-        with store.transaction(conn):
-            return plan.run(conn, now)
-
-    async def _astep(self, conn: sqlite3.Connection, plan: _Plan) -> _Outcome:
-        delay, waited = _ASYNC_RETRY_FIRST, 0.0
-        while True:
-            try:
-                return self._step(conn, plan)
-            except sqlite3.OperationalError as exc:
-                if not store.is_busy(exc) or waited >= _LOCK_TIMEOUT:
-                    raise self._error(exc) from None
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, _ASYNC_RETRY_MAX)
 
     def _probe_if_due(self, conn: sqlite3.Connection) -> None:
         """Now and then, drop registrations of receivers whose process is gone (never woken since)."""
@@ -518,7 +452,7 @@ class IPCChannelLayer(BaseChannelLayer):
         try:
             dead = [address for address in store.waiter_addresses(conn) if not address_is_live(address)]
             if dead:
-                self._step(conn, _plain(store.forget_waiters, dead))
+                steps.step(conn, plain(store.forget_waiters, dead))
                 logger.debug("dropped %d wait registrations of receivers that are gone", len(dead))
         except sqlite3.OperationalError as exc:  # busy: the next probe will do it
             logger.debug("probing waiters skipped: %s", exc)
@@ -531,7 +465,7 @@ class IPCChannelLayer(BaseChannelLayer):
         conn = local.conns[async_driver]
         if conn is None:
             try:
-                conn = store.connect(self.path, 0 if async_driver else _LOCK_TIMEOUT, _LOCK_TIMEOUT)
+                conn = store.connect(self.path, 0 if async_driver else LOCK_TIMEOUT, LOCK_TIMEOUT)
             except (sqlite3.Error, OSError) as exc:
                 raise self._error(exc) from None
             local.conns[async_driver] = conn
@@ -542,7 +476,7 @@ class IPCChannelLayer(BaseChannelLayer):
     def _error(self, exc: BaseException) -> Exception:
         if store.is_busy(exc):
             return RuntimeError(
-                f"the IPC channel layer's database {self.path} stayed locked for {_LOCK_TIMEOUT:g} s: a process "
+                f"the IPC channel layer's database {self.path} stayed locked for {LOCK_TIMEOUT:g} s: a process "
                 "using it is stopped (SIGSTOP, a debugger) while writing; continue or kill it"
             )
         return RuntimeError(
@@ -560,11 +494,6 @@ class IPCChannelLayer(BaseChannelLayer):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.prefix!r} path={self.path!r} expiry={self.expiry} capacity={self.capacity}>"
-
-
-def _plain(function: Callable[..., Any], *args: Any, transaction: bool = True) -> _Plan:
-    """A plan for a store function that needs only the connection (and ``args``) and leaves nothing to do after."""
-    return _Plan(lambda conn, now: (function(conn, *args), []), transaction)
 
 
 def _resolve(future: asyncio.Future) -> None:

@@ -19,8 +19,11 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 
 
-def sync_scenario(layer: Any, n: int) -> dict[str, float]:
-    """Sequential send, receive, request/reply over ``!`` channels, group deliveries: operations/s."""
+def sync_scenario(layer: Any, n: int, group_sends: int | None = None) -> dict[str, float]:
+    """Sequential send, receive, request/reply over ``!`` channels, group deliveries: operations/s.
+
+    ``group_sends``: group sends of 1,000 deliveries each (default ``max(10, n // 100)``).
+    """
     out = {}
     started = time.perf_counter()
     for _ in range(n):
@@ -42,7 +45,7 @@ def sync_scenario(layer: Any, n: int) -> dict[str, float]:
 
     for i in range(GROUP_MEMBERS):
         layer.group_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
-    sends = max(10, n // 100)
+    sends = group_sends or max(10, n // 100)
     started = time.perf_counter()
     for _ in range(sends):
         layer.send_group("bench.group", PAYLOAD)

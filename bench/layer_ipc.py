@@ -66,6 +66,14 @@ def asgi_ipc(n: int) -> dict[str, Any]:
     return json.loads(run.stdout)
 
 
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    """IPC sync against this run's Redis layer (sync) and against asgi_ipc, per operation."""
+    out = {f"sync_vs_redis_{key}": results["ipc_sync"][key] / results["paas_sync"][key] for key in KEYS}
+    if "error" not in results.get("asgi_ipc", {"error": "not run"}):
+        out.update({f"sync_vs_asgi_ipc_{key}": results["ipc_sync"][key] / results["asgi_ipc"][key] for key in KEYS})
+    return out
+
+
 def _remove(layer: IPCChannelLayer) -> None:
     layer.flush()
     layer.close()
@@ -95,7 +103,8 @@ def table(results: dict[str, Any]) -> str:
     lines.append(
         "IPC layer: SQLite in WAL mode under /dev/shm, one process here, same rounds as the Redis layer above "
         "(best of each). asgi_ipc: sync API (it has no async one), in its own venv, "
-        + (f"not measured: {peer['error']}" if "error" in peer else "Python 3.11 (it installs and runs)")
+        + (f"not measured: {peer['error']}" if "error" in peer else
+           "Python 3.11 (it installs and runs), one run, its group figure from one group send")
         + "."
     )
     return "\n".join(lines)

@@ -42,7 +42,8 @@ __all__ = ["IPCChannelLayer", "default_directory"]
 logger = logging.getLogger(__name__)
 
 _PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
-#: Seconds between sweeps of everything expired (group sends and statistics sweep every time).
+#: Seconds between sweeps of everything expired, done by the next transaction
+#: (group sends and statistics sweep every time).
 _SWEEP_INTERVAL = 1.0
 #: Seconds between checks for registrations of receivers whose process died.
 _PROBE_INTERVAL = 30.0
@@ -418,7 +419,7 @@ class IPCChannelLayer(BaseChannelLayer):
     def _execute(self, plan: Plan) -> Any:
         conn = self._connection(async_driver=False)
         try:
-            result = steps.run(conn, steps.operation(plan, self._sweep_due()))
+            result = steps.run(conn, steps.operation(self._with_sweep(plan)))
         except sqlite3.OperationalError as exc:
             raise self._error(exc) from None
         return self._finish(conn, result)
@@ -426,17 +427,27 @@ class IPCChannelLayer(BaseChannelLayer):
     async def _aexecute(self, plan: Plan) -> Any:
         conn = self._connection(async_driver=True)
         try:
-            result = await steps.arun(conn, steps.operation(plan, self._sweep_due()))
+            result = await steps.arun(conn, steps.operation(self._with_sweep(plan)))
         except sqlite3.OperationalError as exc:
             raise self._error(exc) from None
         return self._finish(conn, result)
 
-    def _sweep_due(self) -> bool:
+    def _with_sweep(self, plan: Plan) -> Plan:
+        """``plan``, sweeping what expired first when a sweep is due and ``plan`` takes the write lock anyway.
+
+        (Single-statement steps never wait for a sweep: a receive drops what
+        expired on its own keys, a send on a full key.)
+        """
         now = time.time()
-        if now < self._next_sweep:
-            return False
+        if not plan.transaction or now < self._next_sweep:
+            return plan
         self._next_sweep = now + _SWEEP_INTERVAL
-        return True
+
+        def run(conn: sqlite3.Connection, now: float) -> Outcome:
+            store.sweep(conn, now)
+            return plan.run(conn, now)
+
+        return Plan(run)
 
     def _finish(self, conn: sqlite3.Connection, result: Any) -> Any:
         self._probe_if_due(conn)

@@ -1,8 +1,7 @@
 """How the IPC layer runs an operation: atomic steps, driven by a sync or an async driver.
 
 An operation is a generator of :class:`Plan` steps (sans-IO, like the Redis
-layer's ops): a sweep of what expired when one is due, the operation's own
-plan, then what that plan left to do once committed (wake a receiver, drop
+layer's ops): the operation's own plan, then what that plan left to do once committed (wake a receiver, drop
 expired channels from groups).  Each step is one statement or one
 transaction, so a step that finds the write lock busy can simply be run again.
 
@@ -53,10 +52,8 @@ def plain(function: Callable[..., Any], *args: Any, transaction: bool = True) ->
     return Plan(lambda conn, now: (function(conn, *args), []), transaction)
 
 
-def operation(plan: Plan, sweep: bool) -> Steps:
+def operation(plan: Plan) -> Steps:
     """The steps of one operation; its result is the generator's return value."""
-    if sweep:
-        yield plain(store.sweep, time.time())
     result, effects = yield plan
     for kind, argument in effects:
         if kind == FORGET:

@@ -101,21 +101,28 @@ def connect(path: str, busy_timeout: float, setup_timeout: float) -> sqlite3.Con
         # a power loss can lose the last commits (messages live for seconds anyway).
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA journal_size_limit=4194304")
-        with transaction(conn):
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(
-                    f"it has schema version {version}, this paas-channels uses {SCHEMA_VERSION}; "
-                    "stop the processes of the other version, or give this one another prefix"
-                )
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # Set up already (the usual case): no write lock needed, so opening never
+        # waits for a process that holds it.
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            _set_up(conn)
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _set_up(conn: sqlite3.Connection) -> None:
+    with transaction(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(
+                f"it has schema version {version}, this paas-channels uses {SCHEMA_VERSION}; "
+                "stop the processes of the other version, or give this one another prefix"
+            )
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@
     paas-channels run wsgi              # no CHANNEL_LAYERS: plain WSGI
     paas-channels check [--deploy]      # will it run?
     paas-channels status [--watch]      # how busy is it?
+    paas-channels init [--force]        # add paas-channels to a Django project
 
 What runs each process lives in :mod:`paas_channels.runtime` (and
 :mod:`paas_channels.worker`); the report commands in :mod:`paas_channels.tools`.
@@ -101,6 +102,14 @@ def _status(args: argparse.Namespace) -> int:
     return run_status(config, watch=args.watch, extra_channels=args.channel, groups=args.group)
 
 
+def _init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .tools.init import run_init
+
+    return run_init(Path.cwd(), force=args.force, settings_module=args.settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -114,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "init":
+            return _init(args)
     except ConfigError as exc:
         print(f"paas-channels: {exc}", file=sys.stderr)
         return EXIT_BOOT_ERROR

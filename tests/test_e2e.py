@@ -22,7 +22,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ import pytest
 import websockets
 from PIL import Image
 
-from .support import ROOT, RedisServer, ServerProcess, free_port, wait_for_port
+from .support import ROOT, Honcho, RedisServer, Started, free_port, platform_environment, wait_for_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -43,56 +42,11 @@ ARTIFACTS = ROOT / "test-artifacts"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 WAIT_MS = 20_000
 SECRET_KEY = "e2e-" + "k" * 60
-#: Variables of the test run that a platform would not set.
-_NOT_FROM_A_PLATFORM = {"REDIS_URL", "REDIS_TLS_URL", "DATABASE_URL", "PORT", "DYNO", "WEB_CONCURRENCY", "DEBUG",
-                        "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "ALLOWED_HOSTS"}
-
-
 def _environment(**extra: str) -> dict[str, str]:
-    """What a platform gives the processes: this machine's environment (minus the test run's
-    settings), this interpreter's scripts first on PATH, and the config vars ``extra``."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("PAAS_CHANNELS_") and key not in _NOT_FROM_A_PLATFORM}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(PYTHONUNBUFFERED="1", SECRET_KEY=SECRET_KEY, **extra)
-    return env
+    return platform_environment(SECRET_KEY=SECRET_KEY, **extra)
 
 
 ### Processes ###
-
-
-class Started(ServerProcess):
-    """Any command (honcho, the installed ``paas-channels``) started from the repository, in exactly ``env``."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        super().__init__([], cwd=ROOT)
-        self.argv, self.env = argv, env
-        self.start()
-
-    def command(self) -> list[str]:
-        return self.argv
-
-
-class Honcho(Started):
-    """``honcho start <process types>`` on the repository's Procfile.
-
-    honcho starts each Procfile command in a session of its own and forwards
-    SIGTERM to them; ``stop`` also kills what is left of them if honcho could not.
-    """
-
-    def __init__(self, names: list[str], env: dict[str, str]) -> None:
-        super().__init__([sys.executable, "-m", "honcho", "--no-colour", "start", *names], env)
-
-    def stop(self, timeout: float = 40.0) -> int:
-        code = super().stop(timeout)
-        output = self.output()
-        for name, pid in re.findall(r"(\S+) started \(pid=(\d+)\)", output):
-            if f"{name} stopped (" not in output:  # honcho died before it: its session is still ours
-                try:
-                    os.killpg(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        return code
 
 
 class PrivateDatabase:

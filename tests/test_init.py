@@ -10,6 +10,7 @@ whole time: honcho (tests.support.Honcho) must not read it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,16 @@ def test_the_environment_wins_over_the_startproject_settings(project):
     assert first == "False ['example.com'] django.db.backends.postgresql prod"
     assert "DEBUG=False(env DEBUG)" in line and "ALLOWED_HOSTS=example.com(env ALLOWED_HOSTS)" in line
     assert "database=postgresql:db.example(env DATABASE_URL)" in line
+
+
+def test_a_missing_database_driver_is_one_line_naming_the_extra(project, tmp_path):
+    """DATABASE_URL=postgres://... with no psycopg installed (shadowed here): exit 3, one line, the extra named."""
+    for module in ("psycopg", "psycopg2"):
+        (tmp_path / f"{module}.py").write_text(f"raise ImportError('No module named {module}')\n")
+    env = platform_environment(DATABASE_URL="postgres://postgres@127.0.0.1:5432/test", PORT=str(free_port()))
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    result = _run([sys.executable, "-m", "paas_channels.cli", "run", "--combined"], project, env)
+    assert result.returncode == 3, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("paas-channels: ")]
+    assert len(errors) == 1 and "pip install 'paas-channels[postgres]'" in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr

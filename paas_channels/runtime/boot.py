@@ -58,11 +58,44 @@ def setup_django(config: Config) -> None:
         )
     os.environ["DJANGO_SETTINGS_MODULE"] = module
     import django
+    from django.core.exceptions import ImproperlyConfigured
 
     try:
         django.setup()
     except ImportError as exc:
         raise ConfigError(f"settings module {module!r} cannot be imported: {exc}") from None
+    except ImproperlyConfigured as exc:
+        _check_database_drivers()  # a models module touched a database whose driver is missing
+        raise ConfigError(f"settings module {module!r}: {exc}") from None
+    _check_database_drivers()
+
+
+#: Database engine -> (the driver it needs, how to install it).
+_DRIVERS = {
+    "django.db.backends.postgresql": ("psycopg (or psycopg2)", "pip install 'paas-channels[postgres]'"),
+    "django.db.backends.mysql": ("mysqlclient", "pip install mysqlclient"),
+    "django.db.backends.oracle": ("oracledb", "pip install oracledb"),
+}
+
+
+def _check_database_drivers() -> None:
+    """Load each database's backend now: a missing driver is a boot error naming what to install,
+    not a traceback from the first query (or from the URLconf's imports)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db.utils import load_backend
+
+    for alias, database in (getattr(settings, "DATABASES", None) or {}).items():
+        engine = database.get("ENGINE", "")
+        if not engine:
+            continue
+        try:
+            load_backend(engine)
+        except (ImproperlyConfigured, ImportError) as exc:
+            driver, fix = _DRIVERS.get(engine, ("its driver", "install the package the engine's documentation names"))
+            raise ConfigError(
+                f"database {alias!r} uses {engine}, whose driver {driver} is not installed ({exc}); {fix}"
+            ) from None
 
 
 def configure_logging(level: str, fmt: str = LOG_FORMAT) -> None:

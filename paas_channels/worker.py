@@ -32,7 +32,7 @@ from .exceptions import ConfigError
 from .layers import BaseChannelLayer, channel_layer_settings, get_channel_layer
 from .message import Message, deferred_sends
 from .routing import Router, default_routing
-from .runtime.boot import closing_layer
+from .runtime.boot import closing_layer, unreachable_layer
 
 __all__ = ["Worker", "build_worker", "run", "select_channels"]
 
@@ -124,10 +124,7 @@ class Worker:
             self._heartbeat()
         except Exception as exc:
             alias = getattr(self.layer, "alias", "default")
-            raise ConfigError(
-                f"channel layer {alias!r} ({type(self.layer).__name__}) is unreachable: {exc}. "
-                "Check REDIS_URL / CONFIG['hosts'] and that the server is running"
-            ) from None
+            raise unreachable_layer(f"channel layer {alias!r} ({type(self.layer).__name__})", exc) from None
 
     def serve(self) -> int:
         """Run until :meth:`stop`, then drain.  Returns how many consumers were cut off (0 = clean)."""

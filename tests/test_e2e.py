@@ -353,7 +353,7 @@ def test_example_project_as_deployed(deployment, capsys):
         web = deployment.web.output()
         assert "paas_channels.worker" not in web  # the web process ran no consumer
         assert f"RedisChannelLayer({deployment.redis.url})" in web
-        assert "settings example_project.settings: DEBUG=False SECRET_KEY=****" in web
+        assert "settings example_project.settings: DEBUG=False(file) SECRET_KEY=****(env SECRET_KEY)" in web
         assert SECRET_KEY not in web + deployment.worker.output()
     else:
         assert "InMemoryChannelLayer" in deployment.process.output()

@@ -31,6 +31,7 @@ from django.conf import settings
 
 from ..config.options import Config
 from ..layers import BaseChannelLayer, ChannelFull
+from ..runtime.access import AccessLog
 from .asgi import LayerUnavailable, Receive, Scope, Send, send_plain
 from .daphne import serve_daphne
 from .http import HttpConnection
@@ -324,5 +325,8 @@ def serve(app: InterfaceApplication, config: Config, ready: Callable[[], None] |
     listening.  Any ASGI app with ``start()``, ``shutdown(timeout)`` and
     ``http_timeout`` can be served this way (combined mode wraps the interface).
     A port that cannot be bound raises ``ConfigError`` (exit code 3 from the CLI).
+    Each HTTP request is logged (:mod:`paas_channels.runtime.access`) unless ``--no-access-log``.
     """
+    if not config.no_access_log:
+        app = AccessLog(app)
     return serve_daphne(app, config, ready)

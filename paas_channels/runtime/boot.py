@@ -23,7 +23,7 @@ from ..exceptions import ConfigError
 
 __all__ = [
     "close_layer", "closing_layer", "configure_logging", "describe_settings", "find_settings_module",
-    "freeze_startup_objects", "gevent_monkey_patch", "probe_layer", "setup_django",
+    "freeze_startup_objects", "gevent_monkey_patch", "probe_layer", "setup_django", "unreachable_layer",
 ]
 
 logger = logging.getLogger("paas_channels")
@@ -170,10 +170,18 @@ def probe_layer(layer: Any, alias: str = "default", timeout: float = PROBE_TIMEO
     if thread.is_alive():
         raise ConfigError(f"{where} did not answer within {timeout:g} s: check REDIS_URL and the network")
     if failure:
-        exc = failure[0]
-        # The layer's own message names the host it tried (password redacted) and what to do.
-        detail = str(exc)[:300] or type(exc).__name__
-        raise ConfigError(f"{where} is unreachable: {detail}")
+        raise unreachable_layer(where, failure[0])
+
+
+def unreachable_layer(where: str, exc: BaseException) -> ConfigError:
+    """The boot error for a layer that could not be reached: what failed, once, and what to check, once.
+
+    The layer's runtime message promises a reconnect; a process that exits must not.
+    """
+    # ``detail`` names the host it tried (password redacted), without the runtime advice.
+    detail = (getattr(exc, "detail", None) or str(exc) or type(exc).__name__)[:300].rstrip(".")
+    return ConfigError(f"{where} is unreachable: {detail}. Check REDIS_URL / CONFIG['hosts'] and that the server "
+                       "is running")
 
 
 def close_layer(layer: Any) -> None:

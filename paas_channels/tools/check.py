@@ -67,7 +67,7 @@ def _layer_problems(alias: str) -> tuple[Any, list[str]]:
         probe_layer(layer, alias, timeout=LAYER_TIMEOUT, at=_hosts_text(layer))
     except ConfigError as exc:
         close_layer(layer)
-        return None, [f"{exc}. Check REDIS_URL / CONFIG['hosts'] and that the server is running"]
+        return None, [str(exc)]
     return layer, []
 
 

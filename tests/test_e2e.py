@@ -217,6 +217,7 @@ async def _ws_frames(url, cookies):
     async with websockets.connect(ws_url, additional_headers={"Cookie": cookie}, open_timeout=20) as alice:
         assert json.loads(await asyncio.wait_for(alice.recv(), 20)) == {"system": "e2e-user joined e2e"}
         async with websockets.connect(ws_url, open_timeout=20) as bob:
+            # No cookie, no session: nothing to keep a guest name in.
             assert json.loads(await asyncio.wait_for(alice.recv(), 20)) == {"system": "anonymous joined e2e"}
             assert json.loads(await asyncio.wait_for(bob.recv(), 20)) == {"system": "anonymous joined e2e"}
             await alice.send(json.dumps({"text": "hello bob"}))
@@ -288,13 +289,15 @@ def _browser_scenario(deployment, capsys):
             ada.goto(f"{url}/chat/{room}/")
             expect(ada.locator("#log .sys", has_text=f"ada joined {room}")).to_be_visible()
             guest.goto(f"{url}/chat/{room}/")
-            expect(guest.locator("#log .sys", has_text=f"anonymous joined {room}")).to_be_visible()
-            expect(ada.locator("#log .sys", has_text=f"anonymous joined {room}")).to_be_visible()
+            guest_name = guest.locator("#guestname").inner_text()  # kept in the guest's session
+            assert re.fullmatch(r"guest-[0-9a-f]{6}", guest_name), guest_name
+            expect(guest.locator("#log .sys", has_text=f"{guest_name} joined {room}")).to_be_visible()
+            expect(ada.locator("#log .sys", has_text=f"{guest_name} joined {room}")).to_be_visible()
 
             _say(ada, "hello from Ada")
             expect(guest.locator("#log .in", has_text="ada: hello from Ada")).to_be_visible()
             _say(guest, "hi Ada, a guest here")
-            expect(ada.locator("#log .in", has_text="anonymous: hi Ada, a guest here")).to_be_visible()
+            expect(ada.locator("#log .in", has_text=f"{guest_name}: hi Ada, a guest here")).to_be_visible()
 
             # The long-poll on /live/ of both pages is answered by one group send.
             _publish_until_seen(url, [ada, guest], "new version deployed")
@@ -303,6 +306,7 @@ def _browser_scenario(deployment, capsys):
             ada.set_input_files("#image", files=[{"name": "stripes.png", "mimeType": "image/png",
                                                    "buffer": _png(640, 480)}])
             ada.click("#picture button")
+            expect(ada.locator("#picture-status")).to_have_text("thumbnail ready")  # not "on its way" forever
             for page in (ada, guest):
                 expect(page.locator("#pictures figcaption", has_text="ada: stripes.png")).to_be_visible()
             thumbnail = guest.locator("#pictures img[alt='stripes.png']")
@@ -324,7 +328,7 @@ def _browser_scenario(deployment, capsys):
                                           between=lambda: _say(ada, "said while no worker runs"))
                 expect(guest.locator("#log .in", has_text="ada: said while no worker runs")).to_be_visible()
                 _say(guest, "the worker is back")
-                expect(ada.locator("#log .in", has_text="anonymous: the worker is back")).to_be_visible()
+                expect(ada.locator("#log .in", has_text=f"{guest_name}: the worker is back")).to_be_visible()
                 assert ada.evaluate("window.notReloaded") is True
                 for page in (ada, guest):  # the socket never closed (chat.js logs every close)
                     expect(page.locator("#log .sys", has_text="closed (")).to_have_count(0)
@@ -333,7 +337,7 @@ def _browser_scenario(deployment, capsys):
             late = guest_context.new_page()
             late.goto(f"{url}/chat/{room}/")
             expect(late.locator("#log .history", has_text="ada: hello from Ada")).to_be_visible()
-            expect(late.locator("#log .history", has_text="anonymous: hi Ada, a guest here")).to_be_visible()
+            expect(late.locator("#log .history", has_text=f"{guest_name}: hi Ada, a guest here")).to_be_visible()
             expect(late.locator("#pictures img[alt='stripes.png']")).to_be_visible()
             assert errors == []
         finally:

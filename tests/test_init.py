@@ -128,8 +128,9 @@ def test_check_deploy_is_silent_with_a_platforms_environment(project, where):
     directory = project if where == "init project" else ROOT
     redis = RedisServer().start()
     try:
+        # DATABASE_SSL_REQUIRE=0: Heroku's Postgres takes TLS only, this machine's has none (check connects to it).
         env = platform_environment(DYNO="web.1", DATABASE_URL="postgres://postgres@127.0.0.1:5432/test",
-                                   REDIS_URL=redis.url, SECRET_KEY=SECRET_KEY)
+                                   REDIS_URL=redis.url, SECRET_KEY=SECRET_KEY, DATABASE_SSL_REQUIRE="0")
         result = _run([sys.executable, "-m", "paas_channels.cli", "check", "--deploy"], directory, env)
     finally:
         redis.close()
@@ -167,3 +168,14 @@ def test_a_missing_database_driver_is_one_line_naming_the_extra(project, tmp_pat
     errors = [line for line in result.stderr.splitlines() if line.startswith("paas-channels: ")]
     assert len(errors) == 1 and "pip install 'paas-channels[postgres]'" in errors[0], result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+def test_check_reports_an_unreachable_database_without_its_password(project):
+    env = platform_environment(DATABASE_URL=f"postgres://app:hunter2@127.0.0.1:{free_port()}/nothing")
+    result = _run([sys.executable, "-m", "paas_channels.cli", "check"], project, env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    problems = [line for line in result.stdout.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 1 and problems[0].startswith(
+        "problem: database 'default' (postgresql at 127.0.0.1:"), problems
+    assert "is unreachable" in problems[0] and "DATABASE_URL" in problems[0]
+    assert "hunter2" not in result.stdout + result.stderr

@@ -30,7 +30,9 @@ from typing import Callable
 from django.conf import settings
 
 from ..config.options import Config
+from ..exceptions import ConfigError
 from ..layers import BaseChannelLayer, ChannelFull
+from ..layers.fingerprint import Agreement, settings_fingerprint
 from ..runtime.access import AccessLog
 from .asgi import LayerUnavailable, Receive, Scope, Send, send_plain
 from .daphne import serve_daphne
@@ -82,6 +84,8 @@ class InterfaceApplication:
             if not origins and settings.DEBUG:
                 origins = (".localhost", "127.0.0.1", "[::1]")  # what Django itself allows then
         self.allowed_origins = origins
+        #: Compares the workers' settings fingerprints with this process's (None without CHANNEL_LAYERS settings).
+        self.agreement = _agreement(getattr(config, "layer", None) or "default")
         self.closing = False
         self.worker_count = 0
         self._queues: dict[str, asyncio.Queue] = {}
@@ -231,6 +235,9 @@ class InterfaceApplication:
                 if layer_down:
                     logger.info("the channel layer answers again")
                     layer_down = False
+                disagreement = self.agreement.new_disagreements(beats) if self.agreement else None
+                if disagreement:
+                    logger.warning("%s", disagreement)
                 count = len(beats)
                 if count:
                     if warned_at is not None:
@@ -303,6 +310,13 @@ class InterfaceApplication:
     def _check_idle(self) -> None:
         if self._http_active == 0 and not self._websockets:
             self._idle.set()
+
+
+def _agreement(alias: str) -> Agreement | None:
+    try:
+        return Agreement(settings_fingerprint(alias))
+    except ConfigError:  # no such alias in settings.CHANNEL_LAYERS (a layer built by hand)
+        return None
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

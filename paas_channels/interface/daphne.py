@@ -18,6 +18,7 @@ with 1012 so clients reconnect at once, let responses in flight finish within
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import functools
@@ -58,6 +59,7 @@ def abort_response(send: Send) -> bool:
     ASGI has no "abort"; Daphne's ``send`` is a partial bound to the request,
     whose transport can be closed, which the client sees as a truncated body.
     """
+    send = inspect.unwrap(send)  # middleware (the access log) marks its wrapper with __wrapped__
     request = next(iter(getattr(send, "args", ())), None)
     transport = getattr(request, "transport", None) or getattr(getattr(request, "channel", None), "transport", None)
     if transport is None or not hasattr(transport, "loseConnection"):

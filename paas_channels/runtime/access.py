@@ -73,6 +73,7 @@ class AccessLog:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 log()
 
+        logging_send.__wrapped__ = send  # type: ignore[attr-defined] # for whoever needs the server's own send
         try:
             await self.app(scope, receive, logging_send)
         finally:

@@ -26,6 +26,7 @@ from ..config.options import Config
 from ..config.settings import host_address, mask_url
 from ..exceptions import ConfigError
 from ..layers import channel_layer_settings, get_channel_layer, has_channel_layers, layer_class
+from ..layers.fingerprint import describe, disagreeing, settings_fingerprint
 from ..routing import Router, default_routing
 from ..runtime.boot import close_layer, probe_layer, setup_django
 from ..worker import select_channels
@@ -68,7 +69,11 @@ def _layer_problems(alias: str) -> tuple[Any, list[str]]:
     except ConfigError as exc:
         close_layer(layer)
         return None, [str(exc)]
-    return layer, []
+    try:
+        others = disagreeing(layer.heartbeats(), settings_fingerprint(alias))
+    except Exception as exc:  # noqa: BLE001 - it answered the probe a moment ago; say so and go on
+        return layer, [f"channel layer {alias!r}: its heartbeats cannot be read ({type(exc).__name__}: {exc})"]
+    return layer, [f"settings: {describe(others, settings_fingerprint(alias))}"] if others else []
 
 
 def _hosts_text(layer: Any) -> str:

@@ -78,7 +78,7 @@ def _quiet_project_logging() -> None:
 def _check(args: argparse.Namespace) -> int:
     from .tools.check import run_checks
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    boot.configure_logging("warning")  # the one logging rule: stderr, LOG_FORMAT; the report itself is stdout
     config = load_config("combined", {"settings": args.settings, "layer": args.layer})
     problems, notes = run_checks(config, deploy=args.deploy)
     for note in notes:
@@ -95,7 +95,7 @@ def _check(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .tools.status import run_status
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    boot.configure_logging("warning")  # the one logging rule: stderr, LOG_FORMAT; the report itself is stdout
     config = load_config("combined", {"settings": args.settings, "layer": args.layer})
     boot.setup_django(config)
     _quiet_project_logging()

@@ -179,3 +179,11 @@ def test_check_reports_an_unreachable_database_without_its_password(project):
         "problem: database 'default' (postgresql at 127.0.0.1:"), problems
     assert "is unreachable" in problems[0] and "DATABASE_URL" in problems[0]
     assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_manage_py_runworker_is_known_without_editing_installed_apps(project):
+    """startproject's INSTALLED_APPS lacks paas_channels: configure() adds it, so the command exists."""
+    installed = (project / "mysite/settings.py").read_text().split("INSTALLED_APPS = [", 1)[1].split("]", 1)[0]
+    assert "paas_channels" not in installed
+    result = _run([sys.executable, "manage.py", "help", "runworker"], project, platform_environment())
+    assert result.returncode == 0 and "--only-channels" in result.stdout, result.stderr

@@ -10,6 +10,7 @@ whole time: honcho (tests.support.Honcho) must not read it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from websockets.sync.client import connect
 
 from .support import ROOT, Honcho, RedisServer, Started, free_port, platform_environment, wait_for_port
+from .test_app_json import schema_problems
 
 SECRET_KEY = "init-test-" + "s" * 50
 #: What a developer's local recipe might have left behind: every value here would break the run.
@@ -187,3 +189,7 @@ def test_manage_py_runworker_is_known_without_editing_installed_apps(project):
     assert "paas_channels" not in installed
     result = _run([sys.executable, "manage.py", "help", "runworker"], project, platform_environment())
     assert result.returncode == 0 and "--only-channels" in result.stdout, result.stderr
+
+
+def test_the_written_app_json_follows_herokus_schema(project):
+    assert schema_problems(json.loads((project / "app.json").read_text())) == []

@@ -21,7 +21,16 @@ logger = logging.getLogger(__name__)
 
 
 def long_poll(message: Message) -> None:
-    """Keep the request open: its reply channel joins a group that a later send answers."""
+    """Keep the request open: its reply channel joins a group that a later send answers.
+
+    A browser that navigates here (it asks for HTML) is sent to the page that
+    explains the long-poll and has the button that answers it, instead of a
+    tab that spins until the HTTP timeout.
+    """
+    accept = dict(message.get("headers") or []).get(b"accept", b"")
+    if b"text/html" in accept:
+        message.reply_channel.send({"status": 302, "headers": [[b"Location", b"/live/page/"]], "content": b""})
+        return
     Group(LIVE_GROUP).add(message.reply_channel)
 
 
@@ -66,7 +75,13 @@ class ChatConsumer(JsonWebsocketConsumer):
         return [f"chat-{room}"]
 
     def connect(self, message: Message, room: str = "lobby", **kwargs) -> None:
-        name = display_name(message.user)
+        session = message.http_session
+        if session is not None and session.session_key:  # a visitor with a session cookie
+            name = display_name(message.user, session)
+            if session.modified:
+                session.save()  # the guest name just given: the same in their uploads and next visits
+        else:  # no cookie (a script): no session to keep a name in
+            name = display_name(message.user)
         message.channel_session["name"] = name
         message.reply_channel.send({"accept": True})
         self.group_send_json(f"chat-{room}", {"system": f"{name} joined {room}"})
@@ -112,7 +127,8 @@ def make_thumbnail(message: Message) -> None:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         logger.warning("thumbnail: picture %s (%s) is not an image Pillow can read: %s", picture.pk, picture.name, exc)
         JsonWebsocketConsumer.group_send_json(
-            f"chat-{picture.room}", {"system": f"{picture.name} is not an image (PNG, JPEG, GIF or WebP); no thumbnail"})
+            f"chat-{picture.room}",
+            {"system": f"{picture.name} is not an image (PNG, JPEG, GIF or WebP); no thumbnail", "id": picture.pk})
         return
     picture.thumbnail, (picture.width, picture.height) = out.getvalue(), size
     picture.save(update_fields=["thumbnail", "width", "height"])

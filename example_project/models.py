@@ -7,13 +7,26 @@ where every process finds them.
 
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 from django.db import models
 
 
-def display_name(user) -> str:
-    """The name shown in the chat: the username, or ``anonymous`` for visitors who did not log in."""
-    return user.get_username() if user is not None and user.is_authenticated else "anonymous"
+def display_name(user, session=None) -> str:
+    """The name shown in the chat: the username, else a guest name kept in the visitor's session.
+
+    Each logged-out visitor gets a name of their own (``guest-3fa9c1``), so two
+    of them can tell each other apart; it stays theirs for as long as their
+    session cookie does.  Without a session (a script without cookies) it is ``anonymous``.
+    """
+    if user is not None and user.is_authenticated:
+        return user.get_username()
+    if session is None:
+        return "anonymous"
+    if "guest_name" not in session:
+        session["guest_name"] = f"guest-{secrets.token_hex(3)}"
+    return session["guest_name"]
 
 
 class ChatMessage(models.Model):
@@ -57,7 +70,7 @@ class Picture(models.Model):
     def as_json(self) -> dict:
         """What the thumbnail worker sends to the room's WebSockets once the thumbnail exists."""
         return {
-            "user": self.uploaded_by, "room": self.room, "picture": self.name,
+            "id": self.pk, "user": self.uploaded_by, "room": self.room, "picture": self.name,
             "thumbnail": f"/pictures/{self.pk}/thumbnail.png",
             "width": self.width, "height": self.height,
         }

@@ -59,6 +59,7 @@ TEMPLATES = [
 ]
 
 USE_TZ = True
+TIME_ZONE = "UTC"  # log and admin times in UTC, as a platform's logs are
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATICFILES_DIRS = [BASE_DIR / "example_project" / "static"]
 LOGIN_REDIRECT_URL = "/"

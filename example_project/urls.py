@@ -22,6 +22,7 @@ urlpatterns = [
     path("boom/", views.boom, name="boom"),
     # /live/ itself is answered by a consumer (routing.py), not by a view.
     path("live/publish/", views.live_publish, name="live-publish"),
+    path("live/page/", views.live_page, name="live-page"),
     path("chat/", views.chat, name="chat"),
     path("chat/<slug:room>/", views.chat, name="chat-room"),
     path("chat/<slug:room>/pictures/", views.post_picture, name="chat-pictures"),

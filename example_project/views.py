@@ -102,7 +102,20 @@ def upload(request: HttpRequest) -> HttpResponse:
     digest = hashlib.sha256()
     for chunk in uploaded.chunks():
         digest.update(chunk)
-    return JsonResponse({"name": uploaded.name, "size": uploaded.size, "sha256": digest.hexdigest()})
+    result = {"name": uploaded.name, "size": uploaded.size, "sha256": digest.hexdigest()}
+    if _wants_html(request):  # a browser's form: stay in the site
+        return render(request, "upload.html", {"result": result})
+    return JsonResponse(result)
+
+
+def _wants_html(request: HttpRequest) -> bool:
+    # Not request.accepts(): it says yes to */*, which scripts (curl, httpx) send.
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def live_page(request: HttpRequest) -> HttpResponse:
+    """The long-poll explained: this page waits on /live/, and its button publishes the answer."""
+    return render(request, "live.html")
 
 
 def data(request: HttpRequest, size: int) -> HttpResponse:
@@ -141,13 +154,15 @@ def live_publish(request: HttpRequest) -> HttpResponse:
     # members are discarded below, before that.
     group.send({
         "status": 200,
-        "headers": [[b"Content-Type", b"application/json"]],
+        "headers": [[b"Content-Type", b"application/json"], [b"Cache-Control", b"no-store"]],
         "content": json.dumps({"text": text}).encode(),
         "more_content": False,
     }, immediately=True)
     # Each waiting request is answered once: take them out of the group.
     for channel in waiting:
         group.discard(channel)
+    if _wants_html(request):
+        return render(request, "live.html", {"published": text, "answered": len(waiting)})
     return JsonResponse({"answered": len(waiting)})
 
 
@@ -157,6 +172,7 @@ MAX_PICTURE_BYTES = 5 * 1024 * 1024
 
 def chat(request: HttpRequest, room: str = "lobby") -> HttpResponse:
     """The chat page: the room's recent messages and pictures, then a WebSocket for new ones."""
+    display_name(request.user, request.session)  # a guest gets their name now: the page shows it
     recent = ChatMessage.objects.filter(room=room).order_by("-created", "-id")[:50]
     pictures = Picture.objects.filter(room=room, thumbnail__isnull=False).order_by("-created")[:12]
     return render(request, "chat.html", {"room": room, "history": reversed(recent), "pictures": reversed(pictures)})
@@ -176,7 +192,8 @@ def post_picture(request: HttpRequest, room: str) -> JsonResponse:
     if uploaded.size > MAX_PICTURE_BYTES:
         return JsonResponse({"error": f"{uploaded.name} is {uploaded.size} bytes; pictures may have at most "
                                       f"{MAX_PICTURE_BYTES} bytes"}, status=413)
-    picture = Picture.objects.create(room=room, name=uploaded.name[:200], uploaded_by=display_name(request.user),
+    picture = Picture.objects.create(room=room, name=uploaded.name[:200],
+                                     uploaded_by=display_name(request.user, request.session),
                                      image=uploaded.read())
     Channel("thumbnail").send({"picture": picture.pk})
     return JsonResponse({"picture": picture.pk, "thumbnail": "queued"}, status=202)

@@ -6,6 +6,7 @@
     paas-channels run wsgi              # no CHANNEL_LAYERS: plain WSGI
     paas-channels check [--deploy]      # will it run?
     paas-channels status [--watch]      # how busy is it?
+    paas-channels init [--force]        # add paas-channels to a Django project
 
 What runs each process lives in :mod:`paas_channels.runtime` (and
 :mod:`paas_channels.worker`); the report commands in :mod:`paas_channels.tools`.
@@ -29,9 +30,6 @@ from .exceptions import ConfigError
 from .runtime import boot
 
 logger = logging.getLogger("paas_channels")
-
-#: Log lines of the report commands (check, status), beside what they print.
-_REPORT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 #: mode -> module whose ``run(config) -> int`` serves it.
 MODE_RUNNERS = {
@@ -80,7 +78,7 @@ def _quiet_project_logging() -> None:
 def _check(args: argparse.Namespace) -> int:
     from .tools.check import run_checks
 
-    boot.configure_logging("warning", _REPORT_FORMAT)
+    boot.configure_logging("warning")  # the one logging rule: stderr, LOG_FORMAT; the report itself is stdout
     config = load_config("combined", {"settings": args.settings, "layer": args.layer})
     problems, notes = run_checks(config, deploy=args.deploy)
     for note in notes:
@@ -97,11 +95,19 @@ def _check(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .tools.status import run_status
 
-    boot.configure_logging("warning", _REPORT_FORMAT)
+    boot.configure_logging("warning")  # the one logging rule: stderr, LOG_FORMAT; the report itself is stdout
     config = load_config("combined", {"settings": args.settings, "layer": args.layer})
     boot.setup_django(config)
     _quiet_project_logging()
     return run_status(config, watch=args.watch, extra_channels=args.channel, groups=args.group)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .tools.init import run_init
+
+    return run_init(Path.cwd(), force=args.force, settings_module=args.settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "init":
+            return _init(args)
     except ConfigError as exc:
         print(f"paas-channels: {exc}", file=sys.stderr)
         return EXIT_BOOT_ERROR

@@ -30,9 +30,10 @@ from django.core import signals as django_signals
 from .config.options import Config
 from .exceptions import ConfigError
 from .layers import BaseChannelLayer, channel_layer_settings, get_channel_layer
+from .layers.fingerprint import FINGERPRINT_KEY, Agreement, settings_fingerprint
 from .message import Message, deferred_sends
 from .routing import Router, default_routing
-from .runtime.boot import closing_layer
+from .runtime.boot import closing_layer, unreachable_layer
 
 __all__ = ["Worker", "build_worker", "run", "select_channels"]
 
@@ -104,6 +105,9 @@ class Worker:
         self._forced = threading.Event()
         self._beat_now = threading.Event()
         self._loops: list[threading.Thread] = []
+        #: The settings fingerprint this worker's heartbeats carry (set by build_worker from the settings).
+        self.fingerprint: str | None = None
+        self._agreement: Agreement | None = None
 
     ### Control ###
 
@@ -124,10 +128,7 @@ class Worker:
             self._heartbeat()
         except Exception as exc:
             alias = getattr(self.layer, "alias", "default")
-            raise ConfigError(
-                f"channel layer {alias!r} ({type(self.layer).__name__}) is unreachable: {exc}. "
-                "Check REDIS_URL / CONFIG['hosts'] and that the server is running"
-            ) from None
+            raise unreachable_layer(f"channel layer {alias!r} ({type(self.layer).__name__})", exc) from None
 
     def serve(self) -> int:
         """Run until :meth:`stop`, then drain.  Returns how many consumers were cut off (0 = clean)."""
@@ -244,6 +245,7 @@ class Worker:
             "busy": self.busy,
             "done": self.done,
             "started": self.started,
+            **({FINGERPRINT_KEY: self.fingerprint} if self.fingerprint else {}),
         }
 
     def _heartbeat(self, ttl: float | None = None) -> None:
@@ -257,8 +259,19 @@ class Worker:
                 return
             try:
                 self._heartbeat()
+                self._check_agreement()
             except Exception as exc:
                 logger.warning("heartbeat failed: %s", exc)
+
+    def _check_agreement(self) -> None:
+        """Warn (once per process) about live processes whose settings fingerprint differs from ours."""
+        if self.fingerprint is None:
+            return
+        if self._agreement is None:
+            self._agreement = Agreement(self.fingerprint)
+        line = self._agreement.new_disagreements(self.layer.heartbeats())
+        if line:
+            logger.warning("%s", line)
 
 
 def build_worker(config: Config, layer: BaseChannelLayer | None = None, threads: int | None = None) -> Worker:
@@ -270,7 +283,7 @@ def build_worker(config: Config, layer: BaseChannelLayer | None = None, threads:
         routing: Any = default_routing()
     else:
         routing = routing_path
-    return Worker(
+    worker = Worker(
         layer if layer is not None else get_channel_layer(alias),
         routing,
         threads=threads or config.threads,
@@ -278,6 +291,8 @@ def build_worker(config: Config, layer: BaseChannelLayer | None = None, threads:
         exclude_channels=config.exclude_channels,
         graceful_timeout=config.graceful_timeout,
     )
+    worker.fingerprint = settings_fingerprint(alias)
+    return worker
 
 
 def run(config: Config) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -86,6 +87,59 @@ class ServerProcess:
         self.stop()
         self.log.close()
         os.unlink(self.log.name)
+
+
+#: Variables of the test run (or of a developer's shell) that a platform would not set.
+_NOT_FROM_A_PLATFORM = {"REDIS_URL", "REDIS_TLS_URL", "DATABASE_URL", "PORT", "DYNO", "WEB_CONCURRENCY", "DEBUG",
+                        "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "ALLOWED_HOSTS", "CLOUDAMQP_URL", "RABBITMQ_URL"}
+
+
+def platform_environment(**extra: str) -> dict[str, str]:
+    """What a platform gives the processes: this machine's environment minus the test run's (and the
+    developer's) settings, this interpreter's scripts first on PATH, and the config vars ``extra``."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("PAAS_CHANNELS_") and key not in _NOT_FROM_A_PLATFORM}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+class Started(ServerProcess):
+    """Any command (honcho, the installed ``paas-channels``) started in ``cwd``, in exactly ``env``."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+        super().__init__([], cwd=cwd or ROOT)
+        self.argv, self.env = argv, env
+        self.start()
+
+    def command(self) -> list[str]:
+        return self.argv
+
+
+class Honcho(Started):
+    """``honcho start <process types>`` on the Procfile in ``cwd`` (default: the repository's).
+
+    honcho starts each Procfile command in a session of its own and forwards
+    SIGTERM to them; ``stop`` also kills what is left of them if honcho could not.
+    honcho would read ``cwd/.env`` (a developer's local recipe, with their own
+    database and Redis) over the test's environment: it reads an empty file instead.
+    """
+
+    def __init__(self, names: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+        super().__init__([sys.executable, "-m", "honcho", "--no-colour", "--env", os.devnull, "start", *names],
+                         env, cwd)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        code = super().stop(timeout)
+        output = self.output()
+        for name, pid in re.findall(r"(\S+) started \(pid=(\d+)\)", output):
+            if f"{name} stopped (" not in output:  # honcho died before it: its session is still ours
+                try:
+                    os.killpg(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return code
 
 
 def write_project(root: Path, package: str, settings: str, routing: str) -> Path:

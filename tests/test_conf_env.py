@@ -107,16 +107,17 @@ def test_proxy_ssl_header_only_behind_a_platform_proxy(tmp_path):
         assert values["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
 
 
-def test_configure_keeps_what_the_settings_file_set(tmp_path):
+def test_configure_keeps_what_the_settings_file_set_when_the_environment_is_silent(tmp_path):
     namespace = {
         "BASE_DIR": tmp_path,
         "DEBUG": True,
         "DATABASES": {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
         "MIDDLEWARE": ["django.middleware.security.SecurityMiddleware", "django.middleware.common.CommonMiddleware"],
         "STORAGES": {"default": {"BACKEND": "myapp.storage.S3"}},
+        "INSTALLED_APPS": ["django.contrib.auth"],
     }
-    applied = configure(namespace, environ={"DATABASE_URL": "postgres://u:p@h/db", "DEBUG": "0"})
-    assert namespace["DEBUG"] is True  # the file's DEBUG wins over the environment
+    applied = configure(namespace, environ={})
+    assert namespace["DEBUG"] is True
     assert namespace["DATABASES"]["default"]["NAME"] == ":memory:"
     assert "DATABASES" not in applied and "DEBUG" not in applied
     assert namespace["SECRET_KEY"].startswith("django-insecure")  # DEBUG from the file allows a dev key
@@ -125,14 +126,62 @@ def test_configure_keeps_what_the_settings_file_set(tmp_path):
         WHITENOISE_MIDDLEWARE,
         "django.middleware.common.CommonMiddleware",
     ]
+    assert namespace["INSTALLED_APPS"] == ["django.contrib.auth", "paas_channels"]  # manage.py runworker
+    assert namespace["TIME_ZONE"] == "UTC"
     assert namespace["STORAGES"]["default"] == {"BACKEND": "myapp.storage.S3"}
     assert namespace["STORAGES"]["staticfiles"]["BACKEND"].startswith("whitenoise.")
-    # Called twice (or with WhiteNoise already listed): no second WhiteNoise.
+    sources = namespace["PAAS_CHANNELS_SETTINGS_SOURCES"]
+    assert sources["DEBUG"] == "file" and sources["DATABASES"] == "file" and sources["CHANNEL_LAYERS"] == "default"
+    # Called twice (or with WhiteNoise already listed): no second WhiteNoise, no second app.
     configure(namespace, environ={})
     assert namespace["MIDDLEWARE"].count(WHITENOISE_MIDDLEWARE) == 1
+    assert namespace["INSTALLED_APPS"].count("paas_channels") == 1
     # The file's own SECRET_KEY satisfies the non-DEBUG requirement.
     configure(other := {"SECRET_KEY": "file-key", "BASE_DIR": tmp_path}, environ={})
     assert other["SECRET_KEY"] == "file-key" and other["DEBUG"] is False
+
+
+def test_the_environment_wins_over_what_startproject_wrote(tmp_path):
+    """DEBUG=0, DATABASE_URL, ALLOWED_HOSTS, SECRET_KEY, REDIS_URL replace the file's values; sources say so."""
+    namespace = {
+        "BASE_DIR": tmp_path, "DEBUG": True, "SECRET_KEY": "django-insecure-file", "ALLOWED_HOSTS": ["file.example"],
+        "DATABASES": {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}, "other": {}},
+        "CHANNEL_LAYERS": {"default": {"BACKEND": "paas_channels.layers.RedisChannelLayer", "ROUTING": "p.routing.r",
+                                       "CONFIG": {"hosts": ["redis://file:1/0"], "prefix": "mine"}}},
+    }
+    configure(namespace, environ={
+        "DEBUG": "0", "SECRET_KEY": "e" * 50, "ALLOWED_HOSTS": "example.com",
+        "DATABASE_URL": "postgres://u:p@db.example:5432/prod", "REDIS_URL": "redis://env:2/0",
+    })
+    assert namespace["DEBUG"] is False and namespace["SECRET_KEY"] == "e" * 50
+    assert namespace["ALLOWED_HOSTS"] == ["example.com"]
+    assert namespace["DATABASES"]["default"]["HOST"] == "db.example" and "other" in namespace["DATABASES"]
+    layer = namespace["CHANNEL_LAYERS"]["default"]
+    assert layer["CONFIG"]["hosts"] == ["redis://env:2/0"] and layer["CONFIG"]["prefix"] == "mine"
+    assert layer["ROUTING"] == "p.routing.r"
+    assert namespace["PAAS_CHANNELS_SETTINGS_SOURCES"] == {
+        **namespace["PAAS_CHANNELS_SETTINGS_SOURCES"],
+        "DEBUG": "env DEBUG", "SECRET_KEY": "env SECRET_KEY", "ALLOWED_HOSTS": "env ALLOWED_HOSTS",
+        "DATABASES": "env DATABASE_URL", "CHANNEL_LAYERS": "env REDIS_URL",
+    }
+    line = describe_settings(SimpleNamespace(**namespace))
+    assert "DEBUG=False(env DEBUG)" in line and "database=postgresql:db.example(env DATABASE_URL)" in line
+
+
+def test_on_a_platform_debug_comes_only_from_the_environment_and_the_router_settings_are_on(tmp_path):
+    namespace = {"BASE_DIR": tmp_path, "DEBUG": True, "SECRET_KEY": "s" * 50, "ALLOWED_HOSTS": []}
+    configure(namespace, environ={"DYNO": "web.1", "HEROKU_APP_NAME": "chat"})
+    assert namespace["DEBUG"] is False and namespace["PAAS_CHANNELS_SETTINGS_SOURCES"]["DEBUG"] == "platform"
+    assert "chat.herokuapp.com" in namespace["ALLOWED_HOSTS"]  # the file's [] is Django's default, not a choice
+    assert namespace["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
+    assert namespace["SECURE_SSL_REDIRECT"] and namespace["SESSION_COOKIE_SECURE"] and namespace["CSRF_COOKIE_SECURE"]
+    assert namespace["SECURE_HSTS_SECONDS"] == 3600 and namespace["SECURE_HSTS_INCLUDE_SUBDOMAINS"] is True
+    # A user turns HSTS down by assigning it before the call; DEBUG=1 on the platform drops them all.
+    configure(turned := {"BASE_DIR": tmp_path, "SECRET_KEY": "s" * 50, "SECURE_HSTS_SECONDS": 0},
+              environ={"DYNO": "web.1"})
+    assert turned["SECURE_HSTS_SECONDS"] == 0 and "security.W021" not in turned.get("SILENCED_SYSTEM_CHECKS", [])
+    configure(debug := {"BASE_DIR": tmp_path}, environ={"DYNO": "web.1", "DEBUG": "1"})
+    assert debug["DEBUG"] is True and "SECURE_SSL_REDIRECT" not in debug
 
 
 def test_describe_settings_masks_secrets():
@@ -185,7 +234,9 @@ def test_real_settings_module_in_a_fresh_process(tmp_path):
     assert "HOSTS ['set.after.configure']" in result.stdout
     assert WHITENOISE_MIDDLEWARE in result.stdout
     assert f"DB {tmp_path / 'db.sqlite3'}" in result.stdout
-    assert "INFO envproj" in result.stdout and "hello from the project" in result.stdout  # logging to stdout
+    # The logging rule: log lines go to stderr, stdout is the program's own output.
+    assert "INFO envproj" in result.stderr and "hello from the project" in result.stderr
+    assert "hello from the project" not in result.stdout
 
     missing = {key: value for key, value in env.items() if key != "SECRET_KEY"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=missing, timeout=60)

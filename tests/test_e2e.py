@@ -22,7 +22,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ import pytest
 import websockets
 from PIL import Image
 
-from .support import ROOT, RedisServer, ServerProcess, free_port, wait_for_port
+from .support import ROOT, Honcho, RedisServer, Started, free_port, platform_environment, wait_for_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -43,56 +42,11 @@ ARTIFACTS = ROOT / "test-artifacts"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 WAIT_MS = 20_000
 SECRET_KEY = "e2e-" + "k" * 60
-#: Variables of the test run that a platform would not set.
-_NOT_FROM_A_PLATFORM = {"REDIS_URL", "REDIS_TLS_URL", "DATABASE_URL", "PORT", "DYNO", "WEB_CONCURRENCY", "DEBUG",
-                        "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "ALLOWED_HOSTS"}
-
-
 def _environment(**extra: str) -> dict[str, str]:
-    """What a platform gives the processes: this machine's environment (minus the test run's
-    settings), this interpreter's scripts first on PATH, and the config vars ``extra``."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("PAAS_CHANNELS_") and key not in _NOT_FROM_A_PLATFORM}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(PYTHONUNBUFFERED="1", SECRET_KEY=SECRET_KEY, **extra)
-    return env
+    return platform_environment(SECRET_KEY=SECRET_KEY, **extra)
 
 
 ### Processes ###
-
-
-class Started(ServerProcess):
-    """Any command (honcho, the installed ``paas-channels``) started from the repository, in exactly ``env``."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        super().__init__([], cwd=ROOT)
-        self.argv, self.env = argv, env
-        self.start()
-
-    def command(self) -> list[str]:
-        return self.argv
-
-
-class Honcho(Started):
-    """``honcho start <process types>`` on the repository's Procfile.
-
-    honcho starts each Procfile command in a session of its own and forwards
-    SIGTERM to them; ``stop`` also kills what is left of them if honcho could not.
-    """
-
-    def __init__(self, names: list[str], env: dict[str, str]) -> None:
-        super().__init__([sys.executable, "-m", "honcho", "--no-colour", "start", *names], env)
-
-    def stop(self, timeout: float = 40.0) -> int:
-        code = super().stop(timeout)
-        output = self.output()
-        for name, pid in re.findall(r"(\S+) started \(pid=(\d+)\)", output):
-            if f"{name} stopped (" not in output:  # honcho died before it: its session is still ours
-                try:
-                    os.killpg(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        return code
 
 
 class PrivateDatabase:
@@ -263,6 +217,7 @@ async def _ws_frames(url, cookies):
     async with websockets.connect(ws_url, additional_headers={"Cookie": cookie}, open_timeout=20) as alice:
         assert json.loads(await asyncio.wait_for(alice.recv(), 20)) == {"system": "e2e-user joined e2e"}
         async with websockets.connect(ws_url, open_timeout=20) as bob:
+            # No cookie, no session: nothing to keep a guest name in.
             assert json.loads(await asyncio.wait_for(alice.recv(), 20)) == {"system": "anonymous joined e2e"}
             assert json.loads(await asyncio.wait_for(bob.recv(), 20)) == {"system": "anonymous joined e2e"}
             await alice.send(json.dumps({"text": "hello bob"}))
@@ -334,13 +289,15 @@ def _browser_scenario(deployment, capsys):
             ada.goto(f"{url}/chat/{room}/")
             expect(ada.locator("#log .sys", has_text=f"ada joined {room}")).to_be_visible()
             guest.goto(f"{url}/chat/{room}/")
-            expect(guest.locator("#log .sys", has_text=f"anonymous joined {room}")).to_be_visible()
-            expect(ada.locator("#log .sys", has_text=f"anonymous joined {room}")).to_be_visible()
+            guest_name = guest.locator("#guestname").inner_text()  # kept in the guest's session
+            assert re.fullmatch(r"guest-[0-9a-f]{6}", guest_name), guest_name
+            expect(guest.locator("#log .sys", has_text=f"{guest_name} joined {room}")).to_be_visible()
+            expect(ada.locator("#log .sys", has_text=f"{guest_name} joined {room}")).to_be_visible()
 
             _say(ada, "hello from Ada")
             expect(guest.locator("#log .in", has_text="ada: hello from Ada")).to_be_visible()
             _say(guest, "hi Ada, a guest here")
-            expect(ada.locator("#log .in", has_text="anonymous: hi Ada, a guest here")).to_be_visible()
+            expect(ada.locator("#log .in", has_text=f"{guest_name}: hi Ada, a guest here")).to_be_visible()
 
             # The long-poll on /live/ of both pages is answered by one group send.
             _publish_until_seen(url, [ada, guest], "new version deployed")
@@ -349,6 +306,7 @@ def _browser_scenario(deployment, capsys):
             ada.set_input_files("#image", files=[{"name": "stripes.png", "mimeType": "image/png",
                                                    "buffer": _png(640, 480)}])
             ada.click("#picture button")
+            expect(ada.locator("#picture-status")).to_have_text("thumbnail ready")  # not "on its way" forever
             for page in (ada, guest):
                 expect(page.locator("#pictures figcaption", has_text="ada: stripes.png")).to_be_visible()
             thumbnail = guest.locator("#pictures img[alt='stripes.png']")
@@ -370,7 +328,7 @@ def _browser_scenario(deployment, capsys):
                                           between=lambda: _say(ada, "said while no worker runs"))
                 expect(guest.locator("#log .in", has_text="ada: said while no worker runs")).to_be_visible()
                 _say(guest, "the worker is back")
-                expect(ada.locator("#log .in", has_text="anonymous: the worker is back")).to_be_visible()
+                expect(ada.locator("#log .in", has_text=f"{guest_name}: the worker is back")).to_be_visible()
                 assert ada.evaluate("window.notReloaded") is True
                 for page in (ada, guest):  # the socket never closed (chat.js logs every close)
                     expect(page.locator("#log .sys", has_text="closed (")).to_have_count(0)
@@ -379,7 +337,7 @@ def _browser_scenario(deployment, capsys):
             late = guest_context.new_page()
             late.goto(f"{url}/chat/{room}/")
             expect(late.locator("#log .history", has_text="ada: hello from Ada")).to_be_visible()
-            expect(late.locator("#log .history", has_text="anonymous: hi Ada, a guest here")).to_be_visible()
+            expect(late.locator("#log .history", has_text=f"{guest_name}: hi Ada, a guest here")).to_be_visible()
             expect(late.locator("#pictures img[alt='stripes.png']")).to_be_visible()
             assert errors == []
         finally:
@@ -399,7 +357,7 @@ def test_example_project_as_deployed(deployment, capsys):
         web = deployment.web.output()
         assert "paas_channels.worker" not in web  # the web process ran no consumer
         assert f"RedisChannelLayer({deployment.redis.url})" in web
-        assert "settings example_project.settings: DEBUG=False SECRET_KEY=****" in web
+        assert "settings example_project.settings: DEBUG=False(file) SECRET_KEY=****(env SECRET_KEY)" in web
         assert SECRET_KEY not in web + deployment.worker.output()
     else:
         assert "InMemoryChannelLayer" in deployment.process.output()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,5 +283,7 @@ def run_worker_cli(*args, env):
 def test_boot_errors_exit_3_with_one_clear_line(stack, args, env_change, says):
     result = run_worker_cli(*args, env={**stack.env, **env_change})
     assert result.returncode == 3, result.stderr[-2000:]
+    # stderr: the start's log lines (the logging rule), then the one error line.
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and says in lines[0], result.stderr
+    errors = [line for line in lines if not re.match(r"^\d{4}-\d\d-\d\d [\d:,]+ [A-Z]+ \S+\[\d+\]: ", line)]
+    assert len(errors) == 1 and errors == lines[-1:] and says in errors[0], result.stderr

@@ -152,6 +152,13 @@ OPTIONS: tuple[Option, ...] = (
            "with --http direct: a path regex still sent through the layer (repeatable; ROUTING's non-view "
            "http.request routes are added)",
            default=(), env="PAAS_CHANNELS_LONG_POLL_PATHS", repeatable=True, modes=frozenset({"web", "combined"})),
+    Option("endpoints", ("-e", "--endpoint"),
+           "Twisted endpoint string to listen on, e.g. TLS with HTTP/2: ssl:8443:privateKey=key.pem:certKey=cert.pem "
+           "(repeatable; with -e only, no plain --bind/--port listener unless one of them or $PORT is given)",
+           default=(), env="PAAS_CHANNELS_ENDPOINTS", repeatable=True, modes=frozenset({"web", "combined"})),
+    Option("no_access_log", ("--no-access-log",),
+           "no access log (else one line per HTTP request: method, path, status, bytes, duration, X-Request-ID)",
+           default=False, env="PAAS_CHANNELS_NO_ACCESS_LOG", type=parse_bool, flag_only=True, modes=_WEB),
     Option("graceful_timeout", ("--graceful-timeout",),
            "seconds to finish in-flight work after SIGTERM (under Heroku's 30 s)", default=25.0,
            env="PAAS_CHANNELS_GRACEFUL_TIMEOUT", type=_positive_float),

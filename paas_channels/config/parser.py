@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--group", action="append", default=[], metavar="NAME",
                         help="show how many members this group has (repeatable)")
     _add_project_arguments(status)
+
+    init = commands.add_parser(
+        "init",
+        help="add Procfile, app.json, runtime files, routing and the settings lines to a Django project",
+        description="In the directory that holds manage.py: write what paas-channels needs (never overwriting "
+        "without --force), show each change, then run 'paas-channels check'.",
+    )
+    init.add_argument("--force", action="store_true", help="overwrite files that exist (settings are only appended to)")
+    init.add_argument("--settings", help="Django settings module (else the one ./manage.py names)")
     return parser
 
 

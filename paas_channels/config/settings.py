@@ -5,17 +5,26 @@ At the end of a project's ``settings.py``::
     from paas_channels.conf import configure
     configure(globals(), routing="myproject.routing.channel_routing")
 
-fills in, from ``os.environ``, every setting the file has not set itself:
-``CHANNEL_LAYERS`` (``REDIS_TLS_URL``/``REDIS_URL``; several comma-separated
-URLs are shards; none gives the in-memory layer), ``DATABASES`` (``DATABASE_URL``
-through dj-database-url, SQLite by default), ``SECRET_KEY`` (required unless
-``DEBUG``), ``DEBUG``, ``ALLOWED_HOSTS``, WhiteNoise in ``MIDDLEWARE`` and
-``STORAGES``, ``SECURE_PROXY_SSL_HEADER`` on a PaaS, and ``LOGGING`` to stdout.
+Precedence, for every setting it knows: **environment > settings file >
+default**.  ``DEBUG``, ``SECRET_KEY`` (or ``DJANGO_SECRET_KEY``),
+``ALLOWED_HOSTS``, ``DATABASES`` (``DATABASE_URL``) and ``CHANNEL_LAYERS``
+(``REDIS_TLS_URL``/``REDIS_URL``) replace what the file assigned before the
+call when their variable is set, so a ``startproject`` file's ``DEBUG = True``
+and SQLite do not survive on a platform.  Without the variable the file's value
+is kept (an empty ``ALLOWED_HOSTS = []`` counts as unset), else the default:
+in-memory layer, SQLite, local hosts plus the platform's own domain.  On a
+platform (``DYNO``, ``RENDER``, ``FLY_APP_NAME``, Dokku) the file's ``DEBUG``
+is ignored: DEBUG is on only when the environment says ``DEBUG=1``.
 
-A value the settings file assigns before the call is kept; one it assigns after
-the call replaces ours.  :func:`settings_from_env` is the pure part: it returns
-the dict without touching any namespace, for projects that prefer to merge it
-themselves.
+It also adds ``paas_channels`` to ``INSTALLED_APPS`` (``manage.py runworker``),
+WhiteNoise to ``MIDDLEWARE`` and ``STORAGES``, ``TIME_ZONE = "UTC"`` and
+``LOGGING`` (see :func:`_logging`) when the file has none, and, on a platform
+with DEBUG off, the settings a TLS-terminating router needs (proxy header, SSL
+redirect, secure cookies, HSTS for an hour): defaults the file may turn down by
+assigning them.  A value assigned *after* the call replaces ours.  Where each
+value came from is kept in ``PAAS_CHANNELS_SETTINGS_SOURCES`` and logged at
+start.  :func:`settings_from_env` is the pure part: the dict from the
+environment, without touching any namespace.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, MutableMapping
 from urllib.parse import urlsplit
@@ -149,9 +159,14 @@ def _logging(environ: Mapping[str, str]) -> dict[str, Any]:
         "formatters": {
             "paas": {"format": LOG_FORMAT},
         },
-        # A PaaS collects stdout into its log stream (heroku logs, fly logs).
-        "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "paas"}},
-        "root": {"handlers": ["stdout"], "level": level},
+        # The one logging rule: every log line (access log and consumer tracebacks
+        # included) goes to stderr in LOG_FORMAT; stdout is what a command prints
+        # as its answer (check, status, init).  A PaaS collects both streams.
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "paas"}},
+        "root": {"handlers": ["stderr"], "level": level},
+        # Django's own request logger: without DEBUG's console handler, but
+        # propagating to root, so a 404 or a traceback is printed once.
+        "loggers": {"django": {"handlers": [], "level": level, "propagate": True}},
     }
 
 
@@ -170,17 +185,17 @@ def settings_from_env(
 
     ``base_dir`` holds the default SQLite file and ``staticfiles/``; ``routing``
     is the dotted path put in ``CHANNEL_LAYERS['default']['ROUTING']``;
-    ``debug``/``secret_key`` are values the settings file already chose (they
-    win over the environment).  Raises :class:`ConfigError` when
-    ``SECRET_KEY`` is missing outside DEBUG or a URL is unusable.
+    ``debug``/``secret_key`` are what the settings file chose, used where the
+    environment has no ``DEBUG``/``SECRET_KEY`` (a file's ``debug`` is ignored
+    on a platform).  Raises :class:`ConfigError` when ``SECRET_KEY`` is missing
+    outside DEBUG or a URL is unusable.
     """
     environ = os.environ if environ is None else environ
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     platform = on_paas(environ)
-    if debug is None:
+    if "DEBUG" in environ or debug is None or platform:
         debug = _env_bool(environ, "DEBUG", False)
-    if secret_key is None:
-        secret_key = environ.get("SECRET_KEY") or environ.get("DJANGO_SECRET_KEY") or None
+    secret_key = environ.get("SECRET_KEY") or environ.get("DJANGO_SECRET_KEY") or secret_key
     if not secret_key:
         if not debug:
             raise ConfigError(
@@ -196,6 +211,7 @@ def settings_from_env(
         "ALLOWED_HOSTS": _allowed_hosts(environ),
         "CHANNEL_LAYERS": _channel_layers(environ, routing),
         "DATABASES": _databases(environ, base, platform),
+        "TIME_ZONE": "UTC",
         "STATIC_URL": "static/",
         "STATIC_ROOT": static_root,
         # Serve from the apps' static folders until collectstatic has filled STATIC_ROOT,
@@ -210,7 +226,32 @@ def settings_from_env(
     }
     if platform or _env_bool(environ, "PAAS_CHANNELS_PROXY_HEADERS", False):
         result["SECURE_PROXY_SSL_HEADER"] = ("HTTP_X_FORWARDED_PROTO", "https")
+    if platform and not debug:
+        result.update(_ROUTER_SECURITY)
     return result
+
+
+#: Behind a platform's TLS-terminating router with DEBUG off: what ``check --deploy``
+#: asks for (W008, W012, W016, W004).  HSTS starts at an hour, so a mistake
+#: expires quickly; raise it (or set 0) in the settings file.  Preloading is a
+#: separate decision (a submission to the browsers' lists): not on by default.
+_ROUTER_SECURITY: dict[str, Any] = {
+    "SECURE_SSL_REDIRECT": True,
+    "SESSION_COOKIE_SECURE": True,
+    "CSRF_COOKIE_SECURE": True,
+    "SECURE_HSTS_SECONDS": 3600,
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+}
+
+#: Environment variables that, when set, make a setting override the settings file's.
+_ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "DEBUG": ("DEBUG",),
+    "SECRET_KEY": ("SECRET_KEY", "DJANGO_SECRET_KEY"),
+    "ALLOWED_HOSTS": ("ALLOWED_HOSTS",),
+    "DATABASES": ("DATABASE_URL",),
+    "CHANNEL_LAYERS": ("REDIS_TLS_URL", "REDIS_URL", "CLOUDAMQP_URL", "RABBITMQ_URL"),
+}
+_IN_MEMORY = "paas_channels.layers.InMemoryChannelLayer"
 
 
 def _with_whitenoise(middleware: list[str]) -> list[str]:
@@ -223,6 +264,28 @@ def _with_whitenoise(middleware: list[str]) -> list[str]:
     return middleware
 
 
+def _env_variable(name: str, environ: Mapping[str, str], values: Mapping[str, Any]) -> str | None:
+    """The environment variable that sets ``name``, or None when the environment says nothing about it."""
+    variable = next((var for var in _ENV_OVERRIDES.get(name, ()) if environ.get(var, "").strip()), None)
+    if name == "CHANNEL_LAYERS" and values[name]["default"]["BACKEND"] == _IN_MEMORY:
+        return None
+    return variable
+
+
+def _overridden(name: str, current: Any, value: Any) -> Any:
+    """The environment's ``value`` for ``name`` merged into the file's ``current`` (other aliases kept)."""
+    if name == "DATABASES" and isinstance(current, dict):
+        return {**current, "default": value["default"]}
+    if name == "CHANNEL_LAYERS" and isinstance(current, dict):
+        old, new = current.get("default") or {}, dict(value["default"])
+        if old.get("BACKEND") == new["BACKEND"]:
+            new["CONFIG"] = {**(old.get("CONFIG") or {}), **new["CONFIG"]}
+        if "ROUTING" in old and "ROUTING" not in new:
+            new["ROUTING"] = old["ROUTING"]
+        return {**current, "default": new}
+    return value
+
+
 def configure(
     namespace: MutableMapping[str, Any],
     *,
@@ -230,40 +293,65 @@ def configure(
     environ: Mapping[str, str] | None = None,
     whitenoise: bool = True,
 ) -> dict[str, Any]:
-    """Fill a settings module's ``globals()`` from the environment; never overwrite.
+    """Fill a settings module's ``globals()``: environment > settings file > default.
 
-    Every setting the module already defines is kept as it is, except that
-    WhiteNoise is added to an existing ``MIDDLEWARE`` (unless already there or
-    ``whitenoise=False``) and a missing ``"staticfiles"`` entry is added to an
-    existing ``STORAGES``.  ``DEBUG`` and ``SECRET_KEY`` already set in the
-    module are honoured by the derived values.  Returns what was set.
+    A setting whose environment variable is set (``_ENV_OVERRIDES``) replaces
+    the file's; any other setting the file defines is kept (``ALLOWED_HOSTS =
+    []`` counts as undefined).  ``paas_channels`` joins an ``INSTALLED_APPS``
+    that lacks it, WhiteNoise an existing ``MIDDLEWARE`` (unless
+    ``whitenoise=False``), a missing ``"staticfiles"`` entry an existing
+    ``STORAGES``.  Records where each value came from in
+    ``PAAS_CHANNELS_SETTINGS_SOURCES``.  Returns what was set.
     """
-    base_dir = namespace.get("BASE_DIR")
+    environ = os.environ if environ is None else environ
     values = settings_from_env(
         environ,
-        base_dir=base_dir,
+        base_dir=namespace.get("BASE_DIR"),
         routing=routing,
         debug=namespace.get("DEBUG"),
         secret_key=namespace.get("SECRET_KEY"),
     )
+    platform = on_paas(environ)
+    if namespace.get("ALLOWED_HOSTS") == []:
+        del namespace["ALLOWED_HOSTS"]  # Django's default, what startproject writes: not a choice
+    sources: dict[str, str] = dict(namespace.get("PAAS_CHANNELS_SETTINGS_SOURCES") or {})
     applied: dict[str, Any] = {}
     for name, value in values.items():
-        if name == "STORAGES" and isinstance(namespace.get(name), dict):
+        variable = _env_variable(name, environ, values)
+        if variable is not None:
+            namespace[name] = applied[name] = _overridden(name, namespace.get(name), value)
+            sources[name] = f"env {variable}"
+        elif name == "DEBUG" and platform:
+            namespace[name] = applied[name] = value  # on a platform DEBUG is on only when the environment says so
+            sources[name] = "platform"
+        elif name == "STORAGES" and isinstance(namespace.get(name), dict):
             if "staticfiles" not in namespace[name]:
-                namespace[name] = {**namespace[name], "staticfiles": value["staticfiles"]}
-                applied[name] = namespace[name]
-            continue
-        if name not in namespace:
-            namespace[name] = value
-            applied[name] = value
+                namespace[name] = applied[name] = {**namespace[name], "staticfiles": value["staticfiles"]}
+            sources.setdefault(name, "file")
+        elif name not in namespace:
+            namespace[name] = applied[name] = value
+            sources[name] = "default"
+        else:
+            sources.setdefault(name, "file")
+    if "SECURE_HSTS_SECONDS" in applied and "SECURE_HSTS_PRELOAD" not in namespace:
+        silenced = list(namespace.get("SILENCED_SYSTEM_CHECKS", []))
+        # W021 asks for preload, which is a submission to the browsers' lists: the user's decision.
+        namespace["SILENCED_SYSTEM_CHECKS"] = applied["SILENCED_SYSTEM_CHECKS"] = [*silenced, "security.W021"]
+    apps = namespace.get("INSTALLED_APPS")
+    if apps is not None and "paas_channels" not in apps:
+        namespace["INSTALLED_APPS"] = applied["INSTALLED_APPS"] = [*apps, "paas_channels"]
     if whitenoise:
         middleware = namespace.get("MIDDLEWARE")
         if middleware is None:
             middleware = [_SECURITY_MIDDLEWARE]
         updated = _with_whitenoise(list(middleware))
         if updated != list(middleware) or "MIDDLEWARE" not in namespace:
-            namespace["MIDDLEWARE"] = updated
-            applied["MIDDLEWARE"] = updated
+            namespace["MIDDLEWARE"] = applied["MIDDLEWARE"] = updated
+    if namespace.get("WHITENOISE_USE_FINDERS") and namespace.get("STATIC_ROOT"):
+        # WhiteNoise warns in every process that STATIC_ROOT (collectstatic's output) does not
+        # exist yet; with the finders serving the files meanwhile, that is the expected state.
+        warnings.filterwarnings("ignore", message=re.escape(f"No directory at: {namespace['STATIC_ROOT']}"))
+    namespace["PAAS_CHANNELS_SETTINGS_SOURCES"] = sources
     return applied
 
 
@@ -278,21 +366,27 @@ def host_address(host: Any) -> str:
 
 def describe_settings(settings: Any) -> str:
     """One line of the effective Django settings that matter to a deployment; secrets masked."""
-    parts = [f"DEBUG={getattr(settings, 'DEBUG', False)}"]
-    parts.append("SECRET_KEY=" + ("****" if getattr(settings, "SECRET_KEY", "") else "unset"))
-    parts.append("ALLOWED_HOSTS=" + ",".join(getattr(settings, "ALLOWED_HOSTS", []) or ["-"]))
+    sources = getattr(settings, "PAAS_CHANNELS_SETTINGS_SOURCES", None) or {}
+
+    def source(name: str) -> str:
+        return f"({sources[name]})" if name in sources else ""
+
+    parts = [f"DEBUG={getattr(settings, 'DEBUG', False)}{source('DEBUG')}"]
+    parts.append("SECRET_KEY=" + ("****" if getattr(settings, "SECRET_KEY", "") else "unset") + source("SECRET_KEY"))
+    parts.append("ALLOWED_HOSTS=" + ",".join(getattr(settings, "ALLOWED_HOSTS", []) or ["-"]) + source("ALLOWED_HOSTS"))
     layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
     for alias, entry in layers.items():
         backend = str(entry.get("BACKEND", "?")).rsplit(".", 1)[-1]
         hosts = (entry.get("CONFIG") or {}).get("hosts") or []
         shown = ",".join(mask_url(host_address(host)) for host in hosts)
-        parts.append(f"layer[{alias}]={backend}" + (f"({shown})" if shown else ""))
+        parts.append(f"layer[{alias}]={backend}" + (f"({shown})" if shown else "")
+                     + (source("CHANNEL_LAYERS") if alias == "default" else ""))
     if not layers:
         parts.append("layer=none")
     database = (getattr(settings, "DATABASES", None) or {}).get("default", {})
     if database:
         engine = str(database.get("ENGINE", "?")).rsplit(".", 1)[-1]
         where = database.get("HOST") or database.get("NAME") or ""
-        parts.append(f"database={engine}:{where}")
+        parts.append(f"database={engine}:{where}{source('DATABASES')}")
     parts.append("whitenoise=" + ("on" if WHITENOISE_MIDDLEWARE in getattr(settings, "MIDDLEWARE", []) else "off"))
     return " ".join(parts)

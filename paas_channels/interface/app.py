@@ -31,7 +31,10 @@ from typing import Callable, Iterator
 from django.conf import settings
 
 from ..config.options import Config
+from ..exceptions import ConfigError
 from ..layers import BaseChannelLayer, ChannelFull
+from ..layers.fingerprint import Agreement, settings_fingerprint
+from ..runtime.access import AccessLog
 from .asgi import LayerUnavailable, Receive, Scope, Send, send_plain
 from .daphne import serve_daphne
 from .http import HttpConnection
@@ -82,6 +85,8 @@ class InterfaceApplication:
             if not origins and settings.DEBUG:
                 origins = (".localhost", "127.0.0.1", "[::1]")  # what Django itself allows then
         self.allowed_origins = origins
+        #: Compares the workers' settings fingerprints with this process's (None without CHANNEL_LAYERS settings).
+        self.agreement = _agreement(getattr(config, "layer", None) or "default")
         self.closing = False
         self.worker_count = 0
         self._queues: dict[str, asyncio.Queue] = {}
@@ -234,6 +239,9 @@ class InterfaceApplication:
                 if layer_down:
                     logger.info("the channel layer answers again")
                     layer_down = False
+                disagreement = self.agreement.new_disagreements(beats) if self.agreement else None
+                if disagreement:
+                    logger.warning("%s", disagreement)
                 count = len(beats)
                 if count:
                     if warned_at is not None:
@@ -317,6 +325,13 @@ def _app_path(scope: Scope) -> str:
     return path
 
 
+def _agreement(alias: str) -> Agreement | None:
+    try:
+        return Agreement(settings_fingerprint(alias))
+    except ConfigError:  # no such alias in settings.CHANNEL_LAYERS (a layer built by hand)
+        return None
+
+
 async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         event = await receive()
@@ -337,5 +352,8 @@ def serve(app: InterfaceApplication, config: Config, ready: Callable[[], None] |
     listening.  Any ASGI app with ``start()``, ``shutdown(timeout)`` and
     ``http_timeout`` can be served this way (combined mode wraps the interface).
     A port that cannot be bound raises ``ConfigError`` (exit code 3 from the CLI).
+    Each HTTP request is logged (:mod:`paas_channels.runtime.access`) unless ``--no-access-log``.
     """
+    if not config.no_access_log:
+        app = AccessLog(app)
     return serve_daphne(app, config, ready)

@@ -18,6 +18,7 @@ with 1012 so clients reconnect at once, let responses in flight finish within
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import functools
@@ -58,6 +59,7 @@ def abort_response(send: Send) -> bool:
     ASGI has no "abort"; Daphne's ``send`` is a partial bound to the request,
     whose transport can be closed, which the client sees as a truncated body.
     """
+    send = inspect.unwrap(send)  # middleware (the access log) marks its wrapper with __wrapped__
     request = next(iter(getattr(send, "args", ())), None)
     transport = getattr(request, "transport", None) or getattr(getattr(request, "channel", None), "transport", None)
     if transport is None or not hasattr(transport, "loseConnection"):
@@ -171,6 +173,34 @@ class _Shutdown:
                 self.reactor.stop()
 
 
+def _endpoints(config: Config, reactor: Any) -> list[str]:
+    """What Daphne listens on: ``-e/--endpoint`` strings (TLS, HTTP/2 through Twisted's ``ssl:``), and the
+    plain ``--bind``/``--port`` listener unless only endpoints were given; each checked now, as Daphne
+    would fail on it later with a traceback."""
+    from twisted.internet.endpoints import serverFromString
+
+    for description in config.endpoints:
+        try:
+            serverFromString(reactor, description)
+        except Exception as exc:  # noqa: BLE001 - a parse error, a missing key file, a missing plugin: all one answer
+            raise ConfigError(
+                f"-e/--endpoint {description!r} cannot be used ({type(exc).__name__}: {exc}); expected a Twisted "
+                "endpoint string such as tcp:8000:interface=127.0.0.1 or "
+                "ssl:8443:privateKey=key.pem:certKey=cert.pem (HTTP/2 needs pip install 'twisted[tls,http2]')"
+            ) from None
+    explicit = any(config.sources.get(name, "default") != "default" for name in ("bind", "port"))
+    plain = build_endpoint_description_strings(host=config.bind, port=config.port)
+    return [*(plain if explicit or not config.endpoints else []), *config.endpoints]
+
+
+def _shown(endpoint: str, config: Config) -> str:
+    """An endpoint as the log says it: the plain listener as its URL, others as given (no key paths hidden:
+    they are file names, not secrets)."""
+    if endpoint == build_endpoint_description_strings(host=config.bind, port=config.port)[0]:
+        return f"http://{config.bind}:{config.port}"
+    return endpoint
+
+
 def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = None) -> int:
     """Serve ``app`` until a signal; see :func:`paas_channels.interface.serve`."""
     server_class = _server_class()  # first: it installs the asyncio reactor that the import below gets
@@ -183,14 +213,17 @@ def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = No
             "idle WebSockets will be cut; use 20-50 s", config.ping_interval,
         )
 
+    endpoints = _endpoints(config, reactor)
+
     def on_listening() -> None:
-        logger.info("listening on http://%s:%s", config.bind, config.port)
+        for endpoint in endpoints:
+            logger.info("listening on %s", _shown(endpoint, config))
         if ready is not None:
             ready()
 
     server = server_class(
         app,
-        endpoints=build_endpoint_description_strings(host=config.bind, port=config.port),
+        endpoints=endpoints,
         signal_handlers=False,
         http_timeout=None,  # the app answers its own 503; Daphne's would also cut long streams
         request_buffer_size=BODY_CHUNK,
@@ -218,8 +251,9 @@ def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = No
     server.run()
     if server.listen_failure is not None:
         raise ConfigError(
-            f"cannot listen on {config.bind}:{config.port}: {server.listen_failure}. "
-            "Is another process using the port? Choose another with --port or PORT"
+            f"cannot listen on {', '.join(_shown(endpoint, config) for endpoint in endpoints)}: "
+            f"{server.listen_failure}. Is another process using the port? Choose another with --port or PORT"
+            + (" or -e/--endpoint" if config.endpoints else "")
         )
     try:
         shutdown.uninstall()

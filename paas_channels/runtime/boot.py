@@ -23,7 +23,7 @@ from ..exceptions import ConfigError
 
 __all__ = [
     "close_layer", "closing_layer", "configure_logging", "describe_settings", "find_settings_module",
-    "freeze_startup_objects", "gevent_monkey_patch", "probe_layer", "setup_django",
+    "freeze_startup_objects", "gevent_monkey_patch", "probe_layer", "setup_django", "unreachable_layer",
 ]
 
 logger = logging.getLogger("paas_channels")
@@ -58,11 +58,44 @@ def setup_django(config: Config) -> None:
         )
     os.environ["DJANGO_SETTINGS_MODULE"] = module
     import django
+    from django.core.exceptions import ImproperlyConfigured
 
     try:
         django.setup()
     except ImportError as exc:
         raise ConfigError(f"settings module {module!r} cannot be imported: {exc}") from None
+    except ImproperlyConfigured as exc:
+        _check_database_drivers()  # a models module touched a database whose driver is missing
+        raise ConfigError(f"settings module {module!r}: {exc}") from None
+    _check_database_drivers()
+
+
+#: Database engine -> (the driver it needs, how to install it).
+_DRIVERS = {
+    "django.db.backends.postgresql": ("psycopg (or psycopg2)", "pip install 'paas-channels[postgres]'"),
+    "django.db.backends.mysql": ("mysqlclient", "pip install mysqlclient"),
+    "django.db.backends.oracle": ("oracledb", "pip install oracledb"),
+}
+
+
+def _check_database_drivers() -> None:
+    """Load each database's backend now: a missing driver is a boot error naming what to install,
+    not a traceback from the first query (or from the URLconf's imports)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db.utils import load_backend
+
+    for alias, database in (getattr(settings, "DATABASES", None) or {}).items():
+        engine = database.get("ENGINE", "")
+        if not engine:
+            continue
+        try:
+            load_backend(engine)
+        except (ImproperlyConfigured, ImportError) as exc:
+            driver, fix = _DRIVERS.get(engine, ("its driver", "install the package the engine's documentation names"))
+            raise ConfigError(
+                f"database {alias!r} uses {engine}, whose driver {driver} is not installed ({exc}); {fix}"
+            ) from None
 
 
 def configure_logging(level: str, fmt: str = LOG_FORMAT) -> None:
@@ -137,10 +170,18 @@ def probe_layer(layer: Any, alias: str = "default", timeout: float = PROBE_TIMEO
     if thread.is_alive():
         raise ConfigError(f"{where} did not answer within {timeout:g} s: check REDIS_URL and the network")
     if failure:
-        exc = failure[0]
-        # The layer's own message names the host it tried (password redacted) and what to do.
-        detail = str(exc)[:300] or type(exc).__name__
-        raise ConfigError(f"{where} is unreachable: {detail}")
+        raise unreachable_layer(where, failure[0])
+
+
+def unreachable_layer(where: str, exc: BaseException) -> ConfigError:
+    """The boot error for a layer that could not be reached: what failed, once, and what to check, once.
+
+    The layer's runtime message promises a reconnect; a process that exits must not.
+    """
+    # ``detail`` names the host it tried (password redacted), without the runtime advice.
+    detail = (getattr(exc, "detail", None) or str(exc) or type(exc).__name__)[:300].rstrip(".")
+    return ConfigError(f"{where} is unreachable: {detail}. Check REDIS_URL / CONFIG['hosts'] and that the server "
+                       "is running")
 
 
 def close_layer(layer: Any) -> None:

@@ -23,6 +23,7 @@ from django.conf import settings
 from ..config.options import Config
 from ..config.settings import WHITENOISE_MIDDLEWARE
 from ..exceptions import ConfigError
+from .access import wsgi_access_log
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +156,12 @@ def run(config: Config) -> int:
 
     shutdown = _Shutdown()
     application = _proxy_and_drain(static_files(wsgi_application()), config, shutdown)
+    if not config.no_access_log:
+        application = wsgi_access_log(application)
     pool = Pool(POOL_SIZE)
     server = WSGIServer(
         (config.bind, config.port), application, spawn=pool, handler_class=_handler_class(shutdown),
-        log=logging.getLogger("paas_channels.access"), error_log=logger,
+        log=None, error_log=logger,  # the access log is wsgi_access_log's: the same line as in every mode
     )
     try:
         server.start()

@@ -3,7 +3,7 @@
 Checks, each problem reported as one line that says what is wrong and what to do:
 
 1. the settings load (``SECRET_KEY``, URLs, imports);
-2. the channel layer answers (Redis reachable);
+2. the channel layer answers (Redis reachable), and so does each database;
 3. ``ROUTING`` imports, and the channels the interface server sends to are routed;
 4. Procfile, app.json, runtime.txt and .python-version agree with each other and
    with the settings (split mode needs a shared layer, every routed channel needs
@@ -28,6 +28,7 @@ from ..config.options import Config
 from ..config.settings import host_address, mask_url
 from ..exceptions import ConfigError
 from ..layers import channel_layer_settings, get_channel_layer, has_channel_layers, layer_class
+from ..layers.fingerprint import describe, disagreeing, settings_fingerprint
 from ..routing import Router, default_routing
 from ..runtime.boot import close_layer, probe_layer, setup_django
 from ..worker import select_channels
@@ -69,8 +70,12 @@ def _layer_problems(alias: str) -> tuple[Any, list[str]]:
         probe_layer(layer, alias, timeout=LAYER_TIMEOUT, at=_hosts_text(layer))
     except ConfigError as exc:
         close_layer(layer)
-        return None, [f"{exc}. Check REDIS_URL / CONFIG['hosts'] and that the server is running"]
-    return layer, []
+        return None, [str(exc)]
+    try:
+        others = disagreeing(layer.heartbeats(), settings_fingerprint(alias))
+    except Exception as exc:  # noqa: BLE001 - it answered the probe a moment ago; say so and go on
+        return layer, [f"channel layer {alias!r}: its heartbeats cannot be read ({type(exc).__name__}: {exc})"]
+    return layer, [f"settings: {describe(others, settings_fingerprint(alias))}"] if others else []
 
 
 def _hosts_text(layer: Any) -> str:
@@ -175,6 +180,43 @@ def _app_json_problems(app: dict[str, Any]) -> list[str]:
     return []
 
 
+#: Seconds a database server gets to accept the check's connection.
+DATABASE_TIMEOUT = 5
+
+
+def _database_problems() -> list[str]:
+    """One line per database that cannot be connected to (its password never shown)."""
+    from django.db import connections
+
+    problems = []
+    for alias in connections:
+        connection = connections[alias]
+        database = connection.settings_dict
+        engine = str(database.get("ENGINE", "")).rsplit(".", 1)[-1]
+        if connection.vendor == "sqlite":
+            name = str(database.get("NAME") or "")
+            # Connecting would create the file; only a missing directory is a problem.
+            if name and name != ":memory:" and not name.startswith("file:") and not Path(name).parent.is_dir():
+                problems.append(f"database {alias!r} (sqlite3 at {name}): the directory {Path(name).parent} does "
+                                "not exist; check DATABASE_URL")
+            continue
+        if connection.vendor == "postgresql":
+            database.setdefault("OPTIONS", {}).setdefault("connect_timeout", DATABASE_TIMEOUT)
+        where = f"{engine} at {database.get('HOST') or 'localhost'}:{database.get('PORT') or 'default port'}" \
+                f"/{database.get('NAME') or ''}"
+        try:
+            connection.ensure_connection()
+        except Exception as exc:  # noqa: BLE001 - every driver has its own errors; each is one line here
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            if database.get("PASSWORD"):
+                reason = reason.replace(str(database["PASSWORD"]), "***")
+            problems.append(f"database {alias!r} ({where}) is unreachable: {reason[:300]}; check DATABASE_URL "
+                            "and that the server is running and accepts this user")
+        finally:
+            connection.close()
+    return problems
+
+
 def _django_problems(deploy: bool) -> tuple[list[str], list[str]]:
     """(problems, notes) from Django's system checks."""
     from django.core import checks
@@ -232,6 +274,7 @@ def run_checks(config: Config, deploy: bool = False, directory: Path | None = No
         problems += _procfile_problems(
             procfile, app, backend, routed, bool(os.environ.get("REDIS_URL") or os.environ.get("REDIS_TLS_URL"))
         )
+    problems += _database_problems()
     found, notes = _django_problems(deploy)
     problems += found
     return problems, notes

@@ -20,6 +20,7 @@ from typing import Any, Iterable, TextIO
 from ..config.options import Config
 from ..exceptions import ConfigError
 from ..layers import channel_layer_settings, get_channel_layer
+from ..layers.fingerprint import describe, disagreeing, settings_fingerprint
 from ..routing import Router, default_routing
 from ..runtime.boot import closing_layer
 
@@ -133,6 +134,7 @@ def run_status(
     if layer.reach == "process":
         out.write("note: the in-memory layer lives inside one process; this command sees only its own, "
                   "empty copy. Set REDIS_URL to watch a running deployment.\n")
+    mine = settings_fingerprint(config.layer)
     with closing_layer(layer):
         try:
             before = take_snapshot(layer, channels, groups)
@@ -144,6 +146,9 @@ def run_status(
                 now = take_snapshot(layer, channels, groups)
                 stamp = time.strftime("%H:%M:%S UTC", time.gmtime())
                 out.write(f"{clear}paas-channels status at {stamp} (layer {config.layer!r})\n{render(now, before)}\n")
+                others = disagreeing(now.workers, mine)
+                if others:
+                    out.write(f"settings differ: {describe(others, mine)}\n")
                 if not watch:
                     return 0
                 out.write("\n")

@@ -5,6 +5,17 @@
   "use strict";
   var room = document.currentScript.getAttribute("data-room");
   var log = document.getElementById("log");
+  var form = document.getElementById("picture");
+  var status = document.getElementById("picture-status");
+  var pending = null;  // id of the picture whose thumbnail this page waits for
+  var settled = {};  // picture id -> the worker's answer (it may come before the upload's own reply)
+  function settle() {
+    var answer = pending === null ? undefined : settled[pending];
+    if (answer) {
+      status.textContent = answer.thumbnail ? "thumbnail ready" : "no thumbnail: not an image";
+      pending = null;
+    }
+  }
   function show(text, kind) {
     var line = document.createElement("div");
     line.className = kind;
@@ -25,6 +36,7 @@
   }
   var socket = window.paasChannels.connect("/ws/chat/" + room + "/", function (data) {
     var message = JSON.parse(data);
+    if (message.id !== undefined) { settled[message.id] = message; settle(); }
     if (message.system) { show(message.system, "sys"); }
     else if (message.thumbnail) { showPicture(message); }
     else { show(message.user + ": " + message.text, "in"); }
@@ -39,8 +51,6 @@
     }
   });
 
-  var form = document.getElementById("picture");
-  var status = document.getElementById("picture-status");
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     status.textContent = "uploading...";
@@ -49,7 +59,7 @@
       .then(function (result) {
         // 202: stored; the thumbnail arrives over the WebSocket when a worker has made it.
         status.textContent = result[0] === 202 ? "thumbnail on its way" : "failed: " + result[1].error;
-        if (result[0] === 202) { form.reset(); }
+        if (result[0] === 202) { pending = result[1].picture; form.reset(); settle(); }
       })
       .catch(function (error) { status.textContent = "failed: " + error; });
   });

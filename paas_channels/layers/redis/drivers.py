@@ -243,11 +243,15 @@ class _Shards:
         reason = str(exc) or type(exc).__name__
         for secret in host.secrets():
             reason = reason.replace(secret, "***")
-        return ChannelLayerConnectionError(
+        reason = reason.rstrip(".")
+        error = ChannelLayerConnectionError(
             f"channel layer cannot reach Redis at {host.describe()}: {reason}. "
             "Check that Redis is running and the URL is right; the layer reconnects "
             "by itself once it is back."
         )
+        # Without the advice, for a process that gives up at boot (it gives its own, once).
+        error.detail = f"cannot reach Redis at {host.describe()}: {reason}"
+        return error
 
     @staticmethod
     def _scripts_to_resend(calls: Sequence[Call], replies: list[Any]) -> list[int]:

@@ -31,6 +31,7 @@ from django.conf import settings
 
 from ..config.options import Config
 from ..layers import BaseChannelLayer, ChannelFull
+from ..logs import RateLimitedLog
 from .asgi import LayerUnavailable, Receive, Scope, Send, send_plain
 from .daphne import serve_daphne
 from .http import HttpConnection
@@ -88,6 +89,8 @@ class InterfaceApplication:
         self._http_active = 0
         self._tasks: list[asyncio.Task] = []
         self._sends = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        # An outage fails every request: one line per kind of failure a minute, not one per request.
+        self._problems = RateLimitedLog(logger)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -173,7 +176,8 @@ class InterfaceApplication:
             except ChannelFull:
                 raise
             except Exception as exc:
-                logger.error("sending on %s failed: %s: %s", channel, type(exc).__name__, exc)
+                self._problems(logging.ERROR, f"send:{type(exc).__name__}", "sending on %s failed: %s: %.200s",
+                               channel, type(exc).__name__, exc)
                 raise LayerUnavailable(str(exc)) from exc
 
     def websocket_scheme(self, scope: Scope) -> str:
@@ -230,7 +234,7 @@ class InterfaceApplication:
                 if layer_down:
                     logger.info("the channel layer answers again")
                     layer_down = False
-                count = len(beats)
+                count, _ = consuming_workers(beats)
                 if count:
                     if warned_at is not None:
                         logger.info("%d worker(s) alive again", count)
@@ -249,16 +253,20 @@ class InterfaceApplication:
     ### Health ###
 
     async def _health(self, send: Send) -> None:
+        loops: dict | None = None
         try:
             beats = await asyncio.wait_for(self.layer.aheartbeats(), 5.0)
-            layer_state, workers, status = "reachable", len(beats), 200
+            workers, loops = consuming_workers(beats)
+            layer_state, status = "reachable", 200
             self.worker_count = workers
         except Exception as exc:
             layer_state, workers, status = f"unreachable ({type(exc).__name__})", None, 503
         body = {
-            "status": "ok" if status == 200 else "error",
+            # "degraded": a worker heartbeats but some (or all) of its receive loops are gone.
+            "status": "error" if status != 200 else "degraded" if loops and loops["lost"] else "ok",
             "layer": layer_state,
             "workers": workers,
+            "loops": loops,
             "connections": {"http": self._http_active, "websocket": len(self._websockets)},
             "closing": self.closing,
         }
@@ -302,6 +310,27 @@ class InterfaceApplication:
     def _check_idle(self) -> None:
         if self._http_active == 0 and not self._websockets:
             self._idle.set()
+
+
+def consuming_workers(beats: dict[str, dict]) -> tuple[int, dict]:
+    """Workers with at least one live receive loop, and ``{"live", "expected", "lost"}`` loop counts.
+
+    A worker heartbeats from its own thread, so a worker whose loops all died
+    still beats: counting heartbeats alone would call it alive.  A worker that
+    does not report ``loops`` (not serving yet) counts as whole.
+    """
+    workers = live = expected = 0
+    for info in beats.values():
+        threads = _count(info.get("threads"))
+        loops = _count(info.get("loops", threads))
+        expected += threads
+        live += min(loops, threads)
+        workers += loops > 0 or threads == 0
+    return workers, {"live": live, "expected": expected, "lost": expected - live}
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -48,8 +48,12 @@ HEALTH_PATH = "/.paas-channels/health"
 WORKER_CHECK_INTERVAL = 5.0
 NO_WORKER_GRACE = 10.0
 _NO_WORKER_REPEAT = 300.0
-#: Pauses after a failed inbox receive (layer down): first and longest.
-_RETRY_START, _RETRY_MAX = 0.5, 5.0
+#: Pauses after a failed inbox receive (layer down): first and longest.  Short, because
+#: replies wait on this one reader: it must be back within half a second of the layer.
+_RETRY_START, _RETRY_MAX = 0.1, 0.5
+#: Longest any single layer call of this process may take, before --http-timeout shortens it:
+#: a frozen Redis (no socket error, no answer) must not hold a request, the inbox or health.
+LAYER_CALL_TIMEOUT = 5.0
 #: Layer sends in flight at once from this process: a burst of frames from many
 #: sockets queues here instead of exhausting the layer's connection pool.
 MAX_CONCURRENT_SENDS = 32
@@ -74,6 +78,8 @@ class InterfaceApplication:
         self.layer = layer
         self.config = config
         self.http_timeout = float(config.http_timeout or 120.0)
+        #: Deadline of one layer call that no request deadline bounds (inbox, heartbeats, health, WebSockets).
+        self.layer_timeout = min(self.http_timeout, LAYER_CALL_TIMEOUT)
         self.inbox = _inbox_name()
         self.static = StaticFiles.from_settings() if static is None else (static or None)
         origins = tuple(getattr(config, "allowed_origins", ()) or ())
@@ -163,13 +169,26 @@ class InterfaceApplication:
     def reply_queue(self, name: str) -> asyncio.Queue:
         return self._queues[name]
 
-    async def asend(self, channel: str, message: dict) -> None:
-        """Send on the layer with bounded concurrency.
+    async def asend(self, channel: str, message: dict, deadline: float | None = None) -> None:
+        """Send on the layer with bounded concurrency, by ``deadline`` (``time.monotonic()``;
+        default: ``layer_timeout`` from now).
 
         Raises ``ChannelFull`` as the layer does, and :class:`LayerUnavailable`
-        (after logging why) for any other failure, so a connection can answer
-        503/1013 instead of crashing.
+        (after logging why) for any other failure, a missed deadline included,
+        so a connection can answer 503/1013 in time instead of hanging or crashing.
         """
+        if deadline is None:
+            deadline = time.monotonic() + self.layer_timeout
+        try:
+            await asyncio.wait_for(self._send_bounded(channel, message), max(0.0, deadline - time.monotonic()))
+        except ChannelFull:
+            raise
+        except (asyncio.TimeoutError, TimeoutError):
+            self._problems(logging.ERROR, "send:deadline", "sending on %s: the channel layer did not answer in "
+                           "time (deadline from --http-timeout %g s)", channel, self.http_timeout)
+            raise LayerUnavailable("the channel layer did not answer in time") from None
+
+    async def _send_bounded(self, channel: str, message: dict) -> None:
         async with self._sends:
             try:
                 await self.layer.asend(channel, message)
@@ -191,9 +210,13 @@ class InterfaceApplication:
     async def _receive_loop(self) -> None:
         """The process's one reader of its inbox: each reply goes to its connection's queue."""
         delay = _RETRY_START
+        # A blocking receive answers within the layer's blocking timeout; past that plus the
+        # call deadline the layer is frozen, and the receive is abandoned and tried afresh.
+        receive_timeout = float(getattr(self.layer, "blocking_timeout", 1.0)) + self.layer_timeout
         while True:
             try:
-                channel, message = await self.layer.areceive([self.inbox], block=True)
+                channel, message = await asyncio.wait_for(self.layer.areceive([self.inbox], block=True),
+                                                          receive_timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -221,7 +244,7 @@ class InterfaceApplication:
         layer_down = False
         while True:
             try:
-                beats = await asyncio.wait_for(self.layer.aheartbeats(), WORKER_CHECK_INTERVAL)
+                beats = await asyncio.wait_for(self.layer.aheartbeats(), min(WORKER_CHECK_INTERVAL, self.layer_timeout))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -255,7 +278,7 @@ class InterfaceApplication:
     async def _health(self, send: Send) -> None:
         loops: dict | None = None
         try:
-            beats = await asyncio.wait_for(self.layer.aheartbeats(), 5.0)
+            beats = await asyncio.wait_for(self.layer.aheartbeats(), self.layer_timeout)
             workers, loops = consuming_workers(beats)
             layer_state, status = "reachable", 200
             self.worker_count = workers

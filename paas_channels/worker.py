@@ -104,6 +104,7 @@ class Worker:
         self.started = time.time()
         self.busy = 0
         self.done = 0
+        self.expired = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._forced = threading.Event()
@@ -232,6 +233,14 @@ class Worker:
                            "a message on %s was dropped: %s. Whoever sends on this channel sends garbage "
                            "(or someone who can reach the layer does)", channel, problem)
             return
+        if _expired(content):
+            with self._lock:
+                self.expired += 1
+            self._problems(logging.WARNING, f"expired:{channel}",
+                           "a message on %s (path %r) was skipped: its client was answered 503 %.1f s ago "
+                           "(no worker took it within --http-timeout). Add workers or threads",
+                           channel, content.get("path"), time.time() - content["deadline"])
+            return
         match = self.router.match(channel, content)
         if match is None:
             logger.warning(
@@ -270,6 +279,7 @@ class Worker:
             "threads": self.threads,
             "busy": self.busy,
             "done": self.done,
+            "expired": self.expired,
             "started": self.started,
         }
         if self._loops:
@@ -315,6 +325,12 @@ def _malformed(content: Any) -> str | None:
     if path is not None and not isinstance(path, str):
         return f"'path' must be a str, got {type(path).__name__}"
     return None
+
+
+def _expired(content: dict) -> bool:
+    """A message whose ``deadline`` (wall-clock seconds, set by the interface) has passed."""
+    deadline = content.get("deadline")
+    return isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and time.time() > deadline
 
 
 def build_worker(config: Config, layer: BaseChannelLayer | None = None, threads: int | None = None) -> Worker:

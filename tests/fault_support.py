@@ -120,6 +120,20 @@ class FaultStack:
         process.wait_for_output(" consuming ", timeout=30)
         return process
 
+    def layer(self):
+        """A layer on the stack's Redis, as its processes build it."""
+        from paas_channels.layers import RedisChannelLayer
+
+        return RedisChannelLayer(hosts=[self.redis.url])
+
+    def busy_workers(self) -> int:
+        """Consumers running now, from the workers' heartbeats (sent at once when one turns busy)."""
+        layer = self.layer()
+        try:
+            return sum(int(info.get("busy", 0)) for info in layer.heartbeats().values())
+        finally:
+            layer.close()
+
     def freeze_redis(self) -> None:
         os.kill(self.redis.process.pid, signal.SIGSTOP)
 

@@ -88,6 +88,9 @@ class HttpConnection:
             "scheme": scope.get("scheme", "http"),
             "body": body,
             "body_channel": self.body_channel,
+            # Wall-clock time after which this client has been told 503: a worker that takes
+            # the request later skips it, so a 503 means "not run" (paas_channels.worker).
+            "deadline": time.time() + max(0.0, self.deadline - time.monotonic()),
             **scope_fields(scope),
         }
         try:

@@ -57,6 +57,20 @@ def ran(message):
         out.write(_query(message).get("id", "?") + "\\n")
     answer(message)
 
+def upload(message):
+    """Reads the body (first chunk in the message, the rest on body_channel) and answers its size."""
+    size, chunks = len(message.content.get("body") or b""), 0
+    body_channel = message.content.get("body_channel")
+    more = bool(body_channel)
+    while more:
+        channel, chunk = message.channel_layer.receive([body_channel], block=True)
+        if channel is None:
+            continue
+        size += len(chunk.get("content") or b"")
+        chunks += 1
+        more = chunk.get("more_content") and not chunk.get("closed")
+    message.reply_channel.send({"status": 200, "content": f"{size} {chunks}".encode()})
+
 def ws_connect(message):
     message.reply_channel.send({"accept": True})
 
@@ -66,6 +80,7 @@ def ws_receive(message):
 channel_routing = [
     route("http.request", slow, path=r"^/slow/$"),
     route("http.request", ran, path=r"^/ran/$"),
+    route("http.request", upload, path=r"^/upload/$"),
     route("http.request", answer),
     route("websocket.connect", ws_connect),
     route("websocket.receive", ws_receive),

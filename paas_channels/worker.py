@@ -33,7 +33,7 @@ from django.core import signals as django_signals
 
 from .config.options import Config
 from .exceptions import ConfigError
-from .layers import BaseChannelLayer, channel_layer_settings, get_channel_layer
+from .layers import BaseChannelLayer, RejectedMessage, channel_layer_settings, get_channel_layer
 from .logs import RateLimitedLog
 from .message import Message, deferred_sends
 from .routing import Router, default_routing
@@ -227,6 +227,8 @@ class Worker:
 
     def run_consumer(self, channel: str, content: dict) -> None:
         """Route one message and run its consumer; errors are logged, never raised."""
+        if isinstance(content, RejectedMessage):
+            return  # failed authentication: counted and logged by the layer, never run
         problem = _malformed(content)
         if problem is not None:
             self._problems(logging.WARNING, f"malformed:{channel}",
@@ -280,6 +282,7 @@ class Worker:
             "busy": self.busy,
             "done": self.done,
             "expired": self.expired,
+            "rejected": getattr(self.layer, "rejected_count", 0),
             "started": self.started,
         }
         if self._loops:

@@ -139,7 +139,9 @@ class FaultStack:
         """A layer on the stack's Redis, as its processes build it."""
         from paas_channels.layers import RedisChannelLayer
 
-        return RedisChannelLayer(hosts=[self.redis.url])
+        layer = RedisChannelLayer(hosts=[self.redis.url])
+        layer.use_keys([self.env["SECRET_KEY"]])
+        return layer
 
     def busy_workers(self) -> int:
         """Consumers running now, from the workers' heartbeats (sent at once when one turns busy)."""

@@ -30,7 +30,7 @@ from typing import Callable
 from django.conf import settings
 
 from ..config.options import Config
-from ..layers import BaseChannelLayer, ChannelFull
+from ..layers import BaseChannelLayer, ChannelFull, RejectedMessage
 from ..logs import RateLimitedLog
 from .asgi import LayerUnavailable, Receive, Scope, Send, send_plain
 from .daphne import serve_daphne
@@ -229,8 +229,8 @@ class InterfaceApplication:
             if delay != _RETRY_START:
                 logger.info("receiving on the inbox %s again", self.inbox)
             delay = _RETRY_START
-            if channel is None:
-                continue
+            if channel is None or isinstance(message, RejectedMessage):
+                continue  # a rejected message was counted and logged by the layer
             queue = self._queues.get(channel)
             if queue is None:
                 logger.debug("reply for %s dropped: that connection is gone", channel)
@@ -344,11 +344,13 @@ def consuming_workers(beats: dict[str, dict]) -> tuple[int, dict]:
     """
     workers = live = expected = 0
     for info in beats.values():
+        if isinstance(info, RejectedMessage):
+            continue
         threads = _count(info.get("threads"))
         loops = _count(info.get("loops", threads))
         expected += threads
         live += min(loops, threads)
-        workers += loops > 0 or threads == 0
+        workers += loops > 0
     return workers, {"live": live, "expected": expected, "lost": expected - live}
 
 

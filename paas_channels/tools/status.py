@@ -48,7 +48,7 @@ def take_snapshot(layer: Any, channels: Iterable[str], groups: Iterable[str] = (
         totals=dict(layer.global_statistics()),
         channels={channel: dict(layer.channel_statistics(channel)) for channel in sorted(set(channels))},
         groups={group: len(layer.group_channels(group)) for group in sorted(set(groups))},
-        workers=dict(layer.heartbeats()),
+        workers={worker_id: info for worker_id, info in layer.heartbeats().items() if info},  # {}: rejected
     )
 
 

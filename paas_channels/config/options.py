@@ -153,6 +153,10 @@ OPTIONS: tuple[Option, ...] = (
            "(0: no limit)",
            default=100 * 1024 * 1024, env="PAAS_CHANNELS_MAX_BODY_SIZE", type=_byte_size,
            modes=frozenset({"web", "combined"})),
+    Option("header_timeout", ("--header-timeout",),
+           "seconds a client has to send a request's headers (slowloris trickling a byte at a time is cut)",
+           default=20.0, env="PAAS_CHANNELS_HEADER_TIMEOUT", type=_positive_float,
+           modes=frozenset({"web", "combined"})),
     Option("ping_interval", ("--ping-interval",), "seconds between WebSocket pings (under Heroku's 55 s idle limit)",
            default=20.0, env="PAAS_CHANNELS_PING_INTERVAL", type=_positive_float, modes=frozenset({"web", "combined"})),
     Option("threads", ("--threads",),
@@ -202,6 +206,10 @@ class Config:
             return self.values[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        # The dataclass repr would show every value; describe() masks the secret ones.
+        return f"<Config {self.describe()}>"
 
     def describe(self) -> str:
         """One line of the effective options and where each came from; secrets masked."""

@@ -14,6 +14,10 @@ the HTTP request class (Twisted 24-26's ``Request``):
   ``_parsePOSTFormSubmission`` is off; Twisted spools a body over 100 kB to a
   temporary file, and the application is fed that file in ``BODY_CHUNK``
   pieces as it reads them, instead of Daphne queueing the whole body at once;
+* a client gets ``--header-timeout`` seconds for each request's headers, counted
+  from the connection's start (its first request) or the request line; one
+  that trickles them a byte at a time (slowloris) is cut, though every byte
+  would reset Twisted's idle timeout;
 * a body over ``--max-body-size`` (its ``Content-Length``, or what a chunked
   body adds up to) is answered 413 while it arrives, before any application
   (so any worker) sees the request.
@@ -111,11 +115,38 @@ _TOO_LARGE = (
 _QUEUED_CHUNKS = 2
 
 
+def _arm_header_deadline(channel: Any) -> None:
+    """Cut ``channel`` unless the headers of its current request are in within ``--header-timeout``."""
+    from twisted.internet import reactor  # installed by now: this runs while serving
+
+    seconds = getattr(getattr(channel.factory, "server", None), "header_timeout", None)
+    if not seconds or getattr(channel, "_paas_header_timer", None) is not None:
+        return
+
+    def expire() -> None:
+        channel._paas_header_timer = None
+        logger.info("a client sent no complete request headers within %g s (--header-timeout): connection cut",
+                    seconds)
+        if channel.transport is not None:
+            channel.transport.abortConnection()
+
+    channel._paas_header_timer = reactor.callLater(seconds, expire)
+
+
+def _disarm_header_deadline(channel: Any) -> None:
+    timer = getattr(channel, "_paas_header_timer", None)
+    if timer is not None:
+        channel._paas_header_timer = None
+        if timer.active():
+            timer.cancel()
+
+
 class _Request(WebRequest):
-    """Daphne's request, with its body neither parsed nor queued whole, and a size limit."""
+    """Daphne's request, with its body neither parsed nor queued whole, a size limit and a header deadline."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        _arm_header_deadline(self.channel)  # a later request on a kept-alive connection
         # Twisted would parse multipart/urlencoded bodies into self.args, which nothing reads.
         self._parsePOSTFormSubmission = False
         self._received = 0
@@ -125,6 +156,7 @@ class _Request(WebRequest):
         return getattr(self.server, "max_body_size", None)
 
     def gotLength(self, length: int | None) -> None:
+        _disarm_header_deadline(self.channel)  # every header is in
         super().gotLength(length)
         limit = self._limit()
         if length is not None and limit is not None and length > limit:
@@ -204,9 +236,10 @@ def _server_class() -> type:
         """Daphne's server, remembering its listening ports so a shutdown can stop accepting first."""
 
         def __init__(self, *args, on_listening: Callable[[], None], max_body_size: int | None = None,
-                     **kwargs) -> None:
+                     header_timeout: float | None = None, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.max_body_size = max_body_size
+            self.header_timeout = header_timeout
             self.ports: list = []
             self.listen_failure: str | None = None
             self._on_listening = on_listening
@@ -232,6 +265,20 @@ def _server_class() -> type:
                 protocol = build(addr)
                 if protocol is not None and getattr(protocol, "requestFactory", None) is WebRequest:
                     protocol.requestFactory = _Request
+                    made = protocol.connectionMade
+
+                    def connection_made() -> None:
+                        made()
+                        _arm_header_deadline(protocol)  # the first request line counts too
+
+                    protocol.connectionMade = connection_made
+                    lost = protocol.connectionLost
+
+                    def connection_lost(reason) -> None:
+                        _disarm_header_deadline(protocol)
+                        lost(reason)
+
+                    protocol.connectionLost = connection_lost
                 return protocol
 
             factory.buildProtocol = build_protocol
@@ -346,6 +393,7 @@ def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = No
         proxy_forwarded_proto_header="X-Forwarded-Proto" if config.proxy_headers else None,
         on_listening=on_listening,
         max_body_size=getattr(config, "max_body_size", None) or None,
+        header_timeout=getattr(config, "header_timeout", None),
     )
     shutdown = _Shutdown(app, config, server, reactor)
 

@@ -48,6 +48,8 @@ _rejections = RateLimitedLog(logger)
 
 #: Largest encoded message a layer accepts, in bytes (1 MiB).
 MAX_MESSAGE_SIZE = 1024 * 1024
+#: Default capacity of ``websocket.connect``: a burst of this many handshakes is queued, not refused.
+CONNECT_CAPACITY = 1000
 #: Channel and group names must be shorter than this.
 MAX_NAME_LENGTH = 100
 
@@ -175,6 +177,10 @@ class BaseChannelLayer:
             str(pattern): _positive_int(f"channel_capacity[{pattern!r}]", value)
             for pattern, value in channel_capacity.items()
         }
+        # Handshakes come in bursts (a deploy reconnects every client at once) and each
+        # connect message is small: room for CONNECT_CAPACITY of them unless configured.
+        if not any(fnmatch.fnmatchcase("websocket.connect", pattern) for pattern in self.channel_capacity):
+            self.channel_capacity["websocket.connect"] = max(self.capacity, CONNECT_CAPACITY)
         # Globs compiled once: capacity is looked up on every send.
         self._capacity_patterns = [
             (re.compile(fnmatch.translate(pattern)), value)

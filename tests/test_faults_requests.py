@@ -54,3 +54,21 @@ def test_a_worker_killed_mid_request_costs_that_request_only(stack):
     thread.join(20)
     assert slow and slow[0].status_code == 503  # the killed worker's request: told, not hung
     assert httpx.get(f"{stack.url}/", timeout=20).status_code == 200
+
+
+def test_four_poisoned_messages_leave_a_threads_4_worker_with_4_live_loops(stack):
+    stack.worker("--threads", "4")
+    stack.web("--http-timeout", "10")
+    from paas_channels.layers.redis import RedisChannelLayer
+
+    keyed = stack.layer()  # signed: the poison passes authentication and reaches the loops
+    for poison in ({"reply_channel": 12345, "path": "/"}, {"reply_channel": "no spaces!", "path": "/"},
+                   {"reply_channel": ["a", "list"], "path": "/"}, {"reply_channel": "x.y!z", "path": 7}):
+        keyed.send("http.request", poison)
+    RedisChannelLayer(hosts=[stack.redis.url]).send("http.request", {"unsigned": True})
+    assert wait_until(lambda: keyed.channel_statistics("http.request")["messages_pending"] == 0, 10)
+    assert httpx.get(f"{stack.url}/", timeout=20).status_code == 200
+    # The next heartbeat (every 5 s) reports the loops; health counts them.
+    assert wait_until(lambda: httpx.get(f"{stack.url}/.paas-channels/health", timeout=10).json()["loops"]
+                      == {"live": 4, "expected": 4, "lost": 0}, 15)
+    keyed.close()

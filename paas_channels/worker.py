@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 #: Seconds between heartbeats (also sent at once when the worker turns busy or idle).
 HEARTBEAT_INTERVAL = 5.0
 #: Seconds after a receive error before trying again (layer restarting, network blip).
-_RECEIVE_ERROR_PAUSE = 1.0
+_RECEIVE_ERROR_PAUSE = 0.5
 
 
 def select_channels(channels: Iterable[str], only: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[str]:

@@ -75,11 +75,12 @@ def _report(kind: str, load: Load, down: float, up: float) -> tuple[list, float]
     bad_after = [s for s in after if s.status != 200]
     recovered_at = max((s.finished for s in bad_after), default=up)
     recovery = max(0.0, recovered_at - up)
+    first_ok = min((s.finished for s in after if s.status == 200), default=float("nan")) - up
     answers.sort()
     figure(f"redis {kind} {OUTAGE:g} s, --http-timeout {HTTP_TIMEOUT:g}, 50 req/s, {WEBSOCKETS} WebSockets",
            f"{len(during)} requests during the outage, statuses {sorted({s.status for s in during})}, "
            f"answered in p50 {answers[len(answers) // 2]:.2f} s / max {answers[-1]:.2f} s; "
-           f"every request 200 again {recovery:.2f} s after Redis was back "
+           f"first 200 {first_ok:.2f} s and every request 200 again {recovery:.2f} s after Redis was back "
            f"({len(bad_after)} non-200 after it)")
     return during, recovery
 

@@ -43,9 +43,10 @@ def test_a_request_answered_503_is_never_run_later(stack):
 
 def test_a_worker_killed_mid_request_costs_that_request_only(stack):
     first = stack.worker("--threads", "2")
-    stack.web("--http-timeout", "2")
+    stack.web("--http-timeout", "6")
     slow = []
-    thread = threading.Thread(target=lambda: slow.append(httpx.get(f"{stack.url}/slow/?s=10", timeout=20)))
+    # 3 s of work, well within the 6 s timeout: only the kill can make it a 503.
+    thread = threading.Thread(target=lambda: slow.append(httpx.get(f"{stack.url}/slow/?s=3", timeout=20)))
     thread.start()
     assert wait_until(lambda: stack.busy_workers() == 1, 10)
     first.signal(signal.SIGKILL)

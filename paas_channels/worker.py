@@ -235,7 +235,7 @@ class Worker:
                            "a message on %s was dropped: %s. Whoever sends on this channel sends garbage "
                            "(or someone who can reach the layer does)", channel, problem)
             return
-        if _expired(content):
+        if channel == "http.request" and _expired(content):
             with self._lock:
                 self.expired += 1
             self._problems(logging.WARNING, f"expired:{channel}",
@@ -331,7 +331,11 @@ def _malformed(content: Any) -> str | None:
 
 
 def _expired(content: dict) -> bool:
-    """A message whose ``deadline`` (wall-clock seconds, set by the interface) has passed."""
+    """An ``http.request`` whose ``deadline`` (wall-clock seconds, set by the interface) has passed.
+
+    Only ``http.request``: on a project's own channels ``deadline`` is the project's field.
+    Web and worker clocks must agree to within a fraction of ``--http-timeout`` (NTP on every PaaS).
+    """
     deadline = content.get("deadline")
     return isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and time.time() > deadline
 

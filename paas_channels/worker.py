@@ -194,7 +194,7 @@ class Worker:
                 channel, content = self.layer.receive(channels, block=True)
             except Exception as exc:
                 self._problems(logging.ERROR, "receive", "receive from the channel layer failed (%s: %.200s); "
-                               "retrying every %.0f s", type(exc).__name__, exc, _RECEIVE_ERROR_PAUSE)
+                               "retrying every %g s", type(exc).__name__, exc, _RECEIVE_ERROR_PAUSE)
                 self._stopping.wait(_RECEIVE_ERROR_PAUSE)
                 continue
             if self._problems.recovered("receive"):

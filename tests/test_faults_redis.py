@@ -39,15 +39,15 @@ async def _outage(stack: FaultStack, kill: bool) -> tuple[Load, float, float, li
 
     async def fault() -> None:
         await asyncio.sleep(2.0)
+        # Blocking steps in a thread: the load's event loop must keep sending and reading.
         marks["down"] = time.monotonic()
         if kill:
-            stack.redis.process.kill()
-            stack.redis.process.wait()
+            await asyncio.to_thread(lambda: (stack.redis.process.kill(), stack.redis.process.wait()))
         else:
             stack.freeze_redis()
         await asyncio.sleep(OUTAGE)
         if kill:
-            stack.redis.start()
+            await asyncio.to_thread(stack.redis.start)  # "up" once it listens again
         else:
             stack.thaw_redis()
         marks["up"] = time.monotonic()

@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT = 10.0
 
 
+#: The benchmarked processes' SECRET_KEY (their layer messages are signed with keys from it).
+SECRET_KEY = "bench-" + "x" * 60
+
+
 def base_env(workdir: Path, settings: str, redis_url: str | None = None) -> dict[str, str]:
     """The environment of a benchmarked process: nothing inherited that configures paas-channels."""
     env = {key: value for key, value in os.environ.items()
@@ -34,7 +38,7 @@ def base_env(workdir: Path, settings: str, redis_url: str | None = None) -> dict
         "DJANGO_SETTINGS_MODULE": settings,
         "PYTHONPATH": str(ROOT),
         "BENCH_DIR": str(workdir),
-        "SECRET_KEY": "bench-" + "x" * 60,
+        "SECRET_KEY": SECRET_KEY,
         "PAAS_CHANNELS_LOG_LEVEL": "warning",
         "PYTHONUNBUFFERED": "1",
     })

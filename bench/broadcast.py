@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from bench._procs import Clients, Deployment, cpu_seconds, percentile
+from bench._procs import SECRET_KEY, Clients, Deployment, cpu_seconds, percentile
 
 GROUP = "bench"
 PEER_NOTE = ("channels_redis configured as Channels 4's documentation shows (hosts only: capacity 100, "
@@ -33,6 +33,7 @@ def _send_ours(redis_url: str, broadcasts: int, interval: float) -> None:
     from paas_channels.layers.redis import RedisChannelLayer, config_from_env
 
     layer = RedisChannelLayer(**config_from_env({"REDIS_URL": redis_url}))
+    layer.use_keys([SECRET_KEY])  # as the servers' get_channel_layer() does
     try:
         for index in range(broadcasts):
             started = time.monotonic()

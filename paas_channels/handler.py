@@ -28,7 +28,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import FileResponse, HttpResponse, HttpResponseBadRequest
 from django.urls import set_script_prefix
 
-from .layers import BaseChannelLayer
+from .layers import BaseChannelLayer, RejectedMessage
 from .message import Message, send_with_retry
 
 __all__ = ["CHUNK_SIZE", "ChannelHandler", "view_consumer"]
@@ -120,9 +120,10 @@ def _read_body(layer: BaseChannelLayer, content: dict[str, Any]) -> Any:
                     raise RequestAborted(f"no body chunk on {channel} for {BODY_TIMEOUT:.0f} s")
                 continue
             deadline = time.monotonic() + BODY_TIMEOUT
-            if chunk.get("closed"):
+            if chunk.get("closed") or isinstance(chunk, RejectedMessage):
                 body.close()
-                raise RequestAborted("client closed the connection mid-body")
+                raise RequestAborted("client closed the connection mid-body" if chunk.get("closed") else
+                                     "a body chunk failed authentication (logged by the layer)")
             body.write(chunk.get("content") or b"")
             if not chunk.get("more_content"):
                 break

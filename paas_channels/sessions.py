@@ -200,7 +200,9 @@ def channel_session_user_from_http(func: Callable) -> Callable:
 
 
 def _wait_channel(reply_channel: str) -> str:
-    return "paas_channels.wait." + hashlib.sha1(reply_channel.encode("utf-8")).hexdigest()[:24]
+    # A single-reader "?" name: layers expire what they keep per such channel (its statistics),
+    # as they do for every name made per conversation; a normal name's stats key would stay forever.
+    return "paas_channels.wait?" + hashlib.sha1(reply_channel.encode("utf-8")).hexdigest()[:24]
 
 
 def enforce_ordering(func: Callable | None = None, *, slight: bool = False) -> Callable:

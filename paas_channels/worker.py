@@ -5,7 +5,11 @@ greenlets when gevent has patched the process).  A loop receives only when it
 is free, so a worker never takes a message it cannot start at once (no
 prefetch): what it has not taken, another worker can.
 
-A consumer's exception is logged with its traceback and the loop goes on.
+A consumer's exception is logged with its traceback and the loop goes on;
+so is anything a message can do (not a dict, a bad ``reply_channel``, a
+router that chokes on it): a loop never dies of a message, and the
+heartbeat reports how many loops are alive, so health and ``status`` can
+tell a worker that still beats but no longer consumes.
 ``stop()`` (thread-safe; what SIGTERM does) stops receiving and lets the
 in-flight consumers finish within ``graceful_timeout``: a deploy never loses
 a message a worker took.  :func:`run` is the ``paas-channels run worker``
@@ -29,8 +33,9 @@ from django.core import signals as django_signals
 
 from .config.options import Config
 from .exceptions import ConfigError
-from .layers import BaseChannelLayer, channel_layer_settings, get_channel_layer
+from .layers import BaseChannelLayer, RejectedMessage, channel_layer_settings, get_channel_layer
 from .layers.fingerprint import FINGERPRINT_KEY, Agreement, settings_fingerprint
+from .logs import RateLimitedLog
 from .message import Message, deferred_sends
 from .routing import Router, default_routing
 from .runtime.boot import closing_layer, unreachable_layer
@@ -42,7 +47,7 @@ logger = logging.getLogger(__name__)
 #: Seconds between heartbeats (also sent at once when the worker turns busy or idle).
 HEARTBEAT_INTERVAL = 5.0
 #: Seconds after a receive error before trying again (layer restarting, network blip).
-_RECEIVE_ERROR_PAUSE = 1.0
+_RECEIVE_ERROR_PAUSE = 0.5
 
 
 def select_channels(channels: Iterable[str], only: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[str]:
@@ -100,6 +105,7 @@ class Worker:
         self.started = time.time()
         self.busy = 0
         self.done = 0
+        self.expired = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._forced = threading.Event()
@@ -108,6 +114,7 @@ class Worker:
         #: The settings fingerprint this worker's heartbeats carry (set by build_worker from the settings).
         self.fingerprint: str | None = None
         self._agreement: Agreement | None = None
+        self._problems = RateLimitedLog(logger)
 
     ### Control ###
 
@@ -187,13 +194,23 @@ class Worker:
             try:
                 channel, content = self.layer.receive(channels, block=True)
             except Exception as exc:
-                logger.error("receive from the channel layer failed (%s); retrying in %.0f s", exc, _RECEIVE_ERROR_PAUSE)
+                self._problems(logging.ERROR, "receive", "receive from the channel layer failed (%s: %.200s); "
+                               "retrying every %g s", type(exc).__name__, exc, _RECEIVE_ERROR_PAUSE)
                 self._stopping.wait(_RECEIVE_ERROR_PAUSE)
                 continue
+            if self._problems.recovered("receive"):
+                logger.info("receiving from the channel layer again")
             if channel is None:
                 continue
             # Taken, so it runs even if stop() came meanwhile: never lose a taken message.
-            self._handle(channel, content)
+            try:
+                self._handle(channel, content)
+            except BaseException as exc:  # noqa: BLE001 - a loop must outlive any message
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self._problems(logging.ERROR, f"handle:{type(exc).__name__}",
+                               "a message on %s could not be handled (%s); dropped, the loop goes on",
+                               channel, type(exc).__name__, exc_info=True)
 
     def _handle(self, channel: str, content: dict) -> None:
         with self._lock:
@@ -211,6 +228,22 @@ class Worker:
 
     def run_consumer(self, channel: str, content: dict) -> None:
         """Route one message and run its consumer; errors are logged, never raised."""
+        if isinstance(content, RejectedMessage):
+            return  # failed authentication: counted and logged by the layer, never run
+        problem = _malformed(content)
+        if problem is not None:
+            self._problems(logging.WARNING, f"malformed:{channel}",
+                           "a message on %s was dropped: %s. Whoever sends on this channel sends garbage "
+                           "(or someone who can reach the layer does)", channel, problem)
+            return
+        if channel == "http.request" and _expired(content):
+            with self._lock:
+                self.expired += 1
+            self._problems(logging.WARNING, f"expired:{channel}",
+                           "a message on %s (path %r) was skipped: its client was answered 503 %.1f s ago "
+                           "(no worker took it within --http-timeout). Add workers or threads",
+                           channel, content.get("path"), time.time() - content["deadline"])
+            return
         match = self.router.match(channel, content)
         if match is None:
             logger.warning(
@@ -235,18 +268,28 @@ class Worker:
 
     ### Heartbeats ###
 
+    @property
+    def live_loops(self) -> int:
+        """Receive loops still running (``threads`` while serving, unless one died)."""
+        return sum(loop.is_alive() for loop in self._loops)
+
     def info(self) -> dict[str, Any]:
-        """What the heartbeat publishes about this worker."""
-        return {
+        """What the heartbeat publishes about this worker (``loops``: live receive loops, once serving)."""
+        info = {
             "host": self.host,
             "pid": os.getpid(),
             "channels": list(self.channels),
             "threads": self.threads,
             "busy": self.busy,
             "done": self.done,
+            "expired": self.expired,
+            "rejected": getattr(self.layer, "rejected_count", 0),
             "started": self.started,
             **({FINGERPRINT_KEY: self.fingerprint} if self.fingerprint else {}),
         }
+        if self._loops:
+            info["loops"] = self.live_loops
+        return info
 
     def _heartbeat(self, ttl: float | None = None) -> None:
         self.layer.heartbeat(self.worker_id, self.info(), ttl if ttl is not None else 3 * self.heartbeat_interval)
@@ -261,7 +304,43 @@ class Worker:
                 self._heartbeat()
                 self._check_agreement()
             except Exception as exc:
-                logger.warning("heartbeat failed: %s", exc)
+                self._problems(logging.WARNING, "heartbeat", "heartbeat failed: %s: %.200s", type(exc).__name__, exc)
+            else:
+                self._problems.recovered("heartbeat")
+            live = self.live_loops
+            if live < self.threads and not self._stopping.is_set():
+                self._problems(logging.CRITICAL, "loops", "%d of %d receive loop(s) of worker %s have died; "
+                               "restart this worker", self.threads - live, self.threads, self.worker_id)
+
+
+def _malformed(content: Any) -> str | None:
+    """Why ``content`` cannot be a message for a consumer, or None.
+
+    A layer delivers whatever was stored; what every consumer relies on is
+    checked here once, so no consumer, router or ``Message`` sees worse.
+    """
+    if not isinstance(content, dict):
+        return f"expected a dict, got {type(content).__name__}"
+    reply = content.get("reply_channel")
+    if reply is not None:
+        try:
+            BaseChannelLayer.valid_channel_name(reply)
+        except (TypeError, ValueError) as exc:
+            return f"bad reply_channel: {exc}"
+    path = content.get("path")
+    if path is not None and not isinstance(path, str):
+        return f"'path' must be a str, got {type(path).__name__}"
+    return None
+
+
+def _expired(content: dict) -> bool:
+    """An ``http.request`` whose ``deadline`` (wall-clock seconds, set by the interface) has passed.
+
+    Only ``http.request``: on a project's own channels ``deadline`` is the project's field.
+    Web and worker clocks must agree to within a fraction of ``--http-timeout`` (NTP on every PaaS).
+    """
+    deadline = content.get("deadline")
+    return isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and time.time() > deadline
 
     def _check_agreement(self) -> None:
         """Warn (once per process) about live processes whose settings fingerprint differs from ours."""

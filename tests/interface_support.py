@@ -23,6 +23,8 @@ from pathlib import Path
 from tests.support import ROOT, ServerProcess, free_port, wait_for_port
 
 SETTINGS_MODULE = "paas_iface_settings"
+#: The processes' SECRET_KEY: a test's own layer signs with it to talk to them.
+SECRET_KEY = "interface-tests-secret-" + "k" * 40
 
 _SETTINGS = '''\
 """Example project settings with static files collected to a temporary STATIC_ROOT."""
@@ -59,6 +61,7 @@ def project_env(base: Path | None = None, redis_url: str | None = None, **extra:
         "PYTHONPATH": os.pathsep.join([str(base), str(ROOT)]),
         "DATABASE_URL": f"sqlite:///{base / 'db.sqlite3'}",
         "PAAS_CHANNELS_LOG_LEVEL": "info",
+        "SECRET_KEY": SECRET_KEY,
         **extra,
     }
     env.pop("REDIS_URL", None)

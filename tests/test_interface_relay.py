@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 
 from paas_channels.layers import RedisChannelLayer
 from paas_channels.testing import wait_until
-from tests.interface_support import project_env, start_web
+from tests.interface_support import SECRET_KEY, project_env, start_web
 from tests.support import RedisServer
 
 HTTP_TIMEOUT = 8
@@ -42,6 +42,7 @@ def redis():
 @pytest.fixture
 def layer(redis):
     layer = RedisChannelLayer(hosts=[redis.url])
+    layer.use_keys([SECRET_KEY])  # what the web process signs with
     layer.flush()
     try:
         yield layer

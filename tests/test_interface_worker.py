@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from paas_channels.layers import RedisChannelLayer
-from tests.interface_support import project_env, start_web, start_worker
+from tests.interface_support import SECRET_KEY, project_env, start_web, start_worker
 from tests.support import RedisServer
 
 FIVE_MB = 5 * 1024 * 1024
@@ -38,6 +38,7 @@ def stack():
         redis = RedisServer().start()
         cleanup.callback(redis.close)
         layer = RedisChannelLayer(hosts=[redis.url])
+        layer.use_keys([SECRET_KEY])  # what the processes sign with
         cleanup.callback(layer.close)
         env = project_env(redis_url=redis.url)
         stack = {"redis": redis, "layer": layer, "env": env, "web": None, "worker": None}

@@ -78,6 +78,7 @@ def test_status_shows_a_busy_worker_then_its_throughput(project):
         worker.start()
         worker.wait_for_output("consuming")
         sender = RedisChannelLayer(hosts=[redis.url])
+        sender.use_keys(["s" * 60])  # the worker's SECRET_KEY
         sender.send("slow", {"n": 1})
         sender.send("slow", {"n": 2})
         sender.send("slow", {"n": 3})  # waits: both threads are busy

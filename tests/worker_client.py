@@ -231,6 +231,7 @@ class ExampleStack:
         from paas_channels.layers import RedisChannelLayer
 
         self.layer = RedisChannelLayer(hosts=[self.redis.url])
+        self.layer.use_keys([self.env["SECRET_KEY"]])  # what the workers sign with
 
     def worker(self, *args: str, env: dict[str, str] | None = None, wait: bool = True):
         """Start ``paas-channels run worker <args>``; wait until it consumes."""

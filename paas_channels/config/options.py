@@ -83,6 +83,25 @@ def _positive_float(value: str | float) -> float:
     return number
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+def _byte_size(value: str | int) -> int:
+    """A size in bytes: ``104857600``, ``100MB``, ``512k`` (binary units); 0 means no limit."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, unit = value, ""
+    else:
+        text = str(value).strip().lower()
+        digits = text.rstrip("kmgb")
+        number, unit = digits.strip(), text[len(digits):]
+        if unit not in _SIZE_UNITS or not number.isdigit():
+            raise ValueError(f"expected a size in bytes such as 104857600, 100MB or 512KB; got {value!r}")
+        number = int(number)
+    if number < 0:
+        raise ValueError(f"expected 0 (no limit) or a positive size; got {value!r}")
+    return number * _SIZE_UNITS[unit]
+
+
 def _port(value: str | int) -> int:
     number = _int(value)
     if not 0 <= number <= 65535:
@@ -129,6 +148,15 @@ OPTIONS: tuple[Option, ...] = (
            default=False, env="PAAS_CHANNELS_PROXY_HEADERS", type=parse_bool, flag_only=True, modes=_WEB),
     Option("root_path", ("--root-path",), "URL prefix the app is mounted under", default="",
            env="PAAS_CHANNELS_ROOT_PATH", modes=_WEB),
+    Option("max_body_size", ("--max-body-size",),
+           "largest request body accepted, e.g. 100MB; a bigger one is answered 413 before any worker sees it "
+           "(0: no limit)",
+           default=100 * 1024 * 1024, env="PAAS_CHANNELS_MAX_BODY_SIZE", type=_byte_size,
+           modes=frozenset({"web", "combined"})),
+    Option("header_timeout", ("--header-timeout",),
+           "seconds a client has to send a request's headers (slowloris trickling a byte at a time is cut)",
+           default=20.0, env="PAAS_CHANNELS_HEADER_TIMEOUT", type=_positive_float,
+           modes=frozenset({"web", "combined"})),
     Option("ping_interval", ("--ping-interval",), "seconds between WebSocket pings (under Heroku's 55 s idle limit)",
            default=20.0, env="PAAS_CHANNELS_PING_INTERVAL", type=_positive_float, modes=frozenset({"web", "combined"})),
     Option("threads", ("--threads",),
@@ -185,6 +213,10 @@ class Config:
             return self.values[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        # The dataclass repr would show every value; describe() masks the secret ones.
+        return f"<Config {self.describe()}>"
 
     def describe(self) -> str:
         """One line of the effective options and where each came from; secrets masked."""

@@ -208,6 +208,8 @@ def settings_from_env(
     result: dict[str, Any] = {
         "DEBUG": debug,
         "SECRET_KEY": secret_key,
+        # The DEBUG=1 error page must not show the layer's Redis/AMQP password.
+        "DEFAULT_EXCEPTION_REPORTER_FILTER": "paas_channels.config.reporting.SecretsFilter",
         "ALLOWED_HOSTS": _allowed_hosts(environ),
         "CHANNEL_LAYERS": _channel_layers(environ, routing),
         "DATABASES": _databases(environ, base, platform),

@@ -32,8 +32,9 @@ from django.conf import settings
 
 from ..config.options import Config
 from ..exceptions import ConfigError
-from ..layers import BaseChannelLayer, ChannelFull
+from ..layers import BaseChannelLayer, ChannelFull, RejectedMessage
 from ..layers.fingerprint import Agreement, settings_fingerprint
+from ..logs import RateLimitedLog
 from ..runtime.access import AccessLog
 from .asgi import LayerUnavailable, Receive, Scope, Send, send_plain
 from .daphne import serve_daphne
@@ -51,8 +52,12 @@ HEALTH_PATH = "/.paas-channels/health"
 WORKER_CHECK_INTERVAL = 5.0
 NO_WORKER_GRACE = 10.0
 _NO_WORKER_REPEAT = 300.0
-#: Pauses after a failed inbox receive (layer down): first and longest.
-_RETRY_START, _RETRY_MAX = 0.5, 5.0
+#: Pauses after a failed inbox receive (layer down): first and longest.  Short, because
+#: replies wait on this one reader: it must be back within half a second of the layer.
+_RETRY_START, _RETRY_MAX = 0.1, 0.5
+#: Longest any single layer call of this process may take, before --http-timeout shortens it:
+#: a frozen Redis (no socket error, no answer) must not hold a request, the inbox or health.
+LAYER_CALL_TIMEOUT = 5.0
 #: Layer sends in flight at once from this process: a burst of frames from many
 #: sockets queues here instead of exhausting the layer's connection pool.
 MAX_CONCURRENT_SENDS = 32
@@ -77,6 +82,8 @@ class InterfaceApplication:
         self.layer = layer
         self.config = config
         self.http_timeout = float(config.http_timeout or 120.0)
+        #: Deadline of one layer call that no request deadline bounds (inbox, heartbeats, health, WebSockets).
+        self.layer_timeout = min(self.http_timeout, LAYER_CALL_TIMEOUT)
         self.inbox = _inbox_name()
         self.static = StaticFiles.from_settings() if static is None else (static or None)
         origins = tuple(getattr(config, "allowed_origins", ()) or ())
@@ -94,6 +101,8 @@ class InterfaceApplication:
         self._http_active = 0
         self._tasks: list[asyncio.Task] = []
         self._sends = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        # An outage fails every request: one line per kind of failure a minute, not one per request.
+        self._problems = RateLimitedLog(logger)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -169,20 +178,34 @@ class InterfaceApplication:
     def reply_queue(self, name: str) -> asyncio.Queue:
         return self._queues[name]
 
-    async def asend(self, channel: str, message: dict) -> None:
-        """Send on the layer with bounded concurrency.
+    async def asend(self, channel: str, message: dict, deadline: float | None = None) -> None:
+        """Send on the layer with bounded concurrency, by ``deadline`` (``time.monotonic()``;
+        default: ``layer_timeout`` from now).
 
         Raises ``ChannelFull`` as the layer does, and :class:`LayerUnavailable`
-        (after logging why) for any other failure, so a connection can answer
-        503/1013 instead of crashing.
+        (after logging why) for any other failure, a missed deadline included,
+        so a connection can answer 503/1013 in time instead of hanging or crashing.
         """
+        if deadline is None:
+            deadline = time.monotonic() + self.layer_timeout
+        try:
+            await asyncio.wait_for(self._send_bounded(channel, message), max(0.0, deadline - time.monotonic()))
+        except ChannelFull:
+            raise
+        except (asyncio.TimeoutError, TimeoutError):
+            self._problems(logging.ERROR, "send:deadline", "sending on %s: the channel layer did not answer in "
+                           "time (deadline from --http-timeout %g s)", channel, self.http_timeout)
+            raise LayerUnavailable("the channel layer did not answer in time") from None
+
+    async def _send_bounded(self, channel: str, message: dict) -> None:
         async with self._sends:
             try:
                 await self.layer.asend(channel, message)
             except ChannelFull:
                 raise
             except Exception as exc:
-                logger.error("sending on %s failed: %s: %s", channel, type(exc).__name__, exc)
+                self._problems(logging.ERROR, f"send:{type(exc).__name__}", "sending on %s failed: %s: %.200s",
+                               channel, type(exc).__name__, exc)
                 raise LayerUnavailable(str(exc)) from exc
 
     def websocket_scheme(self, scope: Scope) -> str:
@@ -196,9 +219,13 @@ class InterfaceApplication:
     async def _receive_loop(self) -> None:
         """The process's one reader of its inbox: each reply goes to its connection's queue."""
         delay = _RETRY_START
+        # A blocking receive answers within the layer's blocking timeout; past that plus the
+        # call deadline the layer is frozen, and the receive is abandoned and tried afresh.
+        receive_timeout = float(getattr(self.layer, "blocking_timeout", 1.0)) + self.layer_timeout
         while True:
             try:
-                channel, message = await self.layer.areceive([self.inbox], block=True)
+                channel, message = await asyncio.wait_for(self.layer.areceive([self.inbox], block=True),
+                                                          receive_timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -211,8 +238,8 @@ class InterfaceApplication:
             if delay != _RETRY_START:
                 logger.info("receiving on the inbox %s again", self.inbox)
             delay = _RETRY_START
-            if channel is None:
-                continue
+            if channel is None or isinstance(message, RejectedMessage):
+                continue  # a rejected message was counted and logged by the layer
             queue = self._queues.get(channel)
             if queue is None:
                 logger.debug("reply for %s dropped: that connection is gone", channel)
@@ -226,7 +253,7 @@ class InterfaceApplication:
         layer_down = False
         while True:
             try:
-                beats = await asyncio.wait_for(self.layer.aheartbeats(), WORKER_CHECK_INTERVAL)
+                beats = await asyncio.wait_for(self.layer.aheartbeats(), min(WORKER_CHECK_INTERVAL, self.layer_timeout))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -242,7 +269,7 @@ class InterfaceApplication:
                 disagreement = self.agreement.new_disagreements(beats) if self.agreement else None
                 if disagreement:
                     logger.warning("%s", disagreement)
-                count = len(beats)
+                count, _ = consuming_workers(beats)
                 if count:
                     if warned_at is not None:
                         logger.info("%d worker(s) alive again", count)
@@ -261,16 +288,20 @@ class InterfaceApplication:
     ### Health ###
 
     async def _health(self, send: Send) -> None:
+        loops: dict | None = None
         try:
-            beats = await asyncio.wait_for(self.layer.aheartbeats(), 5.0)
-            layer_state, workers, status = "reachable", len(beats), 200
+            beats = await asyncio.wait_for(self.layer.aheartbeats(), self.layer_timeout)
+            workers, loops = consuming_workers(beats)
+            layer_state, status = "reachable", 200
             self.worker_count = workers
         except Exception as exc:
             layer_state, workers, status = f"unreachable ({type(exc).__name__})", None, 503
         body = {
-            "status": "ok" if status == 200 else "error",
+            # "degraded": a worker heartbeats but some (or all) of its receive loops are gone.
+            "status": "error" if status != 200 else "degraded" if loops and loops["lost"] else "ok",
             "layer": layer_state,
             "workers": workers,
+            "loops": loops,
             "connections": {"http": self._http_active, "websocket": len(self._websockets)},
             "closing": self.closing,
         }
@@ -330,6 +361,27 @@ def _agreement(alias: str) -> Agreement | None:
         return Agreement(settings_fingerprint(alias))
     except ConfigError:  # no such alias in settings.CHANNEL_LAYERS (a layer built by hand)
         return None
+def consuming_workers(beats: dict[str, dict]) -> tuple[int, dict]:
+    """Workers with at least one live receive loop, and ``{"live", "expected", "lost"}`` loop counts.
+
+    A worker heartbeats from its own thread, so a worker whose loops all died
+    still beats: counting heartbeats alone would call it alive.  A worker that
+    does not report ``loops`` (not serving yet) counts as whole.
+    """
+    workers = live = expected = 0
+    for info in beats.values():
+        if isinstance(info, RejectedMessage):
+            continue
+        threads = _count(info.get("threads"))
+        loops = _count(info.get("loops", threads))
+        expected += threads
+        live += min(loops, threads)
+        workers += loops > 0
+    return workers, {"live": live, "expected": expected, "lost": expected - live}
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

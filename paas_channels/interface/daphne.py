@@ -5,7 +5,22 @@ checked at import against the versions it was tested with (Daphne 4.2,
 autobahn 24-26): the ``ws_factory`` setter (our WebSocket protocol class),
 ``kill_all_applications`` (connections without an application), autobahn's
 ``sendCloseFrame`` (the server close codes 1012/1013 that ``sendClose``
-refuses) and the request bound into Daphne's ``send`` (to cut a response).
+refuses), the request bound into Daphne's ``send`` (to cut a response), and
+the HTTP request class (Twisted 24-26's ``Request``):
+
+* request bodies are never parsed or held in memory: Twisted's
+  ``requestReceived`` parses a multipart or urlencoded body into
+  ``request.args`` (about 13x the body's size in memory) for nothing, so
+  ``_parsePOSTFormSubmission`` is off; Twisted spools a body over 100 kB to a
+  temporary file, and the application is fed that file in ``BODY_CHUNK``
+  pieces as it reads them, instead of Daphne queueing the whole body at once;
+* a client gets ``--header-timeout`` seconds for each request's headers, counted
+  from the connection's start (its first request) or the request line; one
+  that trickles them a byte at a time (slowloris) is cut, though every byte
+  would reset Twisted's idle timeout;
+* a body over ``--max-body-size`` (its ``Content-Length``, or what a chunked
+  body adds up to) is answered 413 while it arrives, before any application
+  (so any worker) sees the request.
 
 Importing this module installs no reactor: ``daphne.server`` (which installs
 Twisted's asyncio reactor at import) is imported by :func:`serve_daphne`
@@ -18,15 +33,18 @@ with 1012 so clients reconnect at once, let responses in flight finish within
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
+import io
 import logging
 import signal
-import functools
 from typing import Any, Callable
 
 import daphne
 from daphne.endpoints import build_endpoint_description_strings
+from daphne.http_protocol import WebRequest
 from daphne.ws_protocol import WebSocketProtocol
+from twisted.web import http as twisted_http
 
 from ..config.options import Config
 from ..exceptions import ConfigError
@@ -43,10 +61,15 @@ TESTED_DAPHNE = "4.2"
 def _check_internals() -> None:
     """Fail at import, naming what is missing, rather than mid-request on another Daphne."""
     missing = [name for name in ("sendCloseFrame", "serverClose") if not hasattr(WebSocketProtocol, name)]
+    if "parsePOSTFormSubmission" not in inspect.signature(twisted_http.Request.__init__).parameters:
+        missing.append("twisted.web.http.Request(parsePOSTFormSubmission=)")
+    missing += [f"WebRequest.{name}" for name in ("gotLength", "handleContentChunk", "requestReceived")
+                if not hasattr(WebRequest, name)]
     if missing:
         raise ImportError(
-            f"paas_channels.interface.daphne needs {', '.join(missing)} on daphne.ws_protocol.WebSocketProtocol "
-            f"(daphne {daphne.__version__} installed; tested with {TESTED_DAPHNE}.x); install daphne>=4.2,<5"
+            f"paas_channels.interface.daphne needs {', '.join(missing)} (daphne.ws_protocol.WebSocketProtocol, "
+            f"daphne.http_protocol.WebRequest; daphne {daphne.__version__} installed; tested with "
+            f"{TESTED_DAPHNE}.x and Twisted 24-26); install daphne>=4.2,<5"
         )
 
 
@@ -85,6 +108,123 @@ class _WebSocketProtocol(WebSocketProtocol):
             super().serverClose(code)
 
 
+_TOO_LARGE = (
+    b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+#: Body chunks queued for the application at once: the rest waits in Twisted's spool file.
+_QUEUED_CHUNKS = 2
+
+
+def _arm_header_deadline(channel: Any) -> None:
+    """Cut ``channel`` unless the headers of its current request are in within ``--header-timeout``."""
+    from twisted.internet import reactor  # installed by now: this runs while serving
+
+    seconds = getattr(getattr(channel.factory, "server", None), "header_timeout", None)
+    if not seconds or getattr(channel, "_paas_header_timer", None) is not None:
+        return
+
+    def expire() -> None:
+        channel._paas_header_timer = None
+        logger.info("a client sent no complete request headers within %g s (--header-timeout): connection cut",
+                    seconds)
+        if channel.transport is not None:
+            channel.transport.abortConnection()
+
+    channel._paas_header_timer = reactor.callLater(seconds, expire)
+
+
+def _disarm_header_deadline(channel: Any) -> None:
+    timer = getattr(channel, "_paas_header_timer", None)
+    if timer is not None:
+        channel._paas_header_timer = None
+        if timer.active():
+            timer.cancel()
+
+
+class _Request(WebRequest):
+    """Daphne's request, with its body neither parsed nor queued whole, a size limit and a header deadline."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _arm_header_deadline(self.channel)  # a later request on a kept-alive connection
+        # Twisted would parse multipart/urlencoded bodies into self.args, which nothing reads.
+        self._parsePOSTFormSubmission = False
+        self._received = 0
+        self._refused = False
+
+    def _limit(self) -> int | None:
+        return getattr(self.server, "max_body_size", None)
+
+    def gotLength(self, length: int | None) -> None:
+        _disarm_header_deadline(self.channel)  # every header is in
+        super().gotLength(length)
+        limit = self._limit()
+        if length is not None and limit is not None and length > limit:
+            self._refuse(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        limit = self._limit()
+        if limit is not None and self._received > limit:
+            self._refuse(self._received)
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return
+        super().requestReceived(command, path, version)
+
+    def _refuse(self, size: int) -> None:
+        """413 now, before any application exists for this request, and close."""
+        self._refused = True
+        limit = self._limit()
+        text = (f"413 Payload Too Large: the body is {size:,} bytes or more; this server takes at most "
+                f"{limit:,} (--max-body-size).\n").encode()
+        logger.warning("request body of %s bytes or more refused with 413 (--max-body-size %s)", f"{size:,}",
+                       f"{limit:,}")
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.write(_TOO_LARGE % (len(text), text))
+            transport.loseConnection()
+
+
+async def _feed_body(body: Any, queue: asyncio.Queue, request: _Request) -> None:
+    """Give the application the spooled body in ``BODY_CHUNK`` pieces, a couple queued at a time."""
+    try:
+        body.seek(0)
+        while True:
+            while queue.qsize() >= _QUEUED_CHUNKS and not request.finished and request.channel is not None:
+                await asyncio.sleep(0.005)
+            if request.finished or request.channel is None:
+                return  # answered or gone: the rest of the body is not wanted
+            chunk = body.read(BODY_CHUNK)
+            more = len(chunk) == BODY_CHUNK
+            queue.put_nowait({"type": "http.request", "body": chunk, "more_body": more})
+            if not more:
+                return
+    finally:
+        body.close()
+
+
+class _BodyFed:
+    """The application's input queue as Daphne's ``process`` sees it: body events come from
+    :func:`_feed_body` instead, everything else (``http.disconnect``) goes through."""
+
+    def __init__(self, queue: asyncio.Queue) -> None:
+        self._queue = queue
+
+    def put_nowait(self, event: dict) -> None:
+        if event.get("type") != "http.request":
+            self._queue.put_nowait(event)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+
 @functools.cache
 def _server_class() -> type:
     """Daphne's server, remembering its listening ports so a shutdown can stop accepting first.
@@ -96,8 +236,11 @@ def _server_class() -> type:
     class _Server(Server):
         """Daphne's server, remembering its listening ports so a shutdown can stop accepting first."""
 
-        def __init__(self, *args, on_listening: Callable[[], None], **kwargs) -> None:
+        def __init__(self, *args, on_listening: Callable[[], None], max_body_size: int | None = None,
+                     header_timeout: float | None = None, **kwargs) -> None:
             super().__init__(*args, **kwargs)
+            self.max_body_size = max_body_size
+            self.header_timeout = header_timeout
             self.ports: list = []
             self.listen_failure: str | None = None
             self._on_listening = on_listening
@@ -110,6 +253,47 @@ def _server_class() -> type:
         def ws_factory(self, factory) -> None:
             factory.protocol = _WebSocketProtocol
             self._ws_factory = factory
+
+        @property
+        def http_factory(self):
+            return self._http_factory
+
+        @http_factory.setter
+        def http_factory(self, factory) -> None:
+            build = factory.buildProtocol
+
+            def build_protocol(addr):
+                protocol = build(addr)
+                if protocol is not None and getattr(protocol, "requestFactory", None) is WebRequest:
+                    protocol.requestFactory = _Request
+                    made = protocol.connectionMade
+
+                    def connection_made() -> None:
+                        made()
+                        _arm_header_deadline(protocol)  # the first request line counts too
+
+                    protocol.connectionMade = connection_made
+                    lost = protocol.connectionLost
+
+                    def connection_lost(reason) -> None:
+                        _disarm_header_deadline(protocol)
+                        lost(reason)
+
+                    protocol.connectionLost = connection_lost
+                return protocol
+
+            factory.buildProtocol = build_protocol
+            self._http_factory = factory
+
+        def create_application(self, protocol, scope):
+            queue = super().create_application(protocol, scope)
+            if queue is None or not isinstance(protocol, _Request) or scope.get("type") != "http":
+                return queue
+            # Daphne's process() would now read the whole body into the queue: it finds an
+            # empty body instead, and the spooled one is fed as the application reads.
+            body, protocol.content = protocol.content, io.BytesIO()
+            asyncio.ensure_future(_feed_body(body, queue, protocol))
+            return _BodyFed(queue)
 
         def listen_success(self, port) -> None:
             super().listen_success(port)
@@ -240,6 +424,8 @@ def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = No
         proxy_forwarded_port_header="X-Forwarded-Port" if config.proxy_headers else None,
         proxy_forwarded_proto_header="X-Forwarded-Proto" if config.proxy_headers else None,
         on_listening=on_listening,
+        max_body_size=getattr(config, "max_body_size", None) or None,
+        header_timeout=getattr(config, "header_timeout", None),
     )
     shutdown = _Shutdown(app, config, server, reactor)
 

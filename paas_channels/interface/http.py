@@ -42,7 +42,9 @@ class HttpConnection:
     async def run(self) -> None:
         """Forward the request, then stream the reply until done, timed out or the client leaves."""
         try:
-            started = time.monotonic()
+            # One deadline for the whole exchange up to the first reply: whatever the layer does
+            # (frozen, slow, full), the client hears within --http-timeout.
+            self.deadline = time.monotonic() + self.timeout
             head = await self._read_head()
             if head is None:
                 return
@@ -51,7 +53,7 @@ class HttpConnection:
                 if await self._send_request(pending, streamed=False):
                     await self._relay_reply()
                 return
-            if await self._send_request(b"", streamed=True) and await self._send_body(pending, more, started):
+            if await self._send_request(b"", streamed=True) and await self._send_body(pending, more):
                 await self._relay_reply()
         finally:
             self.app.unregister(self.reply_channel)
@@ -86,10 +88,13 @@ class HttpConnection:
             "scheme": scope.get("scheme", "http"),
             "body": body,
             "body_channel": self.body_channel,
+            # Wall-clock time after which this client has been told 503: a worker that takes
+            # the request later skips it, so a 503 means "not run" (paas_channels.worker).
+            "deadline": time.time() + max(0.0, self.deadline - time.monotonic()),
             **scope_fields(scope),
         }
         try:
-            await self.app.asend("http.request", message)
+            await self.app.asend("http.request", message, self.deadline)
         except LayerUnavailable:
             await _layer_unavailable(self.send)
             return False
@@ -104,14 +109,14 @@ class HttpConnection:
             return False
         return True
 
-    async def _send_body(self, pending: bytes, more: bool, started: float) -> bool:
+    async def _send_body(self, pending: bytes, more: bool) -> bool:
         """The body on body_channel in BODY_CHUNK pieces, read from the client as it goes.
 
         A full body channel (the worker reads slower) is waited out with a short
         backoff until the HTTP timeout; a client that leaves mid-body gets a
         ``closed`` chunk so the worker stops waiting for the rest.
         """
-        deadline = started + self.timeout
+        deadline = self.deadline
         replies = self.app.reply_queue(self.reply_channel)
         while True:
             while len(pending) > BODY_CHUNK or not more:
@@ -134,7 +139,7 @@ class HttpConnection:
         delay = _BACKOFF_START
         while True:
             try:
-                await self.app.asend(self.body_channel, message)
+                await self.app.asend(self.body_channel, message, deadline)
                 return True
             except LayerUnavailable:
                 await _layer_unavailable(self.send)
@@ -156,7 +161,9 @@ class HttpConnection:
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, disconnect}, timeout=self.timeout,
+                # The first reply by the request's deadline; each later chunk within --http-timeout.
+                timeout = self.timeout if self._response_started else max(0.0, self.deadline - time.monotonic())
+                done, _ = await asyncio.wait({getter, disconnect}, timeout=timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()

@@ -51,6 +51,8 @@ def origin_allowed(headers: Iterable[tuple[bytes, bytes]], patterns: Iterable[st
         host = urlsplit(origin).hostname
     except ValueError:
         host = None
+    if host and ":" in host:
+        host = f"[{host}]"  # an IPv6 literal: ALLOWED_HOSTS writes it in brackets, as Django's get_host() does
     return bool(host) and validate_host(host, list(patterns)), origin
 
 

@@ -10,6 +10,11 @@ once from ``settings.CHANNEL_LAYERS[alias]``::
             "CONFIG": {"hosts": ["redis://localhost:6379/0"]},
         }
     }
+
+Messages on a layer shared by processes are authenticated with keys derived from
+``SECRET_KEY`` (and ``SECRET_KEY_FALLBACKS``, Django's rotation list), or from
+``CONFIG["keys"]`` (a list: the first signs, all verify); ``CONFIG["encrypt"]:
+True`` also encrypts them.  See :meth:`BaseChannelLayer.use_keys`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from ..exceptions import ConfigError
-from .base import BaseChannelLayer, ChannelFull, MessageTooLarge
+from .base import BaseChannelLayer, ChannelFull, MessageTooLarge, RejectedMessage
 from .memory import InMemoryChannelLayer
 
 __all__ = [
@@ -32,6 +37,7 @@ __all__ = [
     "InMemoryChannelLayer",
     "MessageTooLarge",
     "RedisChannelLayer",
+    "RejectedMessage",
     "DEFAULT_CHANNEL_LAYER",
     "build_channel_layer",
     "channel_layer_settings",
@@ -139,12 +145,35 @@ def get_channel_layer(alias: str = DEFAULT_CHANNEL_LAYER) -> BaseChannelLayer:
         layer = _layers.get(alias)
         if layer is None:
             entry = channel_layer_settings(alias)
+            config = dict(entry["CONFIG"])
+            keys, encrypt = config.pop("keys", None), config.pop("encrypt", False)
             layer = build_channel_layer(
-                entry["BACKEND"], entry["CONFIG"], where=f"CHANNEL_LAYERS[{alias!r}]['BACKEND']"
+                entry["BACKEND"], config, where=f"CHANNEL_LAYERS[{alias!r}]['BACKEND']"
             )
+            _authenticate(layer, alias, keys, encrypt)
             layer.alias = alias
             _layers[alias] = layer
         return layer
+
+
+def _authenticate(layer: BaseChannelLayer, alias: str, keys: Any, encrypt: Any) -> None:
+    """Key a shared layer from CONFIG['keys'], else SECRET_KEY and SECRET_KEY_FALLBACKS."""
+    if keys is None:
+        if layer.reach == "process" and not encrypt:
+            return  # one process: nobody else can write to it
+        keys = [getattr(settings, "SECRET_KEY", ""), *getattr(settings, "SECRET_KEY_FALLBACKS", ())]
+        where = "SECRET_KEY"
+    else:
+        where = f"CHANNEL_LAYERS[{alias!r}]['CONFIG']['keys']"
+        if isinstance(keys, (str, bytes)):
+            keys = [keys]
+    if not isinstance(encrypt, bool):
+        raise ConfigError(f"settings.CHANNEL_LAYERS[{alias!r}]['CONFIG']['encrypt'] must be True or False; "
+                          f"got {encrypt!r}")
+    try:
+        layer.use_keys(list(keys), encrypt=encrypt)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"settings.{where}: {exc}") from None
 
 
 def reset_channel_layers() -> None:

@@ -5,11 +5,23 @@ messages, process-specific ``!`` channels, single-reader ``?`` channels, groups,
 expiry and capacity.  Backends subclass :class:`BaseChannelLayer` and implement
 the storage; names, capacity lookup and serialization live here once so that
 every backend behaves the same.
+
+Authentication lives here too, so every backend has it: a layer given keys
+(:meth:`BaseChannelLayer.use_keys`; ``get_channel_layer`` passes the Django
+settings' ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``, or ``CONFIG["keys"]``)
+signs every message it stores (HMAC-SHA256) or, with ``encrypt``, encrypts and
+authenticates it (AES-GCM), and accepts only what one of its keys signed.  A
+message that fails is counted (``rejected_count``), logged (rate-limited) and
+handed to the receiver as an empty :class:`RejectedMessage`, which the worker
+and the interface drop: it is never run.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import hmac
+import logging
 import os
 import random
 import re
@@ -20,18 +32,37 @@ from typing import Any, Iterable
 
 import msgpack
 
+from ..logs import RateLimitedLog
+
 __all__ = [
     "BaseChannelLayer",
     "ChannelFull",
     "MessageTooLarge",
     "MAX_MESSAGE_SIZE",
     "MAX_NAME_LENGTH",
+    "RejectedMessage",
 ]
+
+logger = logging.getLogger(__name__)
+_rejections = RateLimitedLog(logger)
 
 #: Largest encoded message a layer accepts, in bytes (1 MiB).
 MAX_MESSAGE_SIZE = 1024 * 1024
+#: Default capacity of ``websocket.connect``: a burst of this many handshakes is queued, not refused.
+CONNECT_CAPACITY = 1000
 #: Channel and group names must be shorter than this.
 MAX_NAME_LENGTH = 100
+
+#: Decoding limits that fit the message limit: a 1 MiB message cannot decode into more
+#: than this many arrays and maps in all (a msgpack "bomb" of empty arrays would make
+#: one Python object per byte), nor carry ext types (never written here).
+MAX_CONTAINERS = 65_536
+_UNPACK_LIMITS = {
+    "max_str_len": MAX_MESSAGE_SIZE, "max_bin_len": MAX_MESSAGE_SIZE, "max_array_len": MAX_CONTAINERS,
+    "max_map_len": MAX_CONTAINERS, "max_ext_len": 0,
+}
+#: Payloads this small cannot hold enough containers to matter: decoded without counting them.
+_COUNT_CONTAINERS_OVER = 16 * 1024
 
 _CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+((\?|\!)[\d\w\-_.]*)?$")
 _GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
@@ -52,6 +83,32 @@ class ChannelFull(Exception):
 
 class MessageTooLarge(ValueError):
     """The encoded message is over :data:`MAX_MESSAGE_SIZE` bytes."""
+
+
+class RejectedMessage(dict):
+    """What a keyed layer's ``deserialize`` gives for a stored message that failed authentication
+    (or could not be decoded): empty, so nothing in it can be acted on.  Receivers drop it."""
+
+    __slots__ = ()
+
+    def copy(self) -> "RejectedMessage":
+        return RejectedMessage()
+
+
+# Stored form of an authenticated message: a byte msgpack never starts an object with
+# (0xc1 is "never used"), a mode, then the tag (HMAC) or nonce (AES-GCM), then the payload.
+_MARK = 0xC1
+_SIGNED, _ENCRYPTED = 1, 2
+_TAG = 16
+_NONCE = 12
+_SIGN_CONTEXT = b"paas-channels layer messages: HMAC-SHA256 v1"
+_ENCRYPT_CONTEXT = b"paas-channels layer messages: AES-256-GCM v1"
+
+
+def _derive(secret: str | bytes, context: bytes) -> bytes:
+    """A key for one purpose from a secret (never the secret itself, e.g. Django's SECRET_KEY)."""
+    raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    return hmac.new(raw, context, hashlib.sha256).digest()
 
 
 def _reject_type(value: Any) -> Any:
@@ -120,12 +177,104 @@ class BaseChannelLayer:
             str(pattern): _positive_int(f"channel_capacity[{pattern!r}]", value)
             for pattern, value in channel_capacity.items()
         }
+        # Handshakes come in bursts (a deploy reconnects every client at once) and each
+        # connect message is small: room for CONNECT_CAPACITY of them unless configured.
+        if not any(fnmatch.fnmatchcase("websocket.connect", pattern) for pattern in self.channel_capacity):
+            self.channel_capacity["websocket.connect"] = max(self.capacity, CONNECT_CAPACITY)
         # Globs compiled once: capacity is looked up on every send.
         self._capacity_patterns = [
             (re.compile(fnmatch.translate(pattern)), value)
             for pattern, value in self.channel_capacity.items()
         ]
         self._capacity_cache: dict[str, int] = {}
+
+    ### Authentication ###
+
+    #: Derived signing keys, the first signs; none: messages are stored unauthenticated.
+    _sign_keys: tuple[bytes, ...] = ()
+    _cipher_keys: tuple[Any, ...] = ()
+    _warned_unauthenticated = False
+    #: Stored messages this layer object refused (bad or missing signature, undecodable).
+    rejected_count = 0
+
+    def use_keys(self, keys: Iterable[str | bytes], encrypt: bool = False) -> None:
+        """Authenticate every message from now on with ``keys`` (the first signs, any verifies:
+        rotate by putting the new key first and keeping the old one until its messages expired).
+
+        ``encrypt``: also encrypt (AES-256-GCM, needs the ``cryptography`` package), so
+        whoever can read the layer's storage cannot read the messages either.
+        """
+        if isinstance(keys, (str, bytes)):
+            keys = [keys]
+        secrets_ = [key for key in keys if key]
+        if not secrets_ or not all(isinstance(key, (str, bytes)) for key in secrets_):
+            raise ValueError("layer keys must be a non-empty list of non-empty str or bytes secrets, "
+                             "e.g. [settings.SECRET_KEY]")
+        cipher_keys: tuple[Any, ...] = ()
+        if encrypt:
+            try:
+                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            except ImportError:
+                raise ValueError("encrypt=True needs the cryptography package: pip install "
+                                 "'paas-channels[encrypt]'") from None
+            cipher_keys = tuple(AESGCM(_derive(key, _ENCRYPT_CONTEXT)) for key in secrets_)
+        self._sign_keys = tuple(_derive(key, _SIGN_CONTEXT) for key in secrets_)
+        self._cipher_keys = cipher_keys
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether stored messages are signed (and checked) by this layer."""
+        return bool(self._sign_keys)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self._cipher_keys)
+
+    def _seal(self, data: bytes) -> bytes:
+        if self._cipher_keys:
+            nonce = os.urandom(_NONCE)
+            return bytes((_MARK, _ENCRYPTED)) + nonce + self._cipher_keys[0].encrypt(nonce, data, None)
+        if self._sign_keys:
+            return bytes((_MARK, _SIGNED)) + hmac.digest(self._sign_keys[0], data, "sha256")[:_TAG] + data
+        if not self._warned_unauthenticated and self.reach != "process":
+            self._warned_unauthenticated = True
+            logger.warning(
+                "%s carries unauthenticated messages: anyone who can write to its storage can act as any "
+                "client. Build it with get_channel_layer() (keys from SECRET_KEY) or call layer.use_keys([...])",
+                type(self).__name__,
+            )
+        return data
+
+    def _open(self, data: bytes) -> bytes | None:
+        """The msgpack payload of a stored message, or None when it fails authentication."""
+        data = bytes(data) if not isinstance(data, bytes) else data
+        if len(data) >= 2 and data[0] == _MARK:
+            mode = data[1]
+            if mode == _SIGNED and len(data) >= 2 + _TAG:
+                tag, payload = data[2:2 + _TAG], data[2 + _TAG:]
+                if not self._sign_keys:
+                    return payload  # an unkeyed layer checks nothing, signed or not
+                for key in self._sign_keys:
+                    if hmac.compare_digest(hmac.digest(key, payload, "sha256")[:_TAG], tag):
+                        return payload
+                return None
+            if mode == _ENCRYPTED and self._cipher_keys and len(data) > 2 + _NONCE:
+                nonce, sealed = data[2:2 + _NONCE], data[2 + _NONCE:]
+                for cipher in self._cipher_keys:
+                    try:
+                        return cipher.decrypt(nonce, sealed, None)
+                    except Exception:  # InvalidTag: not this key
+                        continue
+            return None
+        return None if self._sign_keys else data
+
+    def _reject(self, why: str) -> RejectedMessage:
+        self.rejected_count += 1
+        _rejections(logging.WARNING, f"{id(self)}:{why}",
+                    "%s dropped a stored message: %s. Someone who can reach the layer wrote it, or a process "
+                    "with another SECRET_KEY / CONFIG['keys'] did (%d dropped so far)",
+                    type(self).__name__, why, self.rejected_count)
+        return RejectedMessage()
 
     ### Names ###
 
@@ -224,15 +373,16 @@ class BaseChannelLayer:
             if pattern.match(key):
                 capacity = value
                 break
-        if len(self._capacity_cache) < 10_000:
+        # Not for "?" names: one per request or conversation, each looked up a few times at most.
+        if "?" not in key and len(self._capacity_cache) < 10_000:
             self._capacity_cache[key] = capacity
         return capacity
 
     ### Serialization ###
 
-    @staticmethod
-    def serialize(message: Any) -> bytes:
-        """Encode a message dict with msgpack; bytes stay bytes, str stays str."""
+    def serialize(self, message: Any) -> bytes:
+        """Encode a message dict with msgpack (bytes stay bytes, str stay str), signed or sealed
+        when the layer has keys."""
         if not isinstance(message, dict):
             raise TypeError(f"a message must be a dict; got {type(message).__name__} {message!r:.60}")
         _check_keys(message, "message")
@@ -247,14 +397,42 @@ class BaseChannelLayer:
                 f"message is {len(data):,} bytes encoded; the limit is {MAX_MESSAGE_SIZE:,}. "
                 "Send large bodies in chunks (HTTP bodies go through body_channel)."
             )
-        return data
+        return self._seal(data)
 
-    @staticmethod
-    def deserialize(data: bytes) -> dict:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    def deserialize(self, data: bytes) -> dict:
+        """A stored message: decoded when authentic, else an empty :class:`RejectedMessage` (counted)."""
+        payload = self._open(data)
+        if payload is None:
+            return self._reject("missing or bad signature" if self._sign_keys else "undecodable envelope")
+        if len(payload) > MAX_MESSAGE_SIZE:
+            return self._reject(f"{len(payload):,} bytes, over the {MAX_MESSAGE_SIZE:,}-byte message limit")
+        try:
+            return _unpack(payload)
+        except Exception as exc:  # garbage, or over the decoding limits
+            return self._reject(f"not decodable ({type(exc).__name__}: {str(exc)[:80]})")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} expiry={self.expiry} capacity={self.capacity}>"
+
+
+class _TooManyContainers(ValueError):
+    pass
+
+
+def _unpack(payload: bytes) -> Any:
+    """msgpack decoding within :data:`_UNPACK_LIMITS`; a large payload also within MAX_CONTAINERS in all."""
+    if len(payload) <= _COUNT_CONTAINERS_OVER:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False, **_UNPACK_LIMITS)
+    budget = [MAX_CONTAINERS]
+
+    def count(value: Any) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _TooManyContainers(f"more than {MAX_CONTAINERS:,} arrays and maps")
+        return value
+
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False, list_hook=count, object_hook=count,
+                           **_UNPACK_LIMITS)
 
 
 def _check_keys(mapping: dict, where: str) -> None:

@@ -335,7 +335,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 if queue:
                     item = queue.popleft()
                     if not queue:
-                        del self._channels[name]
+                        self._forget_locked(name)
                     return item
         return None
 
@@ -348,7 +348,15 @@ class InMemoryChannelLayer(BaseChannelLayer):
             _, channel, _ = queue.popleft()
             self._drop_from_groups_locked(channel)
         if not queue:
-            del self._channels[key]
+            self._forget_locked(key)
+
+    def _forget_locked(self, key: str) -> None:
+        """Drop an emptied channel; a single-reader ``?`` channel (one per upload, per
+        conversation) takes its counters along, or they would grow by one per request forever."""
+        del self._channels[key]
+        if "?" in key:
+            self._per_channel_count.pop(key, None)
+            self._per_channel_full.pop(key, None)
 
     def _expire_locked(self) -> None:
         now = time.monotonic()

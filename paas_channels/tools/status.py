@@ -49,7 +49,7 @@ def take_snapshot(layer: Any, channels: Iterable[str], groups: Iterable[str] = (
         totals=dict(layer.global_statistics()),
         channels={channel: dict(layer.channel_statistics(channel)) for channel in sorted(set(channels))},
         groups={group: len(layer.group_channels(group)) for group in sorted(set(groups))},
-        workers=dict(layer.heartbeats()),
+        workers={worker_id: info for worker_id, info in layer.heartbeats().items() if info},  # {}: rejected
     )
 
 
@@ -78,11 +78,13 @@ def render(now: Snapshot, before: Snapshot | None = None) -> str:
     if now.groups:
         lines += ["", f"{'GROUP':<32} {'MEMBERS':>8}"]
         lines += [f"{name:<32} {count:>8}" for name, count in now.groups.items()]
-    lines += ["", f"{'WORKER':<40} {'THREADS':>7} {'BUSY':>5} {'BUSY%':>6} {'DONE':>8} {'MSG/S':>7}  CHANNELS"]
-    total_threads = total_busy = 0
+    lines += ["", f"{'WORKER':<40} {'THREADS':>7} {'BUSY':>5} {'BUSY%':>6} {'DONE':>8} {'MSG/S':>7} {'LOOPS':>5}  CHANNELS"]
+    total_threads = total_busy = lost = 0
     total_rate = 0.0
     for worker_id, info in sorted(now.workers.items()):
         threads, busy, done = int(info.get("threads", 0)), int(info.get("busy", 0)), int(info.get("done", 0))
+        loops = int(info.get("loops", threads))  # absent until the worker serves
+        lost += max(0, threads - loops)
         total_threads += threads
         total_busy += busy
         previous = before.workers.get(worker_id) if before else None
@@ -94,7 +96,7 @@ def render(now: Snapshot, before: Snapshot | None = None) -> str:
             rate = "-"
         ratio = f"{100 * busy / threads:.0f}%" if threads else "-"
         channels = ",".join(info.get("channels", [])) or "-"
-        lines.append(f"{worker_id:<40} {threads:>7} {busy:>5} {ratio:>6} {done:>8} {rate:>7}  {channels}")
+        lines.append(f"{worker_id:<40} {threads:>7} {busy:>5} {ratio:>6} {done:>8} {rate:>7} {loops:>5}  {channels}")
     if not now.workers:
         lines.append("no live workers (no heartbeat seen recently)")
     else:
@@ -103,6 +105,9 @@ def render(now: Snapshot, before: Snapshot | None = None) -> str:
             f"total: {len(now.workers)} worker(s), {total_threads} thread(s), {total_busy} busy ({ratio})"
             + (f", {total_rate:.1f} messages/s" if before else "")
         )
+        if lost:
+            lines.append(f"{lost} receive loop(s) are gone (LOOPS under THREADS): those workers consume less "
+                         "or nothing; restart them and read their logs")
         if total_threads and total_busy == total_threads:
             lines.append("every worker thread is busy: add worker dynos (or --threads) before requests queue up")
     return "\n".join(lines)

@@ -96,7 +96,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._generation = 0  # bumped by close(): every thread then opens new connections
-        self._open: list[tuple[int, sqlite3.Connection]] = []
+        self._connections_opened: list[tuple[int, sqlite3.Connection]] = []
         # Messages taken from this process's own ``!`` keys in a batch, not yet received: key -> items.
         self._buffered: dict[str, deque[tuple[str, float, bytes]]] = {}
         self._next_sweep = 0.0
@@ -195,8 +195,8 @@ class IPCChannelLayer(BaseChannelLayer):
         with self._lock:
             self._generation += 1
             # A forked child never touches (nor lets the collector close) its parent's connections.
-            mine = [conn for pid, conn in self._open if pid == os.getpid()]
-            self._open = [(pid, conn) for pid, conn in self._open if pid != os.getpid()]
+            mine = [conn for pid, conn in self._connections_opened if pid == os.getpid()]
+            self._connections_opened = [(pid, conn) for pid, conn in self._connections_opened if pid != os.getpid()]
         for conn in mine:
             conn.close()
         self._pool.close()
@@ -481,7 +481,7 @@ class IPCChannelLayer(BaseChannelLayer):
                 raise self._error(exc) from None
             local.conns[async_driver] = conn
             with self._lock:
-                self._open.append((os.getpid(), conn))
+                self._connections_opened.append((os.getpid(), conn))
         return conn
 
     def _error(self, exc: BaseException) -> Exception:

@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from django.core import signals as django_signals
 
@@ -32,7 +32,8 @@ from .exceptions import ConfigError
 from .layers import BaseChannelLayer, channel_layer_settings, get_channel_layer
 from .message import Message, deferred_sends
 from .routing import Router, default_routing
-from .runtime.boot import closing_layer
+from .runtime.boot import check_reach, closing_layer
+from .runtime.supervisor import report_ready
 
 __all__ = ["Worker", "build_worker", "run", "select_channels"]
 
@@ -97,6 +98,9 @@ class Worker:
         self.host = host or socket.gethostname()
         self.worker_id = f"{self.host}.{os.getpid()}.{BaseChannelLayer.random_suffix(6)}"
         self.started = time.time()
+        #: "worker", or "combined" with ``extra_info`` adding the interface's connections.
+        self.kind = "worker"
+        self.extra_info: Callable[[], dict[str, Any]] | None = None
         self.busy = 0
         self.done = 0
         self._lock = threading.Lock()
@@ -237,6 +241,8 @@ class Worker:
     def info(self) -> dict[str, Any]:
         """What the heartbeat publishes about this worker."""
         return {
+            "kind": self.kind,
+            **(self.extra_info() if self.extra_info is not None else {}),
             "host": self.host,
             "pid": os.getpid(),
             "channels": list(self.channels),
@@ -288,6 +294,7 @@ def run(config: Config) -> int:
     """
     pool = config.gevent or config.threads
     worker = build_worker(config, threads=pool)
+    check_reach(worker.layer, config)
     worker.check_layer()
     if config.gevent:
         logger.info("gevent pool of %d greenlets", config.gevent)
@@ -295,6 +302,8 @@ def run(config: Config) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         # Only set flags here; the main loop does the work.
         if worker.stopping:
+            if config.supervised and signum == signal.SIGTERM:
+                return  # the platform and the supervisor both signal: not a request to force
             logger.warning("second %s: forcing exit", signal.Signals(signum).name)
             worker.stop(force=True)
         else:
@@ -304,6 +313,7 @@ def run(config: Config) -> int:
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         with closing_layer(worker.layer):
+            report_ready()
             cut = worker.serve()
     finally:
         for signum, handler in previous.items():

@@ -7,7 +7,8 @@ At the end of a project's ``settings.py``::
 
 fills in, from ``os.environ``, every setting the file has not set itself:
 ``CHANNEL_LAYERS`` (``REDIS_TLS_URL``/``REDIS_URL``; several comma-separated
-URLs are shards; none gives the in-memory layer), ``DATABASES`` (``DATABASE_URL``
+URLs are shards; none gives the in-memory layer, or the IPC layer when several
+processes run: ``--processes``/``WEB_CONCURRENCY`` > 1), ``DATABASES`` (``DATABASE_URL``
 through dj-database-url, SQLite by default), ``SECRET_KEY`` (required unless
 ``DEBUG``), ``DEBUG``, ``ALLOWED_HOSTS``, WhiteNoise in ``MIDDLEWARE`` and
 ``STORAGES``, ``SECURE_PROXY_SSL_HEADER`` on a PaaS, and ``LOGGING`` to stdout.
@@ -20,6 +21,7 @@ themselves.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -29,7 +31,7 @@ from urllib.parse import urlsplit
 
 from ..exceptions import ConfigError
 from ..layers.redis.hosts import hosts_from_env, redact_url
-from .options import LOG_FORMAT, parse_bool
+from .options import LOG_FORMAT, PROCESSES_ENV, parse_bool
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +81,31 @@ def _split_list(raw: str) -> list[str]:
 ### Channel layer ###
 
 
-def _channel_layers(environ: Mapping[str, str], routing: str | None) -> dict[str, Any]:
+def _processes(environ: Mapping[str, str]) -> int:
+    """How many processes of this app run on this machine: what ``paas-channels run`` was told, else
+    ``WEB_CONCURRENCY`` (a management command on a dyno shares the layer with them too)."""
+    for name in (PROCESSES_ENV, "WEB_CONCURRENCY"):
+        raw = environ.get(name, "").strip()
+        if raw.isdigit():
+            return int(raw)
+    return 1
+
+
+def _ipc_prefix(environ: Mapping[str, str], base_dir: Path) -> str:
+    """Same for every process of one project on one machine, different for another project (or checkout)."""
+    module = re.sub(r"[^a-zA-Z\d\-_.]", "-", environ.get("DJANGO_SETTINGS_MODULE", "") or "paas-channels")[:40]
+    return f"{module}.{hashlib.sha1(str(base_dir.resolve()).encode()).hexdigest()[:8]}"
+
+
+def _channel_layers(environ: Mapping[str, str], routing: str | None, base_dir: Path) -> dict[str, Any]:
     config = hosts_from_env(environ)
-    if config is None:
-        entry: dict[str, Any] = {"BACKEND": "paas_channels.layers.InMemoryChannelLayer", "CONFIG": {}}
+    if config is not None:
+        entry: dict[str, Any] = {"BACKEND": "paas_channels.layers.RedisChannelLayer", "CONFIG": config}
+    elif _processes(environ) > 1:
+        # Several processes on this dyno and no Redis: they share channels and groups over IPC.
+        entry = {"BACKEND": "paas_channels.layers.IPCChannelLayer", "CONFIG": {"prefix": _ipc_prefix(environ, base_dir)}}
     else:
-        entry = {"BACKEND": "paas_channels.layers.RedisChannelLayer", "CONFIG": config}
+        entry = {"BACKEND": "paas_channels.layers.InMemoryChannelLayer", "CONFIG": {}}
     if routing:
         entry["ROUTING"] = routing
     return {"default": entry}
@@ -194,7 +215,7 @@ def settings_from_env(
         "DEBUG": debug,
         "SECRET_KEY": secret_key,
         "ALLOWED_HOSTS": _allowed_hosts(environ),
-        "CHANNEL_LAYERS": _channel_layers(environ, routing),
+        "CHANNEL_LAYERS": _channel_layers(environ, routing, base),
         "DATABASES": _databases(environ, base, platform),
         "STATIC_URL": "static/",
         "STATIC_ROOT": static_root,

@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import socket
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from django.conf import settings
 
@@ -54,9 +55,17 @@ _RETRY_START, _RETRY_MAX = 0.5, 5.0
 MAX_CONCURRENT_SENDS = 32
 
 
+def _host() -> str:
+    return re.sub(r"[^a-zA-Z\d\-_.]", "-", socket.gethostname())[:40].strip(".-") or "host"
+
+
 def _inbox_name() -> str:
-    host = re.sub(r"[^a-zA-Z\d\-_.]", "-", socket.gethostname())[:40].strip(".-") or "host"
-    return f"interface.{host}.{BaseChannelLayer.random_suffix(8)}!"
+    return f"interface.{_host()}.{BaseChannelLayer.random_suffix(8)}!"
+
+
+def worker_count(beats: dict[str, dict]) -> int:
+    """How many of these heartbeats are workers (and combined processes); web processes beat too."""
+    return sum(1 for info in beats.values() if info.get("kind", "worker") != "web")
 
 
 class InterfaceApplication:
@@ -83,6 +92,11 @@ class InterfaceApplication:
         self.allowed_origins = origins
         self.closing = False
         self.worker_count = 0
+        #: This process's heartbeat (kind "web"); combined mode folds it into the worker's instead.
+        self.publish_heartbeat = True
+        self.process_id = f"web.{_host()}.{os.getpid()}.{BaseChannelLayer.random_suffix(6)}"
+        self.started = time.time()
+        self.relayed = 0
         self._queues: dict[str, asyncio.Queue] = {}
         self._websockets: dict[str, WebSocketConnection] = {}
         self._http_active = 0
@@ -170,6 +184,7 @@ class InterfaceApplication:
         async with self._sends:
             try:
                 await self.layer.asend(channel, message)
+                self.relayed += 1
             except ChannelFull:
                 raise
             except Exception as exc:
@@ -217,6 +232,8 @@ class InterfaceApplication:
         layer_down = False
         while True:
             try:
+                if self.publish_heartbeat:
+                    await asyncio.wait_for(self._heartbeat(), WORKER_CHECK_INTERVAL)
                 beats = await asyncio.wait_for(self.layer.aheartbeats(), WORKER_CHECK_INTERVAL)
             except asyncio.CancelledError:
                 raise
@@ -230,7 +247,7 @@ class InterfaceApplication:
                 if layer_down:
                     logger.info("the channel layer answers again")
                     layer_down = False
-                count = len(beats)
+                count = worker_count(beats)
                 if count:
                     if warned_at is not None:
                         logger.info("%d worker(s) alive again", count)
@@ -246,12 +263,32 @@ class InterfaceApplication:
                 self.worker_count = count
             await asyncio.sleep(WORKER_CHECK_INTERVAL)
 
+    ### Heartbeat ###
+
+    def connection_info(self) -> dict[str, Any]:
+        """The interface's part of a heartbeat: its inbox and open connections."""
+        return {
+            "inbox": self.inbox,
+            "connections": {"http": self._http_active, "websocket": len(self._websockets)},
+            "relayed": self.relayed,
+        }
+
+    def info(self) -> dict[str, Any]:
+        """What this web process's heartbeat publishes (the worker fields, with no consumer threads)."""
+        return {
+            "kind": "web", "host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
+            "threads": 0, "busy": 0, "done": self.relayed, "channels": [], **self.connection_info(),
+        }
+
+    async def _heartbeat(self, ttl: float = 3 * WORKER_CHECK_INTERVAL) -> None:
+        await self.layer.aheartbeat(self.process_id, self.info(), ttl)
+
     ### Health ###
 
     async def _health(self, send: Send) -> None:
         try:
             beats = await asyncio.wait_for(self.layer.aheartbeats(), 5.0)
-            layer_state, workers, status = "reachable", len(beats), 200
+            layer_state, workers, status = "reachable", worker_count(beats), 200
             self.worker_count = workers
         except Exception as exc:
             layer_state, workers, status = f"unreachable ({type(exc).__name__})", None, 503
@@ -297,6 +334,11 @@ class InterfaceApplication:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self.publish_heartbeat:
+            try:
+                await asyncio.wait_for(self._heartbeat(ttl=1.0), 2.0)  # the status command sees us go soon
+            except Exception as exc:  # noqa: BLE001 - the process is stopping anyway
+                logger.debug("last heartbeat not sent: %s", exc)
         return cut
 
     def _check_idle(self) -> None:

@@ -139,6 +139,7 @@ class _Shutdown:
         self.config = config
         self.server = server
         self.started = False
+        self.cut = 0
 
     def install(self) -> None:
         loop = asyncio.get_event_loop()
@@ -153,6 +154,10 @@ class _Shutdown:
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if self.started:
+            if self.config.supervised and signum == signal.SIGTERM:
+                # The platform signals every process of the dyno, and the supervisor does too.
+                logger.debug("%s again: already shutting down", name)
+                return
             logger.warning("%s again: stopping now", name)
             if self.reactor.running:
                 self.reactor.stop()
@@ -165,7 +170,7 @@ class _Shutdown:
         try:
             for port in self.server.ports:
                 port.stopListening()
-            await self.app.shutdown(self.config.graceful_timeout)
+            self.cut = await self.app.shutdown(self.config.graceful_timeout) or 0
         finally:
             if self.reactor.running:
                 self.reactor.stop()
@@ -190,7 +195,7 @@ def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = No
 
     server = server_class(
         app,
-        endpoints=build_endpoint_description_strings(host=config.bind, port=config.port),
+        endpoints=_endpoints(config),
         signal_handlers=False,
         http_timeout=None,  # the app answers its own 503; Daphne's would also cut long streams
         request_buffer_size=BODY_CHUNK,
@@ -226,4 +231,12 @@ def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = No
     except RuntimeError:  # the loop is closed: nothing to restore
         pass
     logger.info("interface server stopped")
-    return 0
+    return 1 if shutdown.cut else 0
+
+
+def _endpoints(config: Config) -> list[str]:
+    """Twisted endpoint strings: the socket inherited from the supervisor, else ``bind:port``."""
+    if config.listen_fd is None:
+        return build_endpoint_description_strings(host=config.bind, port=config.port)
+    (description,) = build_endpoint_description_strings(file_descriptor=config.listen_fd)
+    return [description + (":domain=INET6" if ":" in config.bind else "")]

@@ -22,7 +22,7 @@ from ..config.options import LOG_FORMAT, Config
 from ..exceptions import ConfigError
 
 __all__ = [
-    "close_layer", "closing_layer", "configure_logging", "describe_settings", "find_settings_module",
+    "check_reach", "close_layer", "closing_layer", "configure_logging", "describe_settings", "find_settings_module",
     "freeze_startup_objects", "gevent_monkey_patch", "probe_layer", "setup_django",
 ]
 
@@ -141,6 +141,17 @@ def probe_layer(layer: Any, alias: str = "default", timeout: float = PROBE_TIMEO
         # The layer's own message names the host it tried (password redacted) and what to do.
         detail = str(exc)[:300] or type(exc).__name__
         raise ConfigError(f"{where} is unreachable: {detail}")
+
+
+def check_reach(layer: Any, config: Config) -> None:
+    """With several processes, a layer that lives inside one process is a boot error: groups would split."""
+    if config.processes > 1 and getattr(layer, "reach", "network") == "process":
+        raise ConfigError(
+            f"CHANNEL_LAYERS[{config.layer!r}] is {type(layer).__name__}, which lives inside one process, but "
+            f"{config.processes} processes run (--processes/WEB_CONCURRENCY): groups and channels would only reach "
+            "one of them. Use paas_channels.layers.IPCChannelLayer (the processes of one machine) or "
+            "RedisChannelLayer (set REDIS_URL), or run one process (--processes 1)"
+        )
 
 
 def close_layer(layer: Any) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..config.options import Config
 from ..config.settings import WHITENOISE_MIDDLEWARE
 from ..exceptions import ConfigError
+from .supervisor import report_ready
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +157,10 @@ def run(config: Config) -> int:
     shutdown = _Shutdown()
     application = _proxy_and_drain(static_files(wsgi_application()), config, shutdown)
     pool = Pool(POOL_SIZE)
+    # Under a supervisor: the socket it bound once for every process.
+    listener = (config.bind, config.port) if config.listen_fd is None else socket.socket(fileno=config.listen_fd)
     server = WSGIServer(
-        (config.bind, config.port), application, spawn=pool, handler_class=_handler_class(shutdown),
+        listener, application, spawn=pool, handler_class=_handler_class(shutdown),
         log=logging.getLogger("paas_channels.access"), error_log=logger,
     )
     try:
@@ -167,6 +170,7 @@ def run(config: Config) -> int:
             f"cannot listen on {config.bind}:{config.port} ({exc.strerror or exc}); "
             "choose another --port/$PORT or stop the process using it"
         ) from None
+    report_ready()
     handles = [gevent.signal_handler(signum, shutdown.requested.set) for signum in (signal.SIGTERM, signal.SIGINT)]
     logger.info("wsgi: serving on http://%s:%s (gevent, up to %d requests at once)",
                 config.bind, server.server_port, POOL_SIZE)

@@ -37,8 +37,16 @@ def make_redis_3shard(request: Any, **config: Any) -> BaseChannelLayer:
     return RedisChannelLayer(hosts=[server.url for server in servers], prefix=_unique_prefix(), **config)
 
 
+def make_ipc(request: Any, **config: Any) -> BaseChannelLayer:
+    from paas_channels.layers.ipc import IPCChannelLayer
+
+    directory = request.getfixturevalue("tmp_path_factory").mktemp("ipc")
+    return IPCChannelLayer(prefix=_unique_prefix(), directory=directory, **config)
+
+
 #: name -> factory(pytest request, **layer config) -> layer
 LAYER_BACKENDS: dict[str, Callable[..., BaseChannelLayer]] = {
+    "ipc": make_ipc,
     "memory": make_memory,
     "redis-1shard": make_redis_1shard,
     "redis-3shard": make_redis_3shard,

@@ -28,6 +28,7 @@ __all__ = [
     "BaseChannelLayer",
     "ChannelFull",
     "ConfigError",
+    "IPCChannelLayer",
     "InMemoryChannelLayer",
     "MessageTooLarge",
     "RedisChannelLayer",
@@ -51,6 +52,10 @@ def __getattr__(name: str) -> Any:
         from .redis import RedisChannelLayer
 
         return RedisChannelLayer
+    if name == "IPCChannelLayer":  # sqlite3 and sockets: only for the processes that use it
+        from .ipc import IPCChannelLayer
+
+        return IPCChannelLayer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -22,7 +22,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from paas_channels.layers import RedisChannelLayer
+from paas_channels.config.settings import settings_from_env
+from paas_channels.layers import IPCChannelLayer, RedisChannelLayer
 from tests.interface_support import scrubbed_environ
 from tests.support import ROOT, RedisServer, ServerProcess, free_port, wait_for_port, wait_until
 
@@ -108,6 +109,38 @@ def _chat_everyone_hears(sockets: list, text: str) -> None:
             frame = json.loads(ws.recv(timeout=20))
             if frame.get("text") == text:
                 break
+
+
+### Combined mode, two processes, no Redis: the IPC layer ###
+
+
+def test_combined_with_web_concurrency_2_and_no_redis_shares_groups_over_ipc(database):
+    env = _project(database, WEB_CONCURRENCY="2")
+    # The layer every process of the dyno derives (configure(): no REDIS_URL, two processes).
+    entry = settings_from_env({**env, "SECRET_KEY": "x"}, base_dir=ROOT)["CHANNEL_LAYERS"]["default"]
+    assert entry["BACKEND"] == "paas_channels.layers.IPCChannelLayer"
+    layer = IPCChannelLayer(**entry["CONFIG"])
+    process, url = _start(["--combined"], env)
+    stack = contextlib.ExitStack()
+    try:
+        output = process.output()
+        assert "supervisor" in output and "2 combined process(es) x 4 worker thread(s)" in output
+        assert "on one IPCChannelLayer shared by the processes of this machine" in output
+        children = set(_children(process))
+        assert len(children) == 2
+        pids = set()
+        assert wait_until(lambda: pids.add(int(httpx.get(f"{url}/pid/", timeout=20).text)) or pids == children, 30)
+
+        sockets = _websockets(stack, url, "/ws/chat/ipc/", 24)
+        spread = _spread(layer, "combined", 24)
+        assert set(spread) == children and all(spread.values()), spread
+        # Sent by a client of one process, heard by the clients of both.
+        _chat_everyone_hears(sockets, "across the dyno")
+    finally:
+        stack.close()
+        layer.close()
+        assert process.stop() == 0, process.output()[-3000:]
+        process.close()
 
 
 ### Split mode: web and worker, two processes each, on Redis ###

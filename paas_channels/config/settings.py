@@ -93,7 +93,7 @@ def _processes(environ: Mapping[str, str]) -> int:
 
 def _ipc_prefix(environ: Mapping[str, str], base_dir: Path) -> str:
     """Same for every process of one project on one machine, different for another project (or checkout)."""
-    module = re.sub(r"[^a-zA-Z\d\-_.]", "-", environ.get("DJANGO_SETTINGS_MODULE", "") or "paas-channels")[:40]
+    module = re.sub(r"[^a-zA-Z\d\-_.]", "-", environ.get("DJANGO_SETTINGS_MODULE", "") or "paas-channels")[:31]
     return f"{module}.{hashlib.sha1(str(base_dir.resolve()).encode()).hexdigest()[:8]}"
 
 

@@ -71,6 +71,15 @@ def test_bench_tiny_runs_every_scenario_against_its_peer(tmp_path: Path) -> None
     assert deploy["http_requests"] > 0
     assert isinstance(deploy["websockets_dropped"], int) and isinstance(deploy["http_failed"], int)
 
+    dyno = s["dyno"]["results"]
+    assert set(dyno) == {"combined", "combined_direct", "gunicorn"}
+    for name, result in dyno.items():
+        assert result["throughput"]["requests_per_s"] > 0, name
+        assert _number(result["fixed_rate"]["latency_ms"]["p99"]), name
+        assert result["idle_memory"]["processes"] == 3, (name, result["idle_memory"])  # supervisor/master + 2
+    for ratio in ("combined_vs_gunicorn_rps", "combined_vs_gunicorn_p99_at_rate", "combined_memory_of_dyno"):
+        assert _number(s["dyno"]["ratios"][ratio]), ratio
+
     scenarios_with_targets = {row["scenario"] for row in results["targets"]}
     assert scenarios_with_targets == set(SCENARIOS)
     assert all(row["met"] in (True, False) for row in results["targets"]), results["targets"]

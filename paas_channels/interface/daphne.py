@@ -94,8 +94,9 @@ def _server_class() -> type:
     class _Server(Server):
         """Daphne's server, remembering its listening ports so a shutdown can stop accepting first."""
 
-        def __init__(self, *args, on_listening: Callable[[], None], **kwargs) -> None:
+        def __init__(self, *args, on_listening: Callable[[], None], shared: bool = False, **kwargs) -> None:
             super().__init__(*args, **kwargs)
+            self.shared = shared
             self.ports: list = []
             self.listen_failure: str | None = None
             self._on_listening = on_listening
@@ -111,6 +112,8 @@ def _server_class() -> type:
 
         def listen_success(self, port) -> None:
             super().listen_success(port)
+            if self.shared:
+                _accept_one_at_a_time(port)
             self.ports.append(port)
             if len(self.ports) == len(self.endpoints):
                 self._on_listening()
@@ -128,6 +131,27 @@ def _server_class() -> type:
             self.stop()
 
     return _Server
+
+
+@functools.cache
+def _one_accept_class(port_class: type) -> type:
+    class _OneAcceptPort(port_class):
+        # Twisted's Port accepts up to numberAccepts (100, growing) connections per
+        # wakeup: on a socket several processes share, the first one awake would
+        # take a whole burst (32 wrk connections went to one of two processes).
+        # One per turn of the loop spreads them; a busier process turns slower.
+        numberAccepts = property(lambda self: 1, lambda self, value: None)
+
+    return _OneAcceptPort
+
+
+def _accept_one_at_a_time(port: Any) -> None:
+    """Make a Twisted listening port accept one connection per loop turn (a socket shared by processes)."""
+    if not hasattr(port, "numberAccepts"):
+        logger.warning("Twisted's %s has no numberAccepts: connections may bunch on one process",
+                       type(port).__name__)
+        return
+    port.__class__ = _one_accept_class(type(port))
 
 
 class _Shutdown:
@@ -212,6 +236,7 @@ def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = No
         proxy_forwarded_port_header="X-Forwarded-Port" if config.proxy_headers else None,
         proxy_forwarded_proto_header="X-Forwarded-Proto" if config.proxy_headers else None,
         on_listening=on_listening,
+        shared=config.listen_fd is not None,
     )
     shutdown = _Shutdown(app, config, server, reactor)
 

@@ -106,6 +106,10 @@ def run(duration: float = 10.0, rate: float = 300.0, rounds: int = 1, warmup: in
                     log(f"   {throughput['requests_per_s']:,.0f} requests/s, latency {throughput['latency_ms']}")
                     fixed = http.run_fixed_rate(url, rate, duration)
                     log(f"   at {rate:.0f}/s: {fixed['latency_ms']}, failures {fixed['failures']}")
+                except Exception:
+                    for path in setup.logs:  # the work directory goes away: say now what the servers said
+                        log(f"   {path.name}: ...{path.read_text(errors='replace')[-1500:]}")
+                    raise
                 finally:
                     setup.stop()
                 best = results.setdefault(setup.name, {"label": setup.label, "rounds": []})

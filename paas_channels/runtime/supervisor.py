@@ -263,7 +263,9 @@ class Supervisor:
                 self.socket.close()
             code = self.serve(dataclasses.replace(self.config, supervised=True, listen_fd=listen_fd))
         except ConfigError as exc:
-            _link.send(_ERROR + str(exc).encode(errors="replace")) if _link else None
+            # Told to the supervisor, which prints it once, rather than printed here by every child.
+            if _link is not None:
+                _link.send(_ERROR + str(exc).encode(errors="replace"))
             code = EXIT_BOOT_ERROR
         except KeyboardInterrupt:
             code = 1
@@ -302,8 +304,9 @@ class Supervisor:
     def _exited(self, child: _Child, code: int) -> None:
         what = f"process {child.pid} {_exit_description(code)}"
         if code == EXIT_BOOT_ERROR and not self.forced:
-            error = child.error.decode(errors="replace").strip().splitlines()
-            self.failure = error[0] if error else f"process {child.pid} failed to boot (exit status 3)"
+            if self.failure is None:  # the first one's error: the others usually say the same
+                error = child.error.decode(errors="replace").strip().splitlines()
+                self.failure = error[0] if error else f"process {child.pid} failed to boot (exit status 3)"
             return
         if self.stopping:
             if code != 0 and not (code == -signal.SIGTERM and not child.ready):

@@ -5,7 +5,10 @@ checked at import against the versions it was tested with (Daphne 4.2,
 autobahn 24-26): the ``ws_factory`` setter (our WebSocket protocol class),
 ``kill_all_applications`` (connections without an application), autobahn's
 ``sendCloseFrame`` (the server close codes 1012/1013 that ``sendClose``
-refuses) and the request bound into Daphne's ``send`` (to cut a response).
+refuses), the request bound into Daphne's ``send`` (to cut a response), and
+the ``numberAccepts`` of Twisted's listening port (one accept per loop turn on
+a socket that a supervisor's processes share, served through Daphne's ``fd:``
+endpoint).
 
 Importing this module installs no reactor: ``daphne.server`` (which installs
 Twisted's asyncio reactor at import) is imported by :func:`serve_daphne`

@@ -81,8 +81,13 @@ class Sent(NamedTuple):
 
 def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     """Open (creating if needed) the database at ``path``; readable by this user only."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
+    # Created (owner-only) just once, exclusively: closing a descriptor of a file
+    # that another connection of this process has open would drop that
+    # connection's POSIX locks (SQLite's "how to corrupt": two writers at once).
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # only takes effect on a new database

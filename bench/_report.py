@@ -177,7 +177,7 @@ def markdown(results: dict) -> str:
         dyno = s["dyno"]["results"]
         rate = s["dyno"]["rate"]
         peer = dyno.get("gunicorn")
-        for name in ("combined", "combined_direct"):
+        for name in ("combined", "combined_layer"):
             if name not in dyno or peer is None:
                 continue
             ours = dyno[name]

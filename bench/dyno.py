@@ -6,10 +6,11 @@ The same view as the HTTP scenario (``/hello/``, the example project's full
 middleware stack), the same load generators (:mod:`bench.http`), one run:
 
 * ``combined``: ``paas-channels run --combined`` with ``WEB_CONCURRENCY=2`` and
-  no Redis: a supervisor and two processes on the IPC layer (HTTP through the
-  layer, as every other combined setup);
-* ``combined_direct``: the same with ``--http direct`` (views in the process
-  that holds the connection; WebSockets still over the layer);
+  no Redis: a supervisor and two processes on the IPC layer; with several
+  processes plain views run in the process holding the connection (the
+  default ``--http direct``), WebSockets and long-poll over the layer;
+* ``combined_layer``: the same with ``--http layer`` (every request over the
+  IPC layer to any process's worker threads, what one process does by default);
 * ``gunicorn``: ``gunicorn -w 2`` serving the WSGI app (sync workers).
 
 Measured for each: requests/s (closed loop), p50/p99 at a fixed rate (open
@@ -41,10 +42,10 @@ def _setups(workdir: Path) -> list[http.Setup]:
     cli = [sys.executable, "-m", "paas_channels.cli"]
     listen = ["--bind", "127.0.0.1", "--port", "{port}"]
     return [
-        http.Setup("combined", "paas-channels combined, WEB_CONCURRENCY=2 (IPC layer)",
+        http.Setup("combined", "paas-channels combined, WEB_CONCURRENCY=2 (views in the process, IPC layer)",
                    [[*cli, "run", "--combined", *listen]], two),
-        http.Setup("combined_direct", "paas-channels combined --http direct, WEB_CONCURRENCY=2",
-                   [[*cli, "run", "--combined", "--http", "direct", *listen]], two),
+        http.Setup("combined_layer", "paas-channels combined --http layer, WEB_CONCURRENCY=2 (views over IPC)",
+                   [[*cli, "run", "--combined", "--http", "layer", *listen]], two),
         http.Setup("gunicorn", "gunicorn -w 2 (WSGI, sync workers)",
                    [[sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}", "--log-level", "warning",
                      "example_project.wsgi:application"]], base),
@@ -132,7 +133,7 @@ def ratios(results: dict) -> dict:
     """Throughput and p99 at the fixed rate of each paas-channels setup against gunicorn's; memory against the dyno."""
     out: dict = {}
     gunicorn = results.get("gunicorn")
-    for name in ("combined", "combined_direct"):
+    for name in ("combined", "combined_layer"):
         if name not in results:
             continue
         ours = results[name]

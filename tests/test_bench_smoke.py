@@ -72,7 +72,7 @@ def test_bench_tiny_runs_every_scenario_against_its_peer(tmp_path: Path) -> None
     assert isinstance(deploy["websockets_dropped"], int) and isinstance(deploy["http_failed"], int)
 
     dyno = s["dyno"]["results"]
-    assert set(dyno) == {"combined", "combined_direct", "gunicorn"}
+    assert set(dyno) == {"combined", "combined_layer", "gunicorn"}
     for name, result in dyno.items():
         assert result["throughput"]["requests_per_s"] > 0, name
         assert _number(result["fixed_rate"]["latency_ms"]["p99"]), name

@@ -47,6 +47,14 @@ def test_cli_beats_env_beats_default():
     assert load_config("web", {}, {}).port == 8000
 
 
+def test_combined_with_several_processes_serves_plain_http_directly():
+    assert load_config("combined", {}, {}).http == "layer"
+    assert load_config("combined", {}, {"WEB_CONCURRENCY": "2"}).http == "direct"
+    assert load_config("combined", {"processes": 3}, {}).http == "direct"
+    assert load_config("combined", {}, {"WEB_CONCURRENCY": "2", "PAAS_CHANNELS_HTTP": "layer"}).http == "layer"
+    assert load_config("web", {}, {"WEB_CONCURRENCY": "2"}).http == "layer"
+
+
 def test_mode_dependent_defaults():
     assert load_config("worker", {}, {}).threads == 1
     assert load_config("combined", {}, {}).threads == 4

@@ -124,7 +124,7 @@ def test_combined_with_web_concurrency_2_and_no_redis_shares_groups_over_ipc(dat
     stack = contextlib.ExitStack()
     try:
         output = process.output()
-        assert "supervisor" in output and "2 combined process(es) x 4 worker thread(s)" in output
+        assert "supervisor" in output and "2 combined process(es) x 4 worker thread(s) + 4 HTTP thread(s)" in output
         assert "on one IPCChannelLayer shared by the processes of this machine" in output
         children = set(_children(process))
         assert len(children) == 2
@@ -213,7 +213,9 @@ def test_a_killed_child_is_replaced_and_the_other_keeps_its_websockets(database,
 @pytest.mark.redis
 def test_sigterm_lets_slow_requests_on_both_children_finish(database, redis_url):
     layer = RedisChannelLayer(hosts=[redis_url])
-    process, url = _start(["--combined", "--processes", "2", "--threads", "3"], _project(database, REDIS_URL=redis_url))
+    # Through the layer, so the worker threads' heartbeats show the requests in flight.
+    process, url = _start(["--combined", "--processes", "2", "--threads", "3", "--http", "layer"],
+                          _project(database, REDIS_URL=redis_url))
     answers: list = []
 
     def slow() -> None:

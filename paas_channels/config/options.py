@@ -158,7 +158,8 @@ OPTIONS: tuple[Option, ...] = (
            default=(), env="PAAS_CHANNELS_ALLOWED_ORIGINS", repeatable=True, modes=frozenset({"web", "combined"})),
     Option("http", ("--http",),
            "how plain HTTP reaches Django: 'layer' (through the workers) or 'direct' (the WSGI app in this "
-           "process's thread pool; WebSockets and long-poll paths still go through the layer)",
+           "process's thread pool; WebSockets and long-poll paths still go through the layer); default layer, "
+           "direct for combined with --processes > 1",
            default="layer", env="PAAS_CHANNELS_HTTP", choices=("layer", "direct"), modes=frozenset({"web", "combined"})),
     Option("long_poll_paths", ("--long-poll-path",),
            "with --http direct: a path regex still sent through the layer (repeatable; ROUTING's non-view "
@@ -205,6 +206,8 @@ class Config:
             return f"{self.gevent} greenlet(s)" if self.values.get("gevent") else f"{self.threads} thread(s)"
         if self.mode == "web":
             return f"{self.threads} HTTP thread(s)" if self.values.get("http") == "direct" else "one event loop"
+        if self.values.get("http") == "direct":
+            return f"{self.threads} worker thread(s) + {self.threads} HTTP thread(s) (--http direct)"
         return f"{self.threads} worker thread(s)"
 
     def describe(self) -> str:
@@ -254,6 +257,11 @@ def load_config(mode: str, cli: Mapping[str, Any] | None = None, environ: Mappin
     defaults["http_timeout"] = 25.0 if on_heroku(environ) else 120.0
     defaults["threads"] = 4 if mode in ("combined", "web") else 1
     chain = ChainMap(cli_values, env_values, defaults)
+    if mode == "combined" and _processes_or_one(chain["processes"]) > 1:
+        # Every process of a combined dyno runs the same code and has workers of its own:
+        # a plain view sent over the layer to another process only adds hops (measured:
+        # bench/dyno.py, about 0.4x of gunicorn's requests/s over the IPC layer, 1.1x direct).
+        defaults["http"] = "direct"
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -271,6 +279,13 @@ def load_config(mode: str, cli: Mapping[str, Any] | None = None, environ: Mappin
             raise ConfigError(f"{where}: {exc}") from None
         sources[option.name] = source
     return Config(mode=mode, values=values, sources=sources)
+
+
+def _processes_or_one(raw: Any) -> int:
+    try:
+        return _positive_int(raw)
+    except ValueError:
+        return 1  # reported with the option's name by load_config
 
 
 def _convert(option: Option, raw: Any, source: str) -> Any:

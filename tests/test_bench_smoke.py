@@ -20,7 +20,7 @@ from tests.support import ROOT
 
 pytestmark = pytest.mark.redis
 
-SCENARIOS = ["layer", "http", "broadcast", "memory", "deploy"]
+SCENARIOS = ["layer", "http", "broadcast", "memory", "deploy", "dyno"]
 
 
 def _number(value) -> bool:

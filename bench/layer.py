@@ -9,7 +9,9 @@ inboxes (deliveries/s: send plus every member receiving it), for our sync API
 (workers), our async API (interface) and channels_redis (async only); and our
 sync API again with ``reply_spin_us=0``, to show what spinning for replies adds.  Also
 measures raw unpipelined ``PING`` round trips: the ceiling any layer doing one
-round trip per operation can approach.  Prints ratios and writes
+round trip per operation can approach.  The same operations run on the IPC
+layer (sync and async) and on asgi_ipc 1.4.2 in its own venv
+(:mod:`bench.layer_ipc`), in the same rounds.  Prints ratios and writes
 ``bench/results/layer.json``, ``bench/results/layer.md`` and the table between
 README's ``bench:layer`` markers.
 """
@@ -27,7 +29,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +40,12 @@ import hiredis  # noqa: E402
 import redis  # noqa: E402
 from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer  # noqa: E402
 
+from bench import layer_ipc  # noqa: E402
+from bench._layer_ops import CAPACITY, GROUP_MEMBERS, PAYLOAD, async_scenario, rate, sync_scenario, timed  # noqa: E402
 from paas_channels.layers.redis import RedisChannelLayer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
-GROUP_MEMBERS = 1000
-CAPACITY = 1_000_000
-PAYLOAD = {"text": "x" * 100, "bytes": b"y" * 50, "n": 1}
 
 TESTS = [
     ("send", "sequential send", "sends/s"),
@@ -54,46 +55,13 @@ TESTS = [
 ]
 
 
-def _rate(count: int, seconds: float) -> float:
-    return count / seconds if seconds > 0 else float("inf")
-
-
 ### paas_channels, sync ###
 
 
 def ours_sync(url: str, n: int, **config: Any) -> dict[str, float]:
     layer = RedisChannelLayer(hosts=[url], prefix="bs" + uuid.uuid4().hex[:8], capacity=CAPACITY, **config)
     try:
-        out = {}
-        started = time.perf_counter()
-        for _ in range(n):
-            layer.send("bench.chan", PAYLOAD)
-        out["send"] = _rate(n, time.perf_counter() - started)
-        started = time.perf_counter()
-        for _ in range(n):
-            layer.receive(["bench.chan"])
-        out["receive"] = _rate(n, time.perf_counter() - started)
-
-        rounds = n // 2
-        started = time.perf_counter()
-        for i in range(rounds):
-            layer.send("bench.request", {"reply_channel": "bench.inbox!c1", "i": i})
-            _, request = layer.receive(["bench.request"], block=True)
-            layer.send(request["reply_channel"], {"i": request["i"]})
-            layer.receive(["bench.inbox!"], block=True)
-        out["request_reply"] = _rate(rounds, time.perf_counter() - started)
-
-        for i in range(GROUP_MEMBERS):
-            layer.group_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
-        sends = max(10, n // 100)
-        started = time.perf_counter()
-        for _ in range(sends):
-            layer.send_group("bench.group", PAYLOAD)
-            for _ in range(GROUP_MEMBERS // 2):
-                layer.receive(["bench.inboxA!"], block=True)
-                layer.receive(["bench.inboxB!"], block=True)
-        out["group"] = _rate(sends * GROUP_MEMBERS, time.perf_counter() - started)
-        return out
+        return sync_scenario(layer, n)
     finally:
         layer.flush()
         layer.close()
@@ -105,28 +73,7 @@ def ours_sync(url: str, n: int, **config: Any) -> dict[str, float]:
 async def ours_async(url: str, n: int) -> dict[str, float]:
     layer = RedisChannelLayer(hosts=[url], prefix="ba" + uuid.uuid4().hex[:8], capacity=CAPACITY)
     try:
-        out = {}
-        out["send"] = await _timed(n, lambda: layer.asend("bench.chan", PAYLOAD))
-        out["receive"] = await _timed(n, lambda: layer.areceive(["bench.chan"]))
-
-        async def request_reply() -> None:
-            await layer.asend("bench.request", {"reply_channel": "bench.inbox!c1"})
-            _, request = await layer.areceive(["bench.request"], block=True)
-            await layer.asend(request["reply_channel"], {"ok": True})
-            await layer.areceive(["bench.inbox!"], block=True)
-
-        out["request_reply"] = await _timed(n // 2, request_reply)
-        for i in range(GROUP_MEMBERS):
-            await layer.agroup_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
-
-        async def group_round() -> None:
-            await layer.asend_group("bench.group", PAYLOAD)
-            for _ in range(GROUP_MEMBERS // 2):
-                await layer.areceive(["bench.inboxA!"], block=True)
-                await layer.areceive(["bench.inboxB!"], block=True)
-
-        out["group"] = await _timed(max(10, n // 100), group_round) * GROUP_MEMBERS
-        return out
+        return await async_scenario(layer, n)
     finally:
         await layer.aflush()
         await layer.aclose()
@@ -142,8 +89,8 @@ async def channels_redis(url: str, n: int) -> dict[str, float]:
     other = ChannelsRedisLayer(hosts=[url], prefix=prefix, capacity=CAPACITY)
     try:
         out = {}
-        out["send"] = await _timed(n, lambda: layer.send("bench.chan", PAYLOAD))
-        out["receive"] = await _timed(n, lambda: layer.receive("bench.chan"))
+        out["send"] = await timed(n, lambda: layer.send("bench.chan", PAYLOAD))
+        out["receive"] = await timed(n, lambda: layer.receive("bench.chan"))
         reply_channel = await layer.new_channel()
 
         async def request_reply() -> None:
@@ -152,7 +99,7 @@ async def channels_redis(url: str, n: int) -> dict[str, float]:
             await layer.send(request["reply_channel"], {"ok": True})
             await layer.receive(reply_channel)
 
-        out["request_reply"] = await _timed(n // 2, request_reply)
+        out["request_reply"] = await timed(n // 2, request_reply)
         # Two "processes": each instance's channels share its inbox prefix.
         members = [await (layer if i % 2 == 0 else other).new_channel() for i in range(GROUP_MEMBERS)]
         for member in members:
@@ -163,19 +110,12 @@ async def channels_redis(url: str, n: int) -> dict[str, float]:
             for i, member in enumerate(members):
                 await (layer if i % 2 == 0 else other).receive(member)
 
-        out["group"] = await _timed(max(10, n // 100), group_round) * GROUP_MEMBERS
+        out["group"] = await timed(max(10, n // 100), group_round) * GROUP_MEMBERS
         return out
     finally:
         await layer.flush()
         await layer.close_pools()
         await other.close_pools()
-
-
-async def _timed(count: int, operation: Callable[[], Awaitable[Any]]) -> float:
-    started = time.perf_counter()
-    for _ in range(count):
-        await operation()
-    return _rate(count, time.perf_counter() - started)
 
 
 def ping_ceiling(url: str, n: int) -> float:
@@ -189,7 +129,7 @@ def ping_ceiling(url: str, n: int) -> float:
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
             while reader.gets() is False:
                 reader.feed(sock.recv(65536))
-        return _rate(n, time.perf_counter() - started)
+        return rate(n, time.perf_counter() - started)
 
 
 ### Report ###
@@ -219,6 +159,8 @@ def table(results: dict[str, Any]) -> str:
         f"(`reply_spin_us=100`); the last columns turn spinning for replies off. "
         f"`python bench/layer.py` ({results['date']})."
     )
+    if "ipc_sync" in results:
+        lines += ["", layer_ipc.table(results)]
     return "\n".join(lines)
 
 
@@ -252,7 +194,8 @@ def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -
         # Alternate the contenders and keep each one's best of `repeat` runs,
         # so that load from other processes on the machine hits all of them alike.
         runs: dict[str, list[dict[str, float]]] = {
-            "channels_redis": [], "paas_sync": [], "paas_async": [], "paas_sync_no_spin": []
+            "channels_redis": [], "paas_sync": [], "paas_async": [], "paas_sync_no_spin": [],
+            "ipc_sync": [], "ipc_async": [], "asgi_ipc": [],
         }
         pings = []
         for round_number in range(1, repeat + 1):
@@ -262,15 +205,26 @@ def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -
             runs["paas_sync"].append(ours_sync(url, n))
             runs["paas_async"].append(asyncio.run(ours_async(url, n)))
             runs["paas_sync_no_spin"].append(ours_sync(url, n, reply_spin_us=0))
+            runs["ipc_sync"].append(layer_ipc.ipc_sync(n))
+            runs["ipc_async"].append(asyncio.run(layer_ipc.ipc_async(n)))
+            # asgi_ipc is slow (minutes for three runs): its first run counts.
+            peer = layer_ipc.asgi_ipc(n) if round_number == 1 else {}
+            if "error" in peer:
+                results["asgi_ipc"] = peer
+                log(f"== layer: asgi_ipc not measured: {peer['error']}")
+            elif peer:
+                runs["asgi_ipc"].append(peer)
         results["ping_per_s"] = max(pings)
         for name, measured in runs.items():
-            results[name] = {key: max(run[key] for run in measured) for key, _, _ in TESTS}
+            if measured:
+                results[name] = {key: max(run[key] for run in measured) for key, _, _ in TESTS}
         results["repeat"] = repeat
         results["load_after"] = os.getloadavg()[0]
         results["ratios"] = {
             f"{side}_{key}": results[f"paas_{side}"][key] / results["channels_redis"][key]
             for side in ("sync", "async", "sync_no_spin") for key, _, _ in TESTS
         }
+        results["ipc_ratios"] = layer_ipc.ratios(results)
         return results
     finally:
         if server is not None:

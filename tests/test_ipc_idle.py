@@ -58,7 +58,7 @@ def test_idle_worker_and_interface_use_under_one_percent_cpu(tmp_path):
         time.sleep(4.0)
         elapsed = time.monotonic() - began
         used = [cpu_seconds(proc.process.pid) - start for proc, start in zip(procs, started)]
-        assert all(proc.process.poll() is None for proc in procs)
+        assert all(proc.process.poll() is None for proc in procs), [proc.output()[-2000:] for proc in procs]
         for name, seconds in zip(("worker", "interface"), used):
             assert seconds / elapsed < 0.01, f"idle {name} used {seconds / elapsed:.1%} CPU"
 

@@ -13,6 +13,7 @@ passes SQLite's integrity check and the layer still works.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -213,6 +214,43 @@ def test_a_process_killed_holding_the_write_lock_releases_it(tmp_path):
         assert layer.receive(["held"]) == ("held", {"before": True})
         assert layer.receive(["held"]) == ("held", {"after": True})
         assert _integrity(layer.path) == "ok"
+    finally:
+        holder.close()
+        layer.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_async_api_keeps_the_loop_running_while_another_process_holds_the_lock(tmp_path):
+    prefix = "alock" + uuid.uuid4().hex[:8]
+    holder = Script(LOCK_HOLDER, prefix, tmp_path).start()
+    layer = IPCChannelLayer(prefix=prefix, directory=tmp_path)
+    try:
+        holder.wait_for_output("locked")
+        layer_ready = asyncio.run(layer.aheartbeats())  # reads take no lock: answered at once
+        assert layer_ready == {}
+
+        async def scenario():
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            task = asyncio.create_task(ticker())
+            send = asyncio.create_task(layer.asend("held", {"after": True}))
+            while ticks < 20:  # the loop runs while the send waits for the lock
+                await asyncio.sleep(0.01)
+            assert not send.done()
+            os.killpg(holder.process.pid, signal.SIGKILL)
+            await asyncio.wait_for(send, 10)
+            task.cancel()
+            return ticks
+
+        assert asyncio.run(scenario()) >= 20
+        assert layer.receive(["held"]) == ("held", {"before": True})
+        assert layer.receive(["held"]) == ("held", {"after": True})
     finally:
         holder.close()
         layer.close()

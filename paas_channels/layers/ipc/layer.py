@@ -12,10 +12,11 @@ at any moment leaves nothing held: SQLite's locks are released by the
 kernel, an unfinished transaction is ignored, and a dead receiver's wake-up
 address refuses datagrams, so senders drop it and wake the next one.
 
-Every operation is one short transaction, written once as a *plan* (a
-function of a connection and the time) that the sync driver runs with
-SQLite's own lock wait and the async driver runs with no lock wait,
-sleeping on the event loop between tries, so the loop never blocks on a lock.
+Every operation is written once, as a *plan* (a function of a connection
+and the time: one statement or one short transaction) plus what it leaves
+to do after its commit; :mod:`.steps` runs them with SQLite's own lock wait
+(sync) or with none, sleeping on the event loop between tries (async), so
+the loop never blocks on another process's lock.
 """
 
 from __future__ import annotations
@@ -28,29 +29,31 @@ import sqlite3
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections import deque
+from typing import Any, Iterable
 
 from ..base import BaseChannelLayer, ChannelFull, _positive_number
-from . import store
-from .store import Wake
-from .wake import WakePool, address_is_live, wake
+from . import steps, store
+from .steps import FORGET, LOCK_TIMEOUT, WAKE, Effect, Outcome, Plan, plain
+from .wake import WakePool, address_is_live
 
 __all__ = ["IPCChannelLayer", "default_directory"]
 
 logger = logging.getLogger(__name__)
 
 _PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
-#: Seconds between sweeps of everything expired (group sends and statistics sweep every time).
+#: Seconds between sweeps of everything expired, done by the next transaction
+#: (group sends and statistics sweep every time).
 _SWEEP_INTERVAL = 1.0
 #: Seconds between checks for registrations of receivers whose process died.
 _PROBE_INTERVAL = 30.0
-#: Seconds a sync call waits for SQLite's write lock before it gives up with an error.
-_LOCK_TIMEOUT = 10.0
-# The async driver's sleeps between tries while another process holds the lock.
-_ASYNC_RETRY_FIRST, _ASYNC_RETRY_MAX = 0.0002, 0.01
+#: Messages a receive takes at once from a ``!`` key (only this process reads it).
+_INBOX_BATCH = 100
 
-# A plan: run inside one transaction, returns (result, waiters to wake after commit).
-_Plan = Callable[[sqlite3.Connection, float], "tuple[Any, list[Wake]]"]
+# Bumped in a forked child, whose threads then open connections of their own
+# (cheaper to compare on every operation than a getpid() system call).
+_forks = [0]
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 
 def default_directory() -> str:
@@ -94,6 +97,8 @@ class IPCChannelLayer(BaseChannelLayer):
         self._lock = threading.Lock()
         self._generation = 0  # bumped by close(): every thread then opens new connections
         self._open: list[tuple[int, sqlite3.Connection]] = []
+        # Messages taken from this process's own ``!`` keys in a batch, not yet received: key -> items.
+        self._buffered: dict[str, deque[tuple[str, float, bytes]]] = {}
         self._next_sweep = 0.0
         self._next_probe = time.monotonic() + _PROBE_INTERVAL
 
@@ -111,20 +116,23 @@ class IPCChannelLayer(BaseChannelLayer):
         ``blocking_timeout`` seconds.
         """
         keys = self.valid_receive_channels(channels)
-        if not block:
-            return self._delivered(self._execute(self._plan_receive(keys, None, 0, False)))
+        # First without a wake-up socket: what a request/reply waits for is usually there already.
+        items = self._from_buffer(keys) or self._execute(self._plan_receive(keys))
+        if items or not block:
+            return self._delivered(items)
         wake_socket = self._pool.take()
         clean = False
         try:
             deadline = time.monotonic() + self.blocking_timeout
-            since = time.time_ns()
+            since, registered = time.time_ns(), False
             while True:
                 wake_socket.drain()
                 remaining = deadline - time.monotonic()
-                item = self._execute(self._plan_receive(keys, wake_socket.address, since, remaining > 0))
-                if item is not None or remaining <= 0:
+                items = self._execute(self._plan_receive(keys, wake_socket.address, since, remaining > 0, registered))
+                if items or remaining <= 0:
                     clean = True
-                    return self._delivered(item)
+                    return self._delivered(items)
+                registered = True
                 wake_socket.wait(remaining)
         finally:
             self._give_back(wake_socket, clean)
@@ -163,11 +171,12 @@ class IPCChannelLayer(BaseChannelLayer):
 
     def flush(self) -> None:
         """Drop every message, group, heartbeat and statistic of this prefix."""
-        self._execute(_plain(store.flush))
+        self._execute(plain(store.flush))
+        self._buffered.clear()
 
     def global_statistics(self) -> dict[str, int]:
         """``messages_count`` (sent) and ``channel_full_count`` over all channels."""
-        return self._execute(_plain(store.global_statistics))
+        return self._execute(plain(store.global_statistics, transaction=False))
 
     def channel_statistics(self, channel: str) -> dict[str, Any]:
         """Counts for one channel (a ``!`` channel is counted by its prefix)."""
@@ -200,21 +209,24 @@ class IPCChannelLayer(BaseChannelLayer):
     async def areceive(self, channels: Iterable[str], block: bool = False) -> tuple[str | None, dict | None]:
         """Like ``receive``; a blocking wait is ``loop.add_reader`` on the wake-up socket."""
         keys = self.valid_receive_channels(channels)
-        if not block:
-            return self._delivered(await self._aexecute(self._plan_receive(keys, None, 0, False)))
+        items = self._from_buffer(keys) or await self._aexecute(self._plan_receive(keys))
+        if items or not block:
+            return self._delivered(items)
         loop = asyncio.get_running_loop()
         wake_socket = self._pool.take()
         clean = False
         try:
             deadline = loop.time() + self.blocking_timeout
-            since = time.time_ns()
+            since, registered = time.time_ns(), False
             while True:
                 wake_socket.drain()
                 remaining = deadline - loop.time()
-                item = await self._aexecute(self._plan_receive(keys, wake_socket.address, since, remaining > 0))
-                if item is not None or remaining <= 0:
+                items = await self._aexecute(
+                    self._plan_receive(keys, wake_socket.address, since, remaining > 0, registered))
+                if items or remaining <= 0:
                     clean = True
-                    return self._delivered(item)
+                    return self._delivered(items)
+                registered = True
                 woken = loop.create_future()
                 loop.add_reader(wake_socket.fileno(), _resolve, woken)
                 try:
@@ -244,10 +256,11 @@ class IPCChannelLayer(BaseChannelLayer):
         await self._aexecute(self._plan_send_group(group, message))
 
     async def aflush(self) -> None:
-        await self._aexecute(_plain(store.flush))
+        await self._aexecute(plain(store.flush))
+        self._buffered.clear()
 
     async def aglobal_statistics(self) -> dict[str, int]:
-        return await self._aexecute(_plain(store.global_statistics))
+        return await self._aexecute(plain(store.global_statistics, transaction=False))
 
     async def achannel_statistics(self, channel: str) -> dict[str, Any]:
         return await self._aexecute(self._plan_channel_statistics(channel))
@@ -263,141 +276,184 @@ class IPCChannelLayer(BaseChannelLayer):
 
     ### Plans: each operation once, for both drivers ###
 
-    def _plan_send(self, channel: str, message: dict) -> _Plan:
+    def _plan_send(self, channel: str, message: dict) -> Plan:
         self.valid_channel_name(channel)
         data = self.serialize(message)
         key = self.non_local_name(channel)
         capacity = self.get_capacity(channel)
         expiry = self.expiry
 
-        def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
-            sent = store.send(conn, now, key, channel, data, now + expiry, capacity)
-            if not sent.stored:
-                return ChannelFull(channel), []
-            return None, [sent.wake] if sent.wake else []
+        def run(conn: sqlite3.Connection, now: float) -> Outcome:
+            expires = now + expiry
+            if store.store(conn, key, channel, data, expires, capacity):
+                return None, [(WAKE, key)]
+            # At capacity, or expired messages hold the room: look closer, in one transaction.
+            with store.transaction(conn):
+                stored = store.store_or_refuse(conn, now, key, channel, data, expires, capacity)
+            return (None, [(WAKE, key)]) if stored else (ChannelFull(channel), [])
 
-        return plan
+        return Plan(run, transaction=False)
 
     @staticmethod
-    def _plan_receive(keys: list[str], address: bytes | None, since: int, wait: bool) -> _Plan:
-        def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
-            item, next_waiter = store.receive(conn, now, keys, address, since, wait)
-            return item, [next_waiter] if next_waiter else []
+    def _plan_receive(keys: list[str], address: bytes | None = None, since: int = 0, wait: bool = False,
+                      registered: bool = False) -> Plan:
+        """Take from ``keys``; with ``address``, (un)register it as a waiter in the same transaction.
 
-        return plan
+        Without: single statements, no transaction.  A receiver that was
+        registered (and so may have been woken for a message on another of
+        its keys than the one it takes from) passes wakeups on.
+        """
+        def run(conn: sqlite3.Connection, now: float) -> Outcome:
+            effects: list[Effect] = []
+            for key in keys:
+                limit = _INBOX_BATCH if key.endswith("!") else 1
+                while True:
+                    items, expired = store.take(conn, now, key, limit)
+                    if expired:
+                        effects.append((FORGET, expired))
+                    if items:
+                        if registered:
+                            store.unregister(conn, address)
+                            effects += [(WAKE, other) for other in keys]
+                        return items, effects
+                    if not expired:
+                        break
+            if address is not None and wait:
+                store.register(conn, keys, address, since)
+            elif registered:
+                store.unregister(conn, address)
+            return None, effects
 
-    def _plan_channel_exists(self, name: str) -> _Plan:
-        return _plain(store.channel_exists, self.non_local_name(name))
+        return Plan(run, transaction=address is not None)
 
-    def _plan_group_add(self, group: str, channel: str) -> _Plan:
+    def _plan_group_add(self, group: str, channel: str) -> Plan:
         self.valid_group_name(group)
         self.valid_channel_name(channel)
         group_expiry = self.group_expiry
-        return lambda conn, now: (store.group_add(conn, group, channel, now + group_expiry), [])
+        return Plan(lambda conn, now: (store.group_add(conn, group, channel, now + group_expiry), []), False)
 
-    def _plan_group_discard(self, group: str, channel: str) -> _Plan:
+    def _plan_group_discard(self, group: str, channel: str) -> Plan:
         self.valid_group_name(group)
         self.valid_channel_name(channel)
-        return _plain(store.group_discard, group, channel)
+        return plain(store.group_discard, group, channel, transaction=False)
 
-    def _plan_group_channels(self, group: str) -> _Plan:
+    def _plan_group_channels(self, group: str) -> Plan:
         self.valid_group_name(group)
 
-        def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
+        def run(conn: sqlite3.Connection, now: float) -> Outcome:
             store.sweep(conn, now)
             return store.group_channels(conn, now, group), []
 
-        return plan
+        return Plan(run)
 
-    def _plan_send_group(self, group: str, message: dict) -> _Plan:
+    def _plan_send_group(self, group: str, message: dict) -> Plan:
         self.valid_group_name(group)
         data = self.serialize(message)
         expiry = self.expiry
 
-        def plan(conn: sqlite3.Connection, now: float) -> tuple[Any, list[Wake]]:
+        def run(conn: sqlite3.Connection, now: float) -> Outcome:
             store.sweep(conn, now)
-            wakes = []
+            # Members of one ``!`` key (one process's connections) share one stored envelope naming them all.
+            targets: dict[str, list[str]] = {}
             for channel in store.group_channels(conn, now, group):
                 key = self.non_local_name(channel)
-                sent = store.send(conn, now, key, channel, data, now + expiry, self.get_capacity(channel))
-                if sent.wake:
-                    wakes.append(sent.wake)
-            return None, wakes
+                if key.endswith("!"):
+                    targets.setdefault(key, []).append(channel)
+                else:
+                    targets[channel] = [channel]
+            stored = [key for key, channels in targets.items() if store.store_or_refuse(
+                conn, now, key, "\n".join(channels), data, now + expiry, self.get_capacity(key))]
+            return None, [(WAKE, key) for key in stored]
 
-        return plan
+        return Plan(run)
 
-    def _plan_channel_statistics(self, channel: str) -> _Plan:
+    def _plan_channel_statistics(self, channel: str) -> Plan:
         self.valid_channel_name(channel)
         key, expiry = self.non_local_name(channel), self.expiry
-        return lambda conn, now: (store.channel_statistics(conn, now, key, expiry), [])
+        return Plan(lambda conn, now: (store.channel_statistics(conn, now, key, expiry), []))
 
-    def _plan_heartbeat(self, worker_id: str, info: dict, ttl: float) -> _Plan:
+    def _plan_heartbeat(self, worker_id: str, info: dict, ttl: float) -> Plan:
         if not isinstance(worker_id, str) or not worker_id:
             raise TypeError(f"worker_id must be a non-empty str; got {worker_id!r:.60}")
         _positive_number("ttl", ttl)
         data = self.serialize(info)
-        return lambda conn, now: (store.heartbeat(conn, worker_id, now + ttl, data), [])
+        return Plan(lambda conn, now: (store.heartbeat(conn, worker_id, now + ttl, data), []), False)
 
     @staticmethod
-    def _plan_heartbeats() -> _Plan:
-        return lambda conn, now: (store.heartbeats(conn, now), [])
+    def _plan_heartbeats() -> Plan:
+        return Plan(lambda conn, now: (store.heartbeats(conn, now), []), False)
 
-    def _delivered(self, item: tuple[str, bytes] | None) -> tuple[str | None, dict | None]:
-        if item is None:
+    def _plan_channel_exists(self, name: str) -> Plan:
+        return plain(store.channel_exists, self.non_local_name(name), transaction=False)
+
+    def _delivered(self, items: list[store.Item] | None) -> tuple[str | None, dict | None]:
+        """The first of ``items`` decoded; the rest (all of one ``!`` key) kept for the next receives."""
+        if not items:
             return None, None
-        return item[0], self.deserialize(item[1])
+        if len(items) > 1:
+            key = self.non_local_name(items[0][0])
+            with self._lock:
+                self._buffered.setdefault(key, deque()).extend(items[1:])
+        return items[0][0], self.deserialize(items[0][2])
+
+    def _from_buffer(self, keys: list[str]) -> list[store.Item] | None:
+        """The next live message this process already took from one of ``keys`` (``!`` keys only)."""
+        if not self._buffered:
+            return None
+        now = time.time()
+        with self._lock:
+            for key in keys:
+                queue = self._buffered.get(key)
+                while queue:
+                    item = queue.popleft()
+                    if item[1] > now:
+                        return [item]
+                self._buffered.pop(key, None)
+        return None
 
     def _decode_heartbeats(self, rows: list[tuple[str, bytes]]) -> dict[str, dict]:
         return {worker_id: self.deserialize(info) for worker_id, info in rows}
 
-    ### Drivers ###
+    ### Drivers (see .steps) ###
 
-    def _execute(self, plan: _Plan) -> Any:
-        """Run ``plan`` in one transaction (waiting for the lock as SQLite does), then wake whom it claimed."""
+    def _execute(self, plan: Plan) -> Any:
         conn = self._connection(async_driver=False)
         try:
-            result, wakes = self._transact(conn, plan)
-            while wakes:
-                wakes = [self._transact(conn, _plain(store.claim, dead.key))[0] for dead in _unwoken(wakes)]
-                wakes = [w for w in wakes if w]
+            result = steps.run(conn, steps.operation(self._with_sweep(plan)))
         except sqlite3.OperationalError as exc:
             raise self._error(exc) from None
-        self._probe_if_due(conn)
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        return self._finish(conn, result)
 
-    async def _aexecute(self, plan: _Plan) -> Any:
-        """Like ``_execute``; while another process holds the lock, sleeps on the loop and tries again."""
+    async def _aexecute(self, plan: Plan) -> Any:
         conn = self._connection(async_driver=True)
-        result, wakes = await self._atransact(conn, plan)
-        while wakes:
-            wakes = [(await self._atransact(conn, _plain(store.claim, dead.key)))[0] for dead in _unwoken(wakes)]
-            wakes = [w for w in wakes if w]
+        try:
+            result = await steps.arun(conn, steps.operation(self._with_sweep(plan)))
+        except sqlite3.OperationalError as exc:
+            raise self._error(exc) from None
+        return self._finish(conn, result)
+
+    def _with_sweep(self, plan: Plan) -> Plan:
+        """``plan``, sweeping what expired first when a sweep is due and ``plan`` takes the write lock anyway.
+
+        (Single-statement steps never wait for a sweep: a receive drops what
+        expired on its own keys, a send on a full key.)
+        """
+        now = time.time()
+        if not plan.transaction or now < self._next_sweep:
+            return plan
+        self._next_sweep = now + _SWEEP_INTERVAL
+
+        def run(conn: sqlite3.Connection, now: float) -> Outcome:
+            store.sweep(conn, now)
+            return plan.run(conn, now)
+
+        return Plan(run)
+
+    def _finish(self, conn: sqlite3.Connection, result: Any) -> Any:
         self._probe_if_due(conn)
         if isinstance(result, BaseException):
             raise result
         return result
-
-    def _transact(self, conn: sqlite3.Connection, plan: _Plan) -> tuple[Any, list[Wake]]:
-        now = time.time()
-        with store.transaction(conn):
-            if now >= self._next_sweep:
-                store.sweep(conn, now)
-                self._next_sweep = now + _SWEEP_INTERVAL
-            return plan(conn, now)
-
-    async def _atransact(self, conn: sqlite3.Connection, plan: _Plan) -> tuple[Any, list[Wake]]:
-        delay, waited = _ASYNC_RETRY_FIRST, 0.0
-        while True:
-            try:
-                return self._transact(conn, plan)
-            except sqlite3.OperationalError as exc:
-                if not store.is_busy(exc) or waited >= _LOCK_TIMEOUT:
-                    raise self._error(exc) from None
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, _ASYNC_RETRY_MAX)
 
     def _probe_if_due(self, conn: sqlite3.Connection) -> None:
         """Now and then, drop registrations of receivers whose process is gone (never woken since)."""
@@ -407,7 +463,7 @@ class IPCChannelLayer(BaseChannelLayer):
         try:
             dead = [address for address in store.waiter_addresses(conn) if not address_is_live(address)]
             if dead:
-                self._transact(conn, _plain(store.forget_waiters, dead))
+                steps.step(conn, plain(store.forget_waiters, dead))
                 logger.debug("dropped %d wait registrations of receivers that are gone", len(dead))
         except sqlite3.OperationalError as exc:  # busy: the next probe will do it
             logger.debug("probing waiters skipped: %s", exc)
@@ -415,12 +471,12 @@ class IPCChannelLayer(BaseChannelLayer):
     def _connection(self, async_driver: bool) -> sqlite3.Connection:
         """This thread's connection for one driver (the async one never waits for a lock inside SQLite)."""
         local = self._local
-        if getattr(local, "key", None) != (os.getpid(), self._generation):
-            local.key, local.conns = (os.getpid(), self._generation), [None, None]
+        if getattr(local, "key", None) != (_forks[0], self._generation):
+            local.key, local.conns = (_forks[0], self._generation), [None, None]
         conn = local.conns[async_driver]
         if conn is None:
             try:
-                conn = store.connect(self.path, 0 if async_driver else _LOCK_TIMEOUT)
+                conn = store.connect(self.path, 0 if async_driver else LOCK_TIMEOUT, LOCK_TIMEOUT)
             except (sqlite3.Error, OSError) as exc:
                 raise self._error(exc) from None
             local.conns[async_driver] = conn
@@ -431,7 +487,7 @@ class IPCChannelLayer(BaseChannelLayer):
     def _error(self, exc: BaseException) -> Exception:
         if store.is_busy(exc):
             return RuntimeError(
-                f"the IPC channel layer's database {self.path} stayed locked for {_LOCK_TIMEOUT:g} s: a process "
+                f"the IPC channel layer's database {self.path} stayed locked for {LOCK_TIMEOUT:g} s: a process "
                 "using it is stopped (SIGSTOP, a debugger) while writing; continue or kill it"
             )
         return RuntimeError(
@@ -449,16 +505,6 @@ class IPCChannelLayer(BaseChannelLayer):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.prefix!r} path={self.path!r} expiry={self.expiry} capacity={self.capacity}>"
-
-
-def _plain(function: Callable[..., Any], *args: Any) -> _Plan:
-    """A plan for a store function that needs only the connection (and ``args``) and wakes nobody."""
-    return lambda conn, now: (function(conn, *args), [])
-
-
-def _unwoken(wakes: list[Wake]) -> list[Wake]:
-    """Wake each claimed waiter; those whose process is gone are returned, to claim the next waiter instead."""
-    return [claimed for claimed in wakes if not wake(claimed.address)]
 
 
 def _resolve(future: asyncio.Future) -> None:

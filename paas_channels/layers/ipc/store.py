@@ -8,20 +8,24 @@ every other process ignores: no lock to break by hand, nothing half-written
 to read.  (asgi_ipc kept a pickled dict in shared memory under one POSIX
 semaphore, which a dead process kept forever.)
 
-Everything here is plain functions of a connection, run inside one
-``BEGIN IMMEDIATE`` transaction by the layer's sync or async driver: the
-operations are written once, only the waiting differs.
+Everything here is plain functions of a connection, run by the layer's
+sync or async driver: the operations are written once, only the waiting
+differs.  The hot ones are single statements (atomic by themselves, so no
+``BEGIN``/``COMMIT`` round of their own): a send is one ``INSERT ... SELECT``
+that checks capacity and numbers the message, a receive one ``DELETE ...
+RETURNING``; triggers keep the per-key counts.
 
 Tables:
 
 * ``messages(key, seq, ...)``: ``key`` is the stored name (a ``!`` channel's
   prefix), ``seq`` its per-key sequence: FIFO per key;
-* ``channels(key, pending, seq, sent, full, touched)``: the counter that
-  makes the capacity check O(1), and the statistics;
+* ``channels(key, pending, seq, sent, full, touched)``: kept by triggers on
+  ``messages``; makes the capacity check O(1), and holds the statistics;
 * ``groups(grp, channel, expires)``, ``heartbeats(worker_id, expires, info)``;
 * ``waiters(key, since, address)``: blocked receivers, by the abstract Unix
-  socket address that wakes them (see :mod:`.wake`).  A send *claims* the
-  oldest waiter on its key (deletes its rows) and wakes only that one.
+  socket address that wakes them (see :mod:`.wake`).  After a send the
+  driver *claims* the oldest waiter on its key (deletes its rows) and wakes
+  only that one.
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
-__all__ = ["SCHEMA_VERSION", "Sent", "Wake", "connect", "is_busy", "transaction"]
+__all__ = ["SCHEMA_VERSION", "connect", "is_busy", "transaction"]
 
-SCHEMA_VERSION = 1
-#: Statistics of a channel with nothing pending are kept this long after its last send (as on Redis).
+SCHEMA_VERSION = 2
+#: Statistics of a channel with nothing pending are kept this long after its last message expired (as on Redis).
 STATS_TTL = 86_400.0
 # Small pages: a send writes a few small rows, and each commit appends whole pages to the WAL.
 _PAGE_SIZE = 1024
@@ -51,36 +55,40 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS waiters_by_address ON waiters(address)",
     "CREATE TABLE IF NOT EXISTS heartbeats(worker_id TEXT PRIMARY KEY, expires REAL NOT NULL, "
     "info BLOB NOT NULL) WITHOUT ROWID",
+    # Every stored message counts once in, every deleted one (taken, expired, flushed) once out.
+    "CREATE TRIGGER IF NOT EXISTS counted_in AFTER INSERT ON messages BEGIN "
+    "INSERT INTO channels VALUES(NEW.key, 1, NEW.seq, 1, 0, NEW.expires) ON CONFLICT(key) DO UPDATE "
+    "SET pending = pending + 1, seq = excluded.seq, sent = sent + 1, touched = excluded.touched; END",
+    "CREATE TRIGGER IF NOT EXISTS counted_out AFTER DELETE ON messages BEGIN "
+    "UPDATE channels SET pending = pending - 1 WHERE key = OLD.key; END",
 )
 
-# One statement counts, numbers and checks capacity: the row is updated (and
-# a sequence number returned) only while the channel is under capacity.
-_COUNT_SEND = (
-    "INSERT INTO channels(key, pending, seq, sent, full, touched) VALUES(?1, 1, 1, 1, 0, ?2) "
-    "ON CONFLICT(key) DO UPDATE SET pending = pending + 1, seq = seq + 1, sent = sent + 1, touched = ?2 "
-    "WHERE pending < ?3 RETURNING seq"
+# Store message ?2..?4 on key ?1 as its next number, only while the key holds fewer than ?5.
+_STORE = (
+    "INSERT INTO messages(key, seq, channel, expires, data) "
+    "SELECT ?1, coalesce((SELECT seq FROM channels WHERE key = ?1), 0) + 1, ?2, ?3, ?4 "
+    "WHERE coalesce((SELECT pending < ?5 FROM channels WHERE key = ?1), 1)"
+)
+# The oldest ?2 messages of key ?1, deleted as they are read.
+_TAKE = (
+    "DELETE FROM messages WHERE key = ?1 AND seq IN (SELECT seq FROM messages WHERE key = ?1 ORDER BY seq LIMIT ?2) "
+    "RETURNING seq, channel, expires, data"
 )
 
-
-class Wake(NamedTuple):
-    """A waiter claimed to be woken: its address, and the key it was claimed for (to claim another if it is gone)."""
-
-    key: str
-    address: bytes
-
-
-class Sent(NamedTuple):
-    """What a send did: stored or not (full), and the waiter it claimed to wake."""
-
-    stored: bool
-    wake: Wake | None
+#: A message as a receiver gets it: (full channel name, expires, encoded message).
+Item = tuple[str, float, bytes]
 
 
 ### Connections and transactions ###
 
 
-def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """Open (creating if needed) the database at ``path``; readable by this user only."""
+def connect(path: str, busy_timeout: float, setup_timeout: float) -> sqlite3.Connection:
+    """Open (creating if needed) the database at ``path``; readable by this user only.
+
+    Setting it up (WAL mode, the schema) waits up to ``setup_timeout`` for
+    other processes doing the same; afterwards a busy lock waits
+    ``busy_timeout`` seconds (0 for the async driver, which sleeps on its loop instead).
+    """
     # Created (owner-only) just once, exclusively: closing a descriptor of a file
     # that another connection of this process has open would drop that
     # connection's POSIX locks (SQLite's "how to corrupt": two writers at once).
@@ -88,7 +96,7 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
         pass
-    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=setup_timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # only takes effect on a new database
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -98,20 +106,28 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
         # a power loss can lose the last commits (messages live for seconds anyway).
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA journal_size_limit=4194304")
-        with transaction(conn):
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(
-                    f"it has schema version {version}, this paas-channels uses {SCHEMA_VERSION}; "
-                    "stop the processes of the other version, or give this one another prefix"
-                )
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # Set up already (the usual case): no write lock needed, so opening never
+        # waits for a process that holds it.
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            _set_up(conn)
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _set_up(conn: sqlite3.Connection) -> None:
+    with transaction(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(
+                f"it has schema version {version}, this paas-channels uses {SCHEMA_VERSION}; "
+                "stop the processes of the other version, or give this one another prefix"
+            )
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
 @contextlib.contextmanager
@@ -141,65 +157,65 @@ def is_busy(exc: BaseException) -> bool:
 ### Channels ###
 
 
-def send(conn: sqlite3.Connection, now: float, key: str, channel: str, data: bytes,
-         expires: float, capacity: int) -> Sent:
-    """Store one message on ``key`` unless it is at ``capacity`` (then count it as refused)."""
-    row = conn.execute(_COUNT_SEND, (key, now, capacity)).fetchone()
-    if row is None and _expire_key(conn, key, now):
-        row = conn.execute(_COUNT_SEND, (key, now, capacity)).fetchone()
-    if row is None:
-        conn.execute("UPDATE channels SET full = full + 1 WHERE key = ?", (key,))
-        return Sent(False, None)
-    conn.execute("INSERT INTO messages VALUES(?, ?, ?, ?, ?)", (key, row[0], channel, expires, data))
-    return Sent(True, claim(conn, key))
+def store(conn: sqlite3.Connection, key: str, channel: str, data: bytes, expires: float, capacity: int) -> bool:
+    """Store one message on ``key`` if it holds fewer than ``capacity``; one statement, atomic on its own.
 
-
-def receive(conn: sqlite3.Connection, now: float, keys: list[str], address: bytes | None,
-            since: int, wait: bool) -> tuple[tuple[str, bytes] | None, Wake | None]:
-    """Take the oldest live message of the first of ``keys`` that has one.
-
-    ``address``: the caller's wake-up socket.  When nothing is found and
-    ``wait`` is true it is registered as a waiter on every key; when a
-    message is taken its registrations go.  Returns ``((channel, data) or
-    None, another waiter to wake)``: a key with messages left
-    passes the wakeup on, so a receiver woken for a message it did not take
-    (it found one on another channel first) strands nobody.
+    ``channel``: the full name, or for a group send to several channels of one
+    ``!`` key, all of them separated by newlines: one stored envelope per inbox.
     """
-    for key in keys:
-        row = conn.execute(
-            "SELECT seq, channel, expires, data FROM messages WHERE key = ? ORDER BY seq LIMIT 1", (key,)
-        ).fetchone()
-        if row is not None and row[2] <= now:
-            _expire_key(conn, key, now)
-            row = conn.execute(
-                "SELECT seq, channel, expires, data FROM messages WHERE key = ? ORDER BY seq LIMIT 1", (key,)
-            ).fetchone()
-        if row is None:
-            continue
-        conn.execute("DELETE FROM messages WHERE key = ? AND seq = ?", (key, row[0]))
-        (pending,) = conn.execute(
-            "UPDATE channels SET pending = pending - 1 WHERE key = ? RETURNING pending", (key,)
-        ).fetchone()
-        if address is not None:
-            conn.execute("DELETE FROM waiters WHERE address = ?", (address,))
-        return (row[1], row[3]), (claim(conn, key) if pending > 0 else None)
-    if address is not None:
-        if wait:
-            conn.executemany(
-                "INSERT OR IGNORE INTO waiters VALUES(?, ?, ?)", [(key, since, address) for key in keys]
-            )
-        else:
-            conn.execute("DELETE FROM waiters WHERE address = ?", (address,))
-    return None, None
+    return conn.execute(_STORE, (key, channel, expires, data, capacity)).rowcount == 1
 
 
-def claim(conn: sqlite3.Connection, key: str) -> Wake | None:
-    """The oldest waiter on ``key``, unregistered from every key it waited on; None if nobody waits."""
+def store_or_refuse(conn: sqlite3.Connection, now: float, key: str, channel: str, data: bytes,
+                    expires: float, capacity: int) -> bool:
+    """In a transaction: ``store``, after dropping what expired on ``key``; a refusal is counted."""
+    if store(conn, key, channel, data, expires, capacity):
+        return True
+    if _expire_key(conn, key, now) and store(conn, key, channel, data, expires, capacity):
+        return True
+    conn.execute("UPDATE channels SET full = full + 1 WHERE key = ?", (key,))
+    return False
+
+
+def take(conn: sqlite3.Connection, now: float, key: str, limit: int) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Delete and return the oldest ``limit`` messages of ``key``; one statement, atomic on its own.
+
+    Returns ``(live items in order, expired (key, channel column) pairs)``;
+    group envelopes are opened into one item per target.  The caller passes
+    the expired ones to :func:`forget_expired`.
+    """
+    rows = conn.execute(_TAKE, (key, limit)).fetchall()
+    if len(rows) > 1:
+        rows.sort()
+    items = [(channel, expires, data) for _, targets, expires, data in rows if expires > now
+             for channel in targets.split("\n")]
+    expired = [(key, targets) for _, targets, expires, _ in rows if expires <= now]
+    return items, expired
+
+
+def wake_needed(conn: sqlite3.Connection, key: str) -> bool:
+    """Whether someone waits on ``key`` and it has a message for them (a read: takes no lock)."""
+    return conn.execute(
+        "SELECT 1 FROM waiters WHERE key = ?1 AND EXISTS(SELECT 1 FROM messages WHERE key = ?1) LIMIT 1", (key,)
+    ).fetchone() is not None
+
+
+def claim(conn: sqlite3.Connection, key: str) -> bytes | None:
+    """In a transaction: the oldest waiter on ``key``, unregistered from every key it waited on."""
     row = conn.execute("SELECT address FROM waiters WHERE key = ? ORDER BY since LIMIT 1", (key,)).fetchone()
     if row is None:
         return None
     conn.execute("DELETE FROM waiters WHERE address = ?", row)
-    return Wake(key, row[0])
+    return row[0]
+
+
+def register(conn: sqlite3.Connection, keys: list[str], address: bytes, since: int) -> None:
+    """Wake ``address`` for the next message on any of ``keys`` (oldest registration first)."""
+    conn.executemany("INSERT OR IGNORE INTO waiters VALUES(?, ?, ?)", [(key, since, address) for key in keys])
+
+
+def unregister(conn: sqlite3.Connection, address: bytes) -> None:
+    conn.execute("DELETE FROM waiters WHERE address = ?", (address,))
 
 
 def forget_waiters(conn: sqlite3.Connection, addresses: list[bytes]) -> None:
@@ -241,7 +257,7 @@ def group_channels(conn: sqlite3.Connection, now: float, group: str) -> list[str
 def sweep(conn: sqlite3.Connection, now: float) -> None:
     """Drop what expired everywhere: messages (and their channels from groups), memberships, heartbeats."""
     expired = conn.execute("DELETE FROM messages WHERE expires <= ? RETURNING key, channel", (now,)).fetchall()
-    _forget_expired(conn, expired)
+    forget_expired(conn, expired)
     conn.execute("DELETE FROM groups WHERE expires <= ?", (now,))
     conn.execute("DELETE FROM heartbeats WHERE expires <= ?", (now,))
     conn.execute("DELETE FROM channels WHERE pending <= 0 AND touched <= ?", (now - STATS_TTL,))
@@ -251,21 +267,20 @@ def _expire_key(conn: sqlite3.Connection, key: str, now: float) -> int:
     expired = conn.execute(
         "DELETE FROM messages WHERE key = ? AND expires <= ? RETURNING key, channel", (key, now)
     ).fetchall()
-    _forget_expired(conn, expired)
+    forget_expired(conn, expired)
     return len(expired)
 
 
-def _forget_expired(conn: sqlite3.Connection, expired: list[tuple[str, str]]) -> None:
-    if not expired:
-        return
-    counts: dict[str, int] = {}
-    for key, _ in expired:
-        counts[key] = counts.get(key, 0) + 1
-    conn.executemany("UPDATE channels SET pending = pending - ? WHERE key = ?",
-                     [(count, key) for key, count in counts.items()])
-    # A message left to expire means nobody reads that channel any more: stop
-    # sending it group messages (ASGI 1.0 group semantics, as the other layers).
-    conn.executemany("DELETE FROM groups WHERE channel = ?", [(channel,) for channel in {c for _, c in expired}])
+def forget_expired(conn: sqlite3.Connection, expired: list[tuple[str, str]]) -> None:
+    """After expired messages were deleted: their channels leave every group.
+
+    A message left to expire means nobody reads that channel any more: stop
+    sending it group messages (ASGI 1.0 group semantics, as the other layers).
+    ``expired``: ``(key, channel column)``; a group envelope's column names
+    its targets separated by newlines (no channel name has one).
+    """
+    channels = {channel for _, targets in expired for channel in targets.split("\n")}
+    conn.executemany("DELETE FROM groups WHERE channel = ?", [(channel,) for channel in channels])
 
 
 ### Flush, statistics, heartbeats ###

@@ -267,7 +267,7 @@ def test_in_memory_layer_with_two_processes_is_a_boot_error(database, tmp_path):
 @pytest.mark.redis
 def test_ttin_ttou_and_a_silent_child(database, redis_url):
     layer = RedisChannelLayer(hosts=[redis_url])
-    process, _ = _start(["worker", "--processes", "2", "--timeout", "3"], _project(database, REDIS_URL=redis_url),
+    process, _ = _start(["worker", "--processes", "2", "--timeout", "4"], _project(database, REDIS_URL=redis_url),
                         listens=False)
     try:
         assert wait_until(lambda: len(_beats(layer, "worker")) == 2, 15)
@@ -278,7 +278,7 @@ def test_ttin_ttou_and_a_silent_child(database, redis_url):
 
         silent = _children(process)[0]
         os.kill(silent, signal.SIGSTOP)  # alive, but it reports nothing any more
-        assert wait_until(lambda: f"process {silent} (serving) sent nothing for 3 s" in process.output(), 15)
+        assert wait_until(lambda: f"process {silent} (serving) sent nothing for 4 s" in process.output(), 20)
         assert wait_until(lambda: len(_children(process)) == 4 and process.output().count(" is serving") == 4, 30)
         assert process.stop() == 0, process.output()[-3000:]
     finally:

@@ -13,7 +13,7 @@ gunicorn's conventions, in a small arbiter of our own:
   when every child exited 0, else 1; a second SIGINT kills them (exit 1);
 * SIGTTIN/SIGTTOU: one child more/fewer;
 * a child reports over a pipe from its own event loop; one silent for
-  ``--timeout`` seconds is killed and replaced.
+  ``--timeout`` seconds (30 s more while it boots) is killed and replaced.
 
 Why not gunicorn's ``Arbiter`` with a worker class: its SIGINT is a quick
 stop, its exit status does not say whether work was cut off, a crashing child
@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 BACKLOG = 2048
 #: Restart delays for a child that dies young: first, longest; "young" is under this many seconds.
 _BACKOFF_START, _BACKOFF_MAX, _YOUNG = 0.1, 10.0, 30.0
+#: Seconds a booting child gets beyond --timeout before its first report.
+_BOOT_ALLOWANCE = 30.0
 #: Seconds the children get beyond --graceful-timeout to exit on their own before SIGKILL.
 _EXIT_MARGIN = 10.0
 
@@ -324,10 +326,12 @@ class Supervisor:
 
     def _check_silence(self, now: float) -> None:
         for child in self.children.values():
-            if not child.killed and now - child.last_heard > self.config.timeout:
+            # Booting (Django's setup, the layer probe) may take longer on a busy machine.
+            allowed = self.config.timeout + (0 if child.ready else _BOOT_ALLOWANCE)
+            if not child.killed and now - child.last_heard > allowed:
                 state = "serving" if child.ready else "booting"
                 logger.error("process %d (%s) sent nothing for %g s (--timeout): killing it and starting another",
-                             child.pid, state, self.config.timeout)
+                             child.pid, state, allowed)
                 child.killed = True
                 _kill(child.pid, signal.SIGKILL)
 

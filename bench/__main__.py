@@ -54,7 +54,7 @@ PROFILES: dict[str, dict] = {
         "broadcast": {"clients": 2000, "broadcasts": 20, "interval": 1.0, "client_processes": 2},
         "memory": {"connections": 1000, "client_processes": 1, "settle": 2.0},
         "deploy": {"connections": 1000, "rate": 100.0, "client_processes": 1},
-        "dyno": {"duration": 10.0, "rate": 300.0, "rounds": 2, "warmup": 300},
+        "dyno": {"duration": 10.0, "rate": 300.0, "rounds": 2, "warmup": 300, "only": None},
     },
     "quick": {
         "layer": {"n": 600, "repeat": 1},
@@ -63,7 +63,7 @@ PROFILES: dict[str, dict] = {
         "broadcast": {"clients": 300, "broadcasts": 10, "interval": 0.3, "client_processes": 1},
         "memory": {"connections": 300, "client_processes": 1, "settle": 1.0},
         "deploy": {"connections": 200, "rate": 100.0, "client_processes": 1},
-        "dyno": {"duration": 3.0, "rate": 300.0, "rounds": 1, "warmup": 100},
+        "dyno": {"duration": 3.0, "rate": 300.0, "rounds": 1, "warmup": 100, "only": None},
     },
     "tiny": {
         "layer": {"n": 100, "repeat": 1},
@@ -72,7 +72,7 @@ PROFILES: dict[str, dict] = {
         "broadcast": {"clients": 20, "broadcasts": 3, "interval": 0.2, "client_processes": 1},
         "memory": {"connections": 20, "client_processes": 1, "settle": 0.3},
         "deploy": {"connections": 20, "rate": 50.0, "client_processes": 1},
-        "dyno": {"duration": 1.0, "rate": 50.0, "rounds": 1, "warmup": 10},
+        "dyno": {"duration": 1.0, "rate": 50.0, "rounds": 1, "warmup": 10, "only": ["combined", "gunicorn"]},
     },
 }
 
@@ -162,7 +162,7 @@ def _run_one(name: str, size: dict, workdir: Path) -> dict:
     elif name == "memory":
         outcome = memory.run(workdir, size["connections"], size["client_processes"], size["settle"], log=log)
     elif name == "dyno":
-        outcome = dyno.run(size["duration"], size["rate"], size["rounds"], size["warmup"], log=log)
+        outcome = dyno.run(size["duration"], size["rate"], size["rounds"], size["warmup"], size["only"], log=log)
     else:
         outcome = deploy.run(workdir, size["connections"], size["rate"], size["client_processes"], log=log)
     return outcome

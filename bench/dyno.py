@@ -81,12 +81,14 @@ def _idle_rss(setup: http.Setup, children: int) -> dict:
             "total_mib": round(sum(per_process.values()) / 1024, 1)}
 
 
-def run(duration: float = 10.0, rate: float = 300.0, rounds: int = 1, warmup: int = 300, log=print) -> dict:
-    """Each setup ``rounds`` times, interleaved; the best throughput and best p99 of each count."""
+def run(duration: float = 10.0, rate: float = 300.0, rounds: int = 1, warmup: int = 300,
+        only: list[str] | None = None, log=print) -> dict:
+    """Each setup (those named in ``only``, else all) ``rounds`` times, interleaved; the best throughput and
+    best p99 of each count."""
     workdir = Path(tempfile.mkdtemp(prefix="paas-bench-dyno-"))
     (workdir / "paas_bench_settings.py").write_text(http._SETTINGS)
     (workdir / "paas_bench_urls.py").write_text(http._URLS)
-    chosen = _setups(workdir)
+    chosen = [setup for setup in _setups(workdir) if not only or setup.name in only]
     results: dict = {}
     try:
         migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=http.ROOT,

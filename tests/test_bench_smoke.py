@@ -27,11 +27,11 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
-@pytest.mark.timeout(115)
+@pytest.mark.timeout(155)
 def test_bench_tiny_runs_every_scenario_against_its_peer(tmp_path: Path) -> None:
     readme_before = (ROOT / "README.md").read_text()
     run = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--out", str(tmp_path), "--no-readme"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=110)
+                         cwd=ROOT, capture_output=True, text=True, timeout=150)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads((tmp_path / "latest.json").read_text())
     s = results["scenarios"]
@@ -72,7 +72,7 @@ def test_bench_tiny_runs_every_scenario_against_its_peer(tmp_path: Path) -> None
     assert isinstance(deploy["websockets_dropped"], int) and isinstance(deploy["http_failed"], int)
 
     dyno = s["dyno"]["results"]
-    assert set(dyno) == {"combined", "combined_layer", "gunicorn"}
+    assert set(dyno) == {"combined", "gunicorn"}  # tiny: the --http layer variant only in quick and full runs
     for name, result in dyno.items():
         assert result["throughput"]["requests_per_s"] > 0, name
         assert _number(result["fixed_rate"]["latency_ms"]["p99"]), name

@@ -13,7 +13,10 @@ Scenarios, each run against this project and its peer in the same run:
    deliveries and latency (vs Daphne + Channels 4 + channels_redis);
 4. ``memory``: web-process RSS per open idle WebSocket (vs Daphne + Channels 4);
 5. ``deploy``: every worker replaced while WebSockets are open and HTTP flows:
-   dropped connections and failed requests (absolute target: zero and zero).
+   dropped connections and failed requests (absolute target: zero and zero);
+6. ``dyno``: every core of a dyno: combined with ``WEB_CONCURRENCY=2`` (a
+   supervisor, two processes, IPC layer) vs ``gunicorn -w 2``: requests/s,
+   p99 at a fixed rate, idle memory of every process.
 
 Writes ``latest.json``, ``latest.md`` and PNG plots to ``bench/results/`` (or
 ``--out``), and, for a full run of every scenario, the tables between README's
@@ -41,7 +44,7 @@ if str(ROOT) not in sys.path:
 
 from bench import _report  # noqa: E402
 
-SCENARIOS = ("layer", "http", "broadcast", "memory", "deploy")
+SCENARIOS = ("layer", "http", "broadcast", "memory", "deploy", "dyno")
 
 #: Sizes per profile.  ``tiny`` is for the smoke test: every code path, seconds, numbers meaningless.
 PROFILES: dict[str, dict] = {
@@ -51,6 +54,7 @@ PROFILES: dict[str, dict] = {
         "broadcast": {"clients": 2000, "broadcasts": 20, "interval": 1.0, "client_processes": 2},
         "memory": {"connections": 1000, "client_processes": 1, "settle": 2.0},
         "deploy": {"connections": 1000, "rate": 100.0, "client_processes": 1},
+        "dyno": {"duration": 10.0, "rate": 300.0, "rounds": 2, "warmup": 300, "only": None},
     },
     "quick": {
         "layer": {"n": 600, "repeat": 1},
@@ -59,6 +63,7 @@ PROFILES: dict[str, dict] = {
         "broadcast": {"clients": 300, "broadcasts": 10, "interval": 0.3, "client_processes": 1},
         "memory": {"connections": 300, "client_processes": 1, "settle": 1.0},
         "deploy": {"connections": 200, "rate": 100.0, "client_processes": 1},
+        "dyno": {"duration": 3.0, "rate": 300.0, "rounds": 1, "warmup": 100, "only": None},
     },
     "tiny": {
         "layer": {"n": 100, "repeat": 1},
@@ -67,6 +72,7 @@ PROFILES: dict[str, dict] = {
         "broadcast": {"clients": 20, "broadcasts": 3, "interval": 0.2, "client_processes": 1},
         "memory": {"connections": 20, "client_processes": 1, "settle": 0.3},
         "deploy": {"connections": 20, "rate": 50.0, "client_processes": 1},
+        "dyno": {"duration": 1.0, "rate": 50.0, "rounds": 1, "warmup": 10, "only": ["combined", "gunicorn"]},
     },
 }
 
@@ -144,7 +150,7 @@ def run(profile: str, only: list[str], workdir: Path) -> dict:
 
 
 def _run_one(name: str, size: dict, workdir: Path) -> dict:
-    from bench import broadcast, deploy, http, layer, memory
+    from bench import broadcast, deploy, dyno, http, layer, memory
 
     if name == "layer":
         outcome = layer.measure(size["n"], size["repeat"], log=log)
@@ -155,6 +161,8 @@ def _run_one(name: str, size: dict, workdir: Path) -> dict:
                                 size["client_processes"], log=log)
     elif name == "memory":
         outcome = memory.run(workdir, size["connections"], size["client_processes"], size["settle"], log=log)
+    elif name == "dyno":
+        outcome = dyno.run(size["duration"], size["rate"], size["rounds"], size["warmup"], size["only"], log=log)
     else:
         outcome = deploy.run(workdir, size["connections"], size["rate"], size["client_processes"], log=log)
     return outcome

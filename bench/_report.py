@@ -53,6 +53,13 @@ def targets(results: dict) -> list[dict]:
     add("memory", "memory per idle WebSocket <= 1x Channels 4", _get(s, "memory", "ratios", "per_connection"), 1, False)
     add("deploy", "rolling deploy: 0 WebSockets dropped", _get(s, "deploy", "websockets_dropped"), 0, False, unit="count")
     add("deploy", "rolling deploy: 0 HTTP requests failed", _get(s, "deploy", "http_failed"), 0, False, unit="count")
+    dyno = _get(s, "dyno", "ratios", default={})
+    add("dyno", "dyno: combined WEB_CONCURRENCY=2 >= 0.75x gunicorn -w 2 requests/s",
+        dyno.get("combined_vs_gunicorn_rps"), 0.75, True)
+    add("dyno", f"dyno: combined WEB_CONCURRENCY=2 p99 at {_get(s, 'dyno', 'rate', default=0):.0f} requests/s "
+        "<= 2x gunicorn -w 2", dyno.get("combined_vs_gunicorn_p99_at_rate"), 2, False)
+    add("dyno", "dyno: idle memory of every process <= 0.5 of a 512 MB Standard-1X",
+        dyno.get("combined_memory_of_dyno"), 0.5, False, unit="fraction")
     return rows
 
 
@@ -166,6 +173,25 @@ def markdown(results: dict) -> str:
         lines.append(f"| 5 deploy | {what}: HTTP requests failed | {d['http_failed']}/{d['http_requests']:,} "
                      f"(after it, {d['group_delivered_after_deploy']:,} of the open WebSockets got a group message) | "
                      f"none | — | — |")
+    if "dyno" in s:
+        dyno = s["dyno"]["results"]
+        rate = s["dyno"]["rate"]
+        peer = dyno.get("gunicorn")
+        for name in ("combined", "combined_layer"):
+            if name not in dyno or peer is None:
+                continue
+            ours = dyno[name]
+            ours_p99, peer_p99 = ours["fixed_rate"]["latency_ms"]["p99"], peer["fixed_rate"]["latency_ms"]["p99"]
+            lines += [
+                f"| 6 dyno | {ours['label']}: requests/s | {_n(ours['throughput']['requests_per_s'])}{_errors(ours)} | "
+                f"{peer['label']} | {_n(peer['throughput']['requests_per_s'])}{_errors(peer)} | "
+                f"{_x(ours['throughput']['requests_per_s'] / peer['throughput']['requests_per_s'])} |",
+                f"| 6 dyno | {ours['label']}: p99 ms at {rate:.0f} requests/s | {_n(ours_p99, 1)}{_failed(ours)} | "
+                f"{peer['label']} | {_n(peer_p99, 1)}{_failed(peer)} | {_x(ours_p99 / peer_p99)} |",
+                f"| 6 dyno | {ours['label']}: idle MiB resident, {ours['idle_memory']['processes']} processes | "
+                f"{_n(ours['idle_memory']['total_mib'], 1)} | {peer['label']} | {_n(peer['idle_memory']['total_mib'], 1)} | "
+                f"{_x(ours['idle_memory']['total_mib'] / peer['idle_memory']['total_mib'])} |",
+            ]
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
     for row in results["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]

@@ -13,6 +13,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("whoami/", views.whoami, name="whoami"),
+    path("pid/", views.pid, name="pid"),
     path("counter/", views.counter, name="counter"),
     path("stream/", views.stream, name="stream"),
     path("upload/", views.upload, name="upload"),

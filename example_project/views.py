@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 
 from django import forms
@@ -67,6 +68,11 @@ def signup(request: HttpRequest) -> HttpResponse:
 def whoami(request: HttpRequest) -> HttpResponse:
     """The logged-in user's name, or ``anonymous``: plain text for scripts."""
     return HttpResponse(display_name(request.user), content_type="text/plain")
+
+
+def pid(request: HttpRequest) -> HttpResponse:
+    """The id of the process that ran this view: which of a dyno's processes served the request."""
+    return HttpResponse(str(os.getpid()), content_type="text/plain")
 
 
 def counter(request: HttpRequest) -> HttpResponse:

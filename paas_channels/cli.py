@@ -17,6 +17,7 @@ monkey-patch before anything imports the socket module.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -24,7 +25,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .config.options import EXIT_BOOT_ERROR, load_config
+from .config.options import EXIT_BOOT_ERROR, PROCESSES_ENV, Config, load_config
 from .config.parser import build_parser
 from .exceptions import ConfigError
 from .runtime import boot
@@ -46,6 +47,18 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--combined and the mode {args.mode!r} contradict each other; give one")
     provisional = load_config(mode or "combined", vars(args))
     boot.configure_logging(provisional.log_level)
+    # For the settings file: configure() shares channels over IPC between several processes.
+    os.environ[PROCESSES_ENV] = str(provisional.processes)
+    if provisional.processes > 1:
+        # Forked before Django (and gevent) is imported: each child boots as one process does alone.
+        from .runtime.supervisor import supervise
+
+        return supervise(provisional, lambda child: _serve(args, mode, child), listening=mode != "worker")
+    return _serve(args, mode, provisional)
+
+
+def _serve(args: argparse.Namespace, mode: str | None, provisional: Config) -> int:
+    """Set up Django and run ``mode`` in this process (alone, or as a supervisor's child)."""
     if mode == "wsgi" or (mode == "worker" and provisional.gevent):
         boot.gevent_monkey_patch()
     boot.setup_django(provisional)
@@ -59,11 +72,15 @@ def _run(args: argparse.Namespace) -> int:
         )
         if mode == "wsgi":
             boot.gevent_monkey_patch()
-    config = load_config(mode, vars(args))
+    config = dataclasses.replace(
+        load_config(mode, vars(args)), supervised=provisional.supervised, listen_fd=provisional.listen_fd
+    )
     if config.sources.get("log_level") != "default":
         # django.setup() applied settings.LOGGING; an explicit --log-level still wins.
         logging.getLogger().setLevel(config.log_level.upper())
     logger.info("paas-channels %s: %s", __version__, config.describe())
+    if not config.supervised:
+        logger.info("%s: 1 process x %s", mode, config.concurrency())
     logger.info("settings %s: %s", os.environ.get("DJANGO_SETTINGS_MODULE"), boot.describe_settings())
     boot.freeze_startup_objects(runs_views=mode != "web" or config.http == "direct")
     return importlib.import_module(MODE_RUNNERS[mode]).run(config)

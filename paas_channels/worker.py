@@ -27,7 +27,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from django.core import signals as django_signals
 
@@ -38,7 +38,8 @@ from .layers.fingerprint import FINGERPRINT_KEY, Agreement, settings_fingerprint
 from .logs import RateLimitedLog
 from .message import Message, deferred_sends
 from .routing import Router, default_routing
-from .runtime.boot import closing_layer, unreachable_layer
+from .runtime.boot import check_reach, closing_layer, unreachable_layer
+from .runtime.supervisor import report_ready
 
 __all__ = ["Worker", "build_worker", "run", "select_channels"]
 
@@ -103,6 +104,9 @@ class Worker:
         self.host = host or socket.gethostname()
         self.worker_id = f"{self.host}.{os.getpid()}.{BaseChannelLayer.random_suffix(6)}"
         self.started = time.time()
+        #: "worker", or "combined" with ``extra_info`` adding the interface's connections.
+        self.kind = "worker"
+        self.extra_info: Callable[[], dict[str, Any]] | None = None
         self.busy = 0
         self.done = 0
         self.expired = 0
@@ -276,6 +280,8 @@ class Worker:
     def info(self) -> dict[str, Any]:
         """What the heartbeat publishes about this worker (``loops``: live receive loops, once serving)."""
         info = {
+            "kind": self.kind,
+            **(self.extra_info() if self.extra_info is not None else {}),
             "host": self.host,
             "pid": os.getpid(),
             "channels": list(self.channels),
@@ -382,6 +388,7 @@ def run(config: Config) -> int:
     """
     pool = config.gevent or config.threads
     worker = build_worker(config, threads=pool)
+    check_reach(worker.layer, config)
     worker.check_layer()
     if config.gevent:
         logger.info("gevent pool of %d greenlets", config.gevent)
@@ -389,6 +396,8 @@ def run(config: Config) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         # Only set flags here; the main loop does the work.
         if worker.stopping:
+            if config.supervised and signum == signal.SIGTERM:
+                return  # the platform and the supervisor both signal: not a request to force
             logger.warning("second %s: forcing exit", signal.Signals(signum).name)
             worker.stop(force=True)
         else:
@@ -398,6 +407,7 @@ def run(config: Config) -> int:
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         with closing_layer(worker.layer):
+            report_ready()
             cut = worker.serve()
     finally:
         for signum, handler in previous.items():

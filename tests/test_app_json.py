@@ -238,7 +238,7 @@ def test_app_json_follows_herokus_schema():
     (lambda app: app.update(repository="github.com/x/y"), "repository: expected a URL"),
     (lambda app: app["env"]["SECRET_KEY"].update(generator="random"), "the only generator is 'secret'"),
     (lambda app: app["env"].update(secret_key="x"), "env.secret_key: config var names are upper case"),
-    (lambda app: app["env"]["WEB_CONCURRENCY"].update(value=4), "env.WEB_CONCURRENCY.value: expected str"),
+    (lambda app: app["env"]["PAAS_CHANNELS_THREADS"].update(value=4), "env.PAAS_CHANNELS_THREADS.value: expected str"),
     (lambda app: app["env"].update(MISSING={}), "env.MISSING: required with no value"),
     (lambda app: app["formation"]["web"].update(quantity="1"), "formation.web.quantity: expected a whole number"),
     (lambda app: app["formation"]["web"].update(size="huge"), "formation.web.size: 'huge' is not a dyno size"),

@@ -20,18 +20,18 @@ from tests.support import ROOT
 
 pytestmark = pytest.mark.redis
 
-SCENARIOS = ["layer", "http", "broadcast", "memory", "deploy"]
+SCENARIOS = ["layer", "http", "broadcast", "memory", "deploy", "dyno"]
 
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
-@pytest.mark.timeout(115)
+@pytest.mark.timeout(155)
 def test_bench_tiny_runs_every_scenario_against_its_peer(tmp_path: Path) -> None:
     readme_before = (ROOT / "README.md").read_text()
     run = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--out", str(tmp_path), "--no-readme"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=110)
+                         cwd=ROOT, capture_output=True, text=True, timeout=150)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads((tmp_path / "latest.json").read_text())
     s = results["scenarios"]
@@ -70,6 +70,15 @@ def test_bench_tiny_runs_every_scenario_against_its_peer(tmp_path: Path) -> None
     assert all(step["old_exit_code"] == 0 for step in deploy["steps"])
     assert deploy["http_requests"] > 0
     assert isinstance(deploy["websockets_dropped"], int) and isinstance(deploy["http_failed"], int)
+
+    dyno = s["dyno"]["results"]
+    assert set(dyno) == {"combined", "gunicorn"}  # tiny: the --http layer variant only in quick and full runs
+    for name, result in dyno.items():
+        assert result["throughput"]["requests_per_s"] > 0, name
+        assert _number(result["fixed_rate"]["latency_ms"]["p99"]), name
+        assert result["idle_memory"]["processes"] == 3, (name, result["idle_memory"])  # supervisor/master + 2
+    for ratio in ("combined_vs_gunicorn_rps", "combined_vs_gunicorn_p99_at_rate", "combined_memory_of_dyno"):
+        assert _number(s["dyno"]["ratios"][ratio]), ratio
 
     scenarios_with_targets = {row["scenario"] for row in results["targets"]}
     assert scenarios_with_targets == set(SCENARIOS)

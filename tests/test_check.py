@@ -190,3 +190,15 @@ def test_deploy_adds_django_deployment_checks(project):
     assert result.returncode == 1
     assert any(line.startswith("problem: django security.W004") for line in problems), problems
     assert all(line.count("\n") == 0 for line in problems)
+
+
+def test_the_ipc_layer_is_for_one_dyno(project):
+    # WEB_CONCURRENCY=2 and no Redis: configure() gives the IPC layer (reach "machine").
+    (project / "app.json").write_text(json.dumps({**GOOD_APP, "addons": []}))
+    result, problems = check(project, WEB_CONCURRENCY="2")
+    assert any("IPCChannelLayer" in problem and "one machine" in problem and "--combined" in problem
+               for problem in problems), result.stdout
+    (project / "Procfile").write_text("web: paas-channels run --combined\nrelease: python manage.py migrate\n")
+    (project / "app.json").write_text(json.dumps({**GOOD_APP, "addons": [], "formation": {"web": {"quantity": 1}}}))
+    result, problems = check(project, WEB_CONCURRENCY="2")
+    assert not [problem for problem in problems if "IPCChannelLayer" in problem], result.stdout

@@ -34,12 +34,25 @@ def test_run_help_lists_modes_and_options():
 
 
 def test_cli_beats_env_beats_default():
-    env = {"PORT": "5000", "WEB_CONCURRENCY": "3"}
+    env = {"PORT": "5000", "PAAS_CHANNELS_THREADS": "3", "WEB_CONCURRENCY": "2"}
     config = load_config("worker", {"threads": 7}, env)
     assert config.threads == 7 and config.sources["threads"] == "cli"
+    # WEB_CONCURRENCY is processes (gunicorn's and Heroku's meaning), threads have their own variable.
+    config = load_config("combined", {}, env)
+    assert (config.processes, config.threads) == (2, 3) and config.sources["processes"] == "env"
+    assert load_config("web", {"processes": 4}, env).processes == 4
+    assert load_config("wsgi", {}, {}).processes == 1
     config = load_config("web", {}, env)
     assert config.port == 5000 and config.sources["port"] == "env"
     assert load_config("web", {}, {}).port == 8000
+
+
+def test_combined_with_several_processes_serves_plain_http_directly():
+    assert load_config("combined", {}, {}).http == "layer"
+    assert load_config("combined", {}, {"WEB_CONCURRENCY": "2"}).http == "direct"
+    assert load_config("combined", {"processes": 3}, {}).http == "direct"
+    assert load_config("combined", {}, {"WEB_CONCURRENCY": "2", "PAAS_CHANNELS_HTTP": "layer"}).http == "layer"
+    assert load_config("web", {}, {"WEB_CONCURRENCY": "2"}).http == "layer"
 
 
 def test_mode_dependent_defaults():
@@ -61,6 +74,8 @@ def test_bad_env_value_names_the_variable():
         load_config("web", {}, {"PORT": "99999"})
     with pytest.raises(ConfigError, match="environment variable WEB_CONCURRENCY"):
         load_config("worker", {}, {"WEB_CONCURRENCY": "0"})
+    with pytest.raises(ConfigError, match="environment variable PAAS_CHANNELS_THREADS"):
+        load_config("worker", {}, {"PAAS_CHANNELS_THREADS": "many"})
 
 
 def test_describe_shows_sources():

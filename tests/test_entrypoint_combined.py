@@ -45,13 +45,14 @@ def started():
         process.close()
 
 
-def test_no_mode_with_channel_layers_runs_combined_with_web_concurrency_threads(tmp_path, started):
+def test_no_mode_with_channel_layers_runs_combined_with_paas_channels_threads(tmp_path, started):
     # No DJANGO_SETTINGS_MODULE: found from the repository's manage.py.
-    process, url = started(["run"], _env(tmp_path, WEB_CONCURRENCY="3"))
+    process, url = started(["run"], _env(tmp_path, PAAS_CHANNELS_THREADS="3"))
     output = process.output()
     assert "no mode given: running combined (settings define CHANNEL_LAYERS)" in output
     assert "settings example_project.settings:" in output and "InMemoryChannelLayer" in output
     assert "with 3 loop(s)" in output and "threads=3(env)" in output
+    assert "combined: 1 process x 3 worker thread(s)" in output  # WEB_CONCURRENCY unset: one process
     assert httpx.get(f"{url}/whoami/", timeout=20).text == "anonymous"
 
 

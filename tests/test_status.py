@@ -139,3 +139,23 @@ def test_watch_refreshes_until_interrupted():
         process.stderr.close()
     assert sum("paas-channels status at" in line for line in lines) == 3
     assert any("the in-memory layer lives inside one process" in line for line in lines)
+
+
+def test_render_lists_web_processes_beside_workers():
+    layer = InMemoryChannelLayer()
+    web = {"kind": "web", "pid": 41, "threads": 0, "busy": 0, "done": 100, "channels": [],
+           "connections": {"http": 2, "websocket": 5}, "inbox": "interface.h.abc!"}
+    layer.heartbeat("web.h.41", web)
+    layer.heartbeat("w1", {"kind": "combined", "pid": 42, "threads": 4, "busy": 1, "done": 10,
+                           "channels": ["http.request"], "connections": {"http": 0, "websocket": 3}})
+    before = take_snapshot(layer, [])
+    layer.heartbeat("web.h.41", {**web, "done": 160})
+    now = take_snapshot(layer, [])
+    now.at = before.at + 2.0
+    screen = render(now, before)
+    # Workers (combined processes count) in their table, web processes in theirs, rates alike.
+    assert "total: 1 worker(s), 4 thread(s), 1 busy (25%)" in screen
+    web_line = next(line for line in screen.splitlines() if line.startswith("web.h.41"))
+    assert web_line.split()[1:6] == ["41", "2", "5", "160", "30.0"]
+    assert "total: 1 web process(es), 7 connection(s), 30.0 messages/s" in screen
+    assert next(line for line in screen.splitlines() if line.startswith("w1")).split()[6:9] == ["combined", "42", "3"]

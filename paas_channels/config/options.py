@@ -17,12 +17,16 @@ from typing import Any, Callable, Mapping
 from ..exceptions import ConfigError
 
 __all__ = [
-    "EXIT_BOOT_ERROR", "LOG_FORMAT", "MODES", "OPTIONS", "Config", "Option", "add_arguments", "load_config",
+    "EXIT_BOOT_ERROR", "LOG_FORMAT", "PROCESSES_ENV", "MODES", "OPTIONS", "Config", "Option", "add_arguments", "load_config",
     "on_heroku", "parse_bool",
 ]
 
 #: The one format of every log line (stdout on a PaaS; see configure()'s LOGGING).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+#: Set by ``paas-channels run`` to the effective number of processes, for the
+#: settings file (``configure()`` picks the IPC layer for several on one machine).
+PROCESSES_ENV = "PAAS_CHANNELS_PROCESSES"
 
 #: Exit code for a boot failure (bad settings, unreachable layer), distinct from
 #: a crash so that a platform does not restart into a crash loop unnoticed.
@@ -159,10 +163,18 @@ OPTIONS: tuple[Option, ...] = (
            modes=frozenset({"web", "combined"})),
     Option("ping_interval", ("--ping-interval",), "seconds between WebSocket pings (under Heroku's 55 s idle limit)",
            default=20.0, env="PAAS_CHANNELS_PING_INTERVAL", type=_positive_float, modes=frozenset({"web", "combined"})),
+    Option("processes", ("--processes",),
+           "processes of this mode on the dyno, sharing one listening socket under a supervisor (1: no "
+           "supervisor, one process); Heroku sets WEB_CONCURRENCY by dyno size",
+           default=1, env="WEB_CONCURRENCY", type=_positive_int),
     Option("threads", ("--threads",),
-           "worker threads; with web --http direct: threads serving HTTP (default WEB_CONCURRENCY, else 1; "
-           "combined and web: else 4)",
-           default=None, env="WEB_CONCURRENCY", type=_positive_int, modes=frozenset({"worker", "combined", "web"})),
+           "worker threads per process; with web --http direct: threads serving HTTP (default 1; combined and "
+           "web: 4)",
+           default=None, env="PAAS_CHANNELS_THREADS", type=_positive_int, modes=frozenset({"worker", "combined", "web"})),
+    Option("timeout", ("--timeout",),
+           "with --processes > 1: seconds a process may go without reporting to its supervisor before it is "
+           "killed and replaced (gunicorn's --timeout)",
+           default=30.0, env="PAAS_CHANNELS_TIMEOUT", type=_positive_float),
     Option("gevent", ("--gevent",), "run consumers in a pool of N greenlets instead of threads (I/O-bound work)",
            default=0, env="PAAS_CHANNELS_GEVENT", type=_non_negative_int, modes=frozenset({"worker"})),
     Option("only_channels", ("--only-channels",), "only consume channels matching this glob (repeatable)",
@@ -174,7 +186,8 @@ OPTIONS: tuple[Option, ...] = (
            default=(), env="PAAS_CHANNELS_ALLOWED_ORIGINS", repeatable=True, modes=frozenset({"web", "combined"})),
     Option("http", ("--http",),
            "how plain HTTP reaches Django: 'layer' (through the workers) or 'direct' (the WSGI app in this "
-           "process's thread pool; WebSockets and long-poll paths still go through the layer)",
+           "process's thread pool; WebSockets and long-poll paths still go through the layer); default layer, "
+           "direct for combined with --processes > 1",
            default="layer", env="PAAS_CHANNELS_HTTP", choices=("layer", "direct"), modes=frozenset({"web", "combined"})),
     Option("long_poll_paths", ("--long-poll-path",),
            "with --http direct: a path regex still sent through the layer (repeatable; ROUTING's non-view "
@@ -207,6 +220,12 @@ class Config:
     mode: str
     values: Mapping[str, Any]
     sources: Mapping[str, str] = field(default_factory=dict)
+    #: Set in a process started by the supervisor (``--processes`` > 1): the
+    #: listening socket it inherited (a file descriptor, None for a worker), and
+    #: that a repeated SIGTERM is the platform and the supervisor both stopping
+    #: it, not a request to force.
+    supervised: bool = False
+    listen_fd: int | None = None
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -217,6 +236,17 @@ class Config:
     def __repr__(self) -> str:
         # The dataclass repr would show every value; describe() masks the secret ones.
         return f"<Config {self.describe()}>"
+    def concurrency(self) -> str:
+        """What runs inside one process of this mode, for the "processes x threads" line."""
+        if self.mode == "wsgi":
+            return "gevent greenlets (one per request)"
+        if self.mode == "worker":
+            return f"{self.gevent} greenlet(s)" if self.values.get("gevent") else f"{self.threads} thread(s)"
+        if self.mode == "web":
+            return f"{self.threads} HTTP thread(s)" if self.values.get("http") == "direct" else "one event loop"
+        if self.values.get("http") == "direct":
+            return f"{self.threads} worker thread(s) + {self.threads} HTTP thread(s) (--http direct)"
+        return f"{self.threads} worker thread(s)"
 
     def describe(self) -> str:
         """One line of the effective options and where each came from; secrets masked."""
@@ -265,6 +295,11 @@ def load_config(mode: str, cli: Mapping[str, Any] | None = None, environ: Mappin
     defaults["http_timeout"] = 25.0 if on_heroku(environ) else 120.0
     defaults["threads"] = 4 if mode in ("combined", "web") else 1
     chain = ChainMap(cli_values, env_values, defaults)
+    if mode == "combined" and _processes_or_one(chain["processes"]) > 1:
+        # Every process of a combined dyno runs the same code and has workers of its own:
+        # a plain view sent over the layer to another process only adds hops (measured:
+        # bench/dyno.py, about 0.4x of gunicorn's requests/s over the IPC layer, 1.1x direct).
+        defaults["http"] = "direct"
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -282,6 +317,13 @@ def load_config(mode: str, cli: Mapping[str, Any] | None = None, environ: Mappin
             raise ConfigError(f"{where}: {exc}") from None
         sources[option.name] = source
     return Config(mode=mode, values=values, sources=sources)
+
+
+def _processes_or_one(raw: Any) -> int:
+    try:
+        return _positive_int(raw)
+    except ValueError:
+        return 1  # reported with the option's name by load_config
 
 
 def _convert(option: Option, raw: Any, source: str) -> Any:

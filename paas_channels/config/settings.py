@@ -12,7 +12,8 @@ default**.  ``DEBUG``, ``SECRET_KEY`` (or ``DJANGO_SECRET_KEY``),
 call when their variable is set, so a ``startproject`` file's ``DEBUG = True``
 and SQLite do not survive on a platform.  Without the variable the file's value
 is kept (an empty ``ALLOWED_HOSTS = []`` counts as unset), else the default:
-in-memory layer, SQLite, local hosts plus the platform's own domain.  On a
+in-memory layer (the IPC layer when several processes run:
+``--processes``/``WEB_CONCURRENCY`` > 1), SQLite, local hosts plus the platform's own domain.  On a
 platform (``DYNO``, ``RENDER``, ``FLY_APP_NAME``, Dokku) the file's ``DEBUG``
 is ignored: DEBUG is on only when the environment says ``DEBUG=1``.
 
@@ -29,6 +30,7 @@ environment, without touching any namespace.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -39,7 +41,7 @@ from urllib.parse import urlsplit
 
 from ..exceptions import ConfigError
 from ..layers.redis.hosts import hosts_from_env, redact_url
-from .options import LOG_FORMAT, parse_bool
+from .options import LOG_FORMAT, PROCESSES_ENV, parse_bool
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +91,31 @@ def _split_list(raw: str) -> list[str]:
 ### Channel layer ###
 
 
-def _channel_layers(environ: Mapping[str, str], routing: str | None) -> dict[str, Any]:
+def _processes(environ: Mapping[str, str]) -> int:
+    """How many processes of this app run on this machine: what ``paas-channels run`` was told, else
+    ``WEB_CONCURRENCY`` (a management command on a dyno shares the layer with them too)."""
+    for name in (PROCESSES_ENV, "WEB_CONCURRENCY"):
+        raw = environ.get(name, "").strip()
+        if raw.isdigit():
+            return int(raw)
+    return 1
+
+
+def _ipc_prefix(environ: Mapping[str, str], base_dir: Path) -> str:
+    """Same for every process of one project on one machine, different for another project (or checkout)."""
+    module = re.sub(r"[^a-zA-Z\d\-_.]", "-", environ.get("DJANGO_SETTINGS_MODULE", "") or "paas-channels")[:31]
+    return f"{module}.{hashlib.sha1(str(base_dir.resolve()).encode()).hexdigest()[:8]}"
+
+
+def _channel_layers(environ: Mapping[str, str], routing: str | None, base_dir: Path) -> dict[str, Any]:
     config = hosts_from_env(environ)
-    if config is None:
-        entry: dict[str, Any] = {"BACKEND": "paas_channels.layers.InMemoryChannelLayer", "CONFIG": {}}
+    if config is not None:
+        entry: dict[str, Any] = {"BACKEND": "paas_channels.layers.RedisChannelLayer", "CONFIG": config}
+    elif _processes(environ) > 1:
+        # Several processes on this dyno and no Redis: they share channels and groups over IPC.
+        entry = {"BACKEND": "paas_channels.layers.IPCChannelLayer", "CONFIG": {"prefix": _ipc_prefix(environ, base_dir)}}
     else:
-        entry = {"BACKEND": "paas_channels.layers.RedisChannelLayer", "CONFIG": config}
+        entry = {"BACKEND": "paas_channels.layers.InMemoryChannelLayer", "CONFIG": {}}
     if routing:
         entry["ROUTING"] = routing
     return {"default": entry}
@@ -211,7 +232,7 @@ def settings_from_env(
         # The DEBUG=1 error page must not show the layer's Redis/AMQP password.
         "DEFAULT_EXCEPTION_REPORTER_FILTER": "paas_channels.config.reporting.SecretsFilter",
         "ALLOWED_HOSTS": _allowed_hosts(environ),
-        "CHANNEL_LAYERS": _channel_layers(environ, routing),
+        "CHANNEL_LAYERS": _channel_layers(environ, routing, base),
         "DATABASES": _databases(environ, base, platform),
         "TIME_ZONE": "UTC",
         "STATIC_URL": "static/",

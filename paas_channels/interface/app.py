@@ -23,10 +23,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from django.conf import settings
 
@@ -63,9 +64,12 @@ LAYER_CALL_TIMEOUT = 5.0
 MAX_CONCURRENT_SENDS = 32
 
 
+def _host() -> str:
+    return re.sub(r"[^a-zA-Z\d\-_.]", "-", socket.gethostname())[:40].strip(".-") or "host"
+
+
 def _inbox_name() -> str:
-    host = re.sub(r"[^a-zA-Z\d\-_.]", "-", socket.gethostname())[:40].strip(".-") or "host"
-    return f"interface.{host}.{BaseChannelLayer.random_suffix(8)}!"
+    return f"interface.{_host()}.{BaseChannelLayer.random_suffix(8)}!"
 
 
 class InterfaceApplication:
@@ -96,6 +100,11 @@ class InterfaceApplication:
         self.agreement = _agreement(getattr(config, "layer", None) or "default")
         self.closing = False
         self.worker_count = 0
+        #: This process's heartbeat (kind "web"); combined mode folds it into the worker's instead.
+        self.publish_heartbeat = True
+        self.process_id = f"web.{_host()}.{os.getpid()}.{BaseChannelLayer.random_suffix(6)}"
+        self.started = time.time()
+        self.relayed = 0
         self._queues: dict[str, asyncio.Queue] = {}
         self._websockets: dict[str, WebSocketConnection] = {}
         self._http_active = 0
@@ -201,6 +210,7 @@ class InterfaceApplication:
         async with self._sends:
             try:
                 await self.layer.asend(channel, message)
+                self.relayed += 1
             except ChannelFull:
                 raise
             except Exception as exc:
@@ -253,6 +263,8 @@ class InterfaceApplication:
         layer_down = False
         while True:
             try:
+                if self.publish_heartbeat:
+                    await asyncio.wait_for(self._heartbeat(), min(WORKER_CHECK_INTERVAL, self.layer_timeout))
                 beats = await asyncio.wait_for(self.layer.aheartbeats(), min(WORKER_CHECK_INTERVAL, self.layer_timeout))
             except asyncio.CancelledError:
                 raise
@@ -284,6 +296,26 @@ class InterfaceApplication:
                     warned_at = now
                 self.worker_count = count
             await asyncio.sleep(WORKER_CHECK_INTERVAL)
+
+    ### Heartbeat ###
+
+    def connection_info(self) -> dict[str, Any]:
+        """The interface's part of a heartbeat: its inbox and open connections."""
+        return {
+            "inbox": self.inbox,
+            "connections": {"http": self._http_active, "websocket": len(self._websockets)},
+            "relayed": self.relayed,
+        }
+
+    def info(self) -> dict[str, Any]:
+        """What this web process's heartbeat publishes (the worker fields, with no consumer threads)."""
+        return {
+            "kind": "web", "host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
+            "threads": 0, "busy": 0, "done": self.relayed, "channels": [], **self.connection_info(),
+        }
+
+    async def _heartbeat(self, ttl: float = 3 * WORKER_CHECK_INTERVAL) -> None:
+        await self.layer.aheartbeat(self.process_id, self.info(), ttl)
 
     ### Health ###
 
@@ -340,6 +372,11 @@ class InterfaceApplication:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self.publish_heartbeat:
+            try:
+                await asyncio.wait_for(self._heartbeat(ttl=1.0), 2.0)  # the status command sees us go soon
+            except Exception as exc:  # noqa: BLE001 - the process is stopping anyway
+                logger.debug("last heartbeat not sent: %s", exc)
         return cut
 
     def _check_idle(self) -> None:
@@ -370,7 +407,7 @@ def consuming_workers(beats: dict[str, dict]) -> tuple[int, dict]:
     """
     workers = live = expected = 0
     for info in beats.values():
-        if isinstance(info, RejectedMessage):
+        if isinstance(info, RejectedMessage) or info.get("kind", "worker") == "web":  # web processes beat too
             continue
         threads = _count(info.get("threads"))
         loops = _count(info.get("loops", threads))

@@ -20,7 +20,11 @@ the HTTP request class (Twisted 24-26's ``Request``):
   would reset Twisted's idle timeout;
 * a body over ``--max-body-size`` (its ``Content-Length``, or what a chunked
   body adds up to) is answered 413 while it arrives, before any application
-  (so any worker) sees the request.
+  (so any worker) sees the request;
+
+and the ``numberAccepts`` of Twisted's listening port (one accept per loop turn
+on a socket that a supervisor's processes share, served through Daphne's ``fd:``
+endpoint).
 
 Importing this module installs no reactor: ``daphne.server`` (which installs
 Twisted's asyncio reactor at import) is imported by :func:`serve_daphne`
@@ -237,10 +241,11 @@ def _server_class() -> type:
         """Daphne's server, remembering its listening ports so a shutdown can stop accepting first."""
 
         def __init__(self, *args, on_listening: Callable[[], None], max_body_size: int | None = None,
-                     header_timeout: float | None = None, **kwargs) -> None:
+                     header_timeout: float | None = None, shared: bool = False, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.max_body_size = max_body_size
             self.header_timeout = header_timeout
+            self.shared = shared
             self.ports: list = []
             self.listen_failure: str | None = None
             self._on_listening = on_listening
@@ -297,6 +302,8 @@ def _server_class() -> type:
 
         def listen_success(self, port) -> None:
             super().listen_success(port)
+            if self.shared:
+                _accept_one_at_a_time(port)
             self.ports.append(port)
             if len(self.ports) == len(self.endpoints):
                 self._on_listening()
@@ -316,6 +323,27 @@ def _server_class() -> type:
     return _Server
 
 
+@functools.cache
+def _one_accept_class(port_class: type) -> type:
+    class _OneAcceptPort(port_class):
+        # Twisted's Port accepts up to numberAccepts (100, growing) connections per
+        # wakeup: on a socket several processes share, the first one awake would
+        # take a whole burst (32 wrk connections went to one of two processes).
+        # One per turn of the loop spreads them; a busier process turns slower.
+        numberAccepts = property(lambda self: 1, lambda self, value: None)
+
+    return _OneAcceptPort
+
+
+def _accept_one_at_a_time(port: Any) -> None:
+    """Make a Twisted listening port accept one connection per loop turn (a socket shared by processes)."""
+    if not hasattr(port, "numberAccepts"):
+        logger.warning("Twisted's %s has no numberAccepts: connections may bunch on one process",
+                       type(port).__name__)
+        return
+    port.__class__ = _one_accept_class(type(port))
+
+
 class _Shutdown:
     """Signal handling and the ordered shutdown of one served app."""
 
@@ -325,6 +353,7 @@ class _Shutdown:
         self.config = config
         self.server = server
         self.started = False
+        self.cut = 0
 
     def install(self) -> None:
         loop = asyncio.get_event_loop()
@@ -339,6 +368,10 @@ class _Shutdown:
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if self.started:
+            if self.config.supervised and signum == signal.SIGTERM:
+                # The platform signals every process of the dyno, and the supervisor does too.
+                logger.debug("%s again: already shutting down", name)
+                return
             logger.warning("%s again: stopping now", name)
             if self.reactor.running:
                 self.reactor.stop()
@@ -351,7 +384,7 @@ class _Shutdown:
         try:
             for port in self.server.ports:
                 port.stopListening()
-            await self.app.shutdown(self.config.graceful_timeout)
+            self.cut = await self.app.shutdown(self.config.graceful_timeout) or 0
         finally:
             if self.reactor.running:
                 self.reactor.stop()
@@ -373,14 +406,22 @@ def _endpoints(config: Config, reactor: Any) -> list[str]:
                 "ssl:8443:privateKey=key.pem:certKey=cert.pem (HTTP/2 needs pip install 'twisted[tls,http2]')"
             ) from None
     explicit = any(config.sources.get(name, "default") != "default" for name in ("bind", "port"))
-    plain = build_endpoint_description_strings(host=config.bind, port=config.port)
-    return [*(plain if explicit or not config.endpoints else []), *config.endpoints]
+    plain = [_plain_endpoint(config)]
+    return [*(plain if explicit or not config.endpoints or config.listen_fd is not None else []), *config.endpoints]
+
+
+def _plain_endpoint(config: Config) -> str:
+    """The plain HTTP listener: the socket inherited from the supervisor, else ``--bind``/``--port``."""
+    if config.listen_fd is None:
+        return build_endpoint_description_strings(host=config.bind, port=config.port)[0]
+    (description,) = build_endpoint_description_strings(file_descriptor=config.listen_fd)
+    return description + (":domain=INET6" if ":" in config.bind else "")
 
 
 def _shown(endpoint: str, config: Config) -> str:
     """An endpoint as the log says it: the plain listener as its URL, others as given (no key paths hidden:
     they are file names, not secrets)."""
-    if endpoint == build_endpoint_description_strings(host=config.bind, port=config.port)[0]:
+    if endpoint == _plain_endpoint(config):
         return f"http://{config.bind}:{config.port}"
     return endpoint
 
@@ -426,6 +467,7 @@ def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = No
         on_listening=on_listening,
         max_body_size=getattr(config, "max_body_size", None) or None,
         header_timeout=getattr(config, "header_timeout", None),
+        shared=config.listen_fd is not None,
     )
     shutdown = _Shutdown(app, config, server, reactor)
 
@@ -446,4 +488,4 @@ def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = No
     except RuntimeError:  # the loop is closed: nothing to restore
         pass
     logger.info("interface server stopped")
-    return 0
+    return 1 if shutdown.cut else 0

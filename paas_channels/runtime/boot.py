@@ -22,7 +22,7 @@ from ..config.options import LOG_FORMAT, Config
 from ..exceptions import ConfigError
 
 __all__ = [
-    "close_layer", "closing_layer", "configure_logging", "describe_settings", "find_settings_module",
+    "check_reach", "close_layer", "closing_layer", "configure_logging", "describe_settings", "find_settings_module",
     "freeze_startup_objects", "gevent_monkey_patch", "probe_layer", "setup_django", "unreachable_layer",
 ]
 
@@ -182,6 +182,17 @@ def unreachable_layer(where: str, exc: BaseException) -> ConfigError:
     detail = (getattr(exc, "detail", None) or str(exc) or type(exc).__name__)[:300].rstrip(".")
     return ConfigError(f"{where} is unreachable: {detail}. Check REDIS_URL / CONFIG['hosts'] and that the server "
                        "is running")
+
+
+def check_reach(layer: Any, config: Config) -> None:
+    """With several processes, a layer that lives inside one process is a boot error: groups would split."""
+    if config.processes > 1 and getattr(layer, "reach", "network") == "process":
+        raise ConfigError(
+            f"CHANNEL_LAYERS[{config.layer!r}] is {type(layer).__name__}, which lives inside one process, but "
+            f"{config.processes} processes run (--processes/WEB_CONCURRENCY): groups and channels would only reach "
+            "one of them. Use paas_channels.layers.IPCChannelLayer (the processes of one machine) or "
+            "RedisChannelLayer (set REDIS_URL), or run one process (--processes 1)"
+        )
 
 
 def close_layer(layer: Any) -> None:

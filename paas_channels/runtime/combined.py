@@ -26,7 +26,8 @@ from ..interface import InterfaceApplication, serve
 from ..interface.direct import HybridApplication
 from ..layers import get_channel_layer
 from ..worker import build_worker
-from .boot import close_layer
+from .boot import check_reach, close_layer
+from .supervisor import report_ready
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +37,17 @@ __all__ = ["run"]
 _MIN_WORKER_DRAIN = 1.0
 
 
-def _interface_app(layer: Any, config: Config, drain_started: list[float]) -> Any:
+def _interface_app(layer: Any, config: Config, drain_started: list[float], worker: Any) -> Any:
     """The ASGI app Daphne serves: the interface, or the hybrid app under ``--http direct``.
 
     ``drain_started`` receives the moment the interface begins its shutdown, so
     the workers get what is left of the graceful timeout.
     """
     interface = InterfaceApplication(layer, config)
+    # One heartbeat per process: the worker's, with the interface's connections in it.
+    interface.publish_heartbeat = False
+    worker.kind = "combined"
+    worker.extra_info = interface.connection_info
     shutdown = interface.shutdown
 
     async def timed_shutdown(timeout: float) -> int:
@@ -58,10 +63,12 @@ def _interface_app(layer: Any, config: Config, drain_started: list[float]) -> An
 def run(config: Config) -> int:
     """Serve until SIGTERM/SIGINT; exit 0 when both parts stopped cleanly, 1 if work was cut off."""
     layer = get_channel_layer(config.layer)
+    check_reach(layer, config)
     worker = build_worker(config, layer=layer, threads=config.threads)
+    worker.kind = "combined"
     worker.check_layer()  # a boot error (unreachable Redis) before anything listens
     drain_started: list[float] = []
-    app = _interface_app(layer, config, drain_started)
+    app = _interface_app(layer, config, drain_started, worker)
     worker_cut: list[int] = []
 
     def work() -> None:
@@ -73,10 +80,11 @@ def run(config: Config) -> int:
 
     thread = threading.Thread(target=work, name="paas-combined-worker", daemon=True)
     thread.start()
-    logger.info("combined: Daphne and %d worker thread(s) on one %s", worker.threads, type(layer).__name__)
+    logger.info("combined: Daphne and %d worker thread(s) on one %s%s", worker.threads, type(layer).__name__,
+                " shared by the processes of this machine" if layer.reach == "machine" else "")
     interface_code = 1
     try:
-        interface_code = serve(app, config)
+        interface_code = serve(app, config, ready=report_ready)
     finally:
         # The interface has drained (or failed to start): now the workers.
         spent = time.monotonic() - drain_started[0] if drain_started else 0.0

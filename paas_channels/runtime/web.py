@@ -13,7 +13,8 @@ import logging
 from ..config.options import Config
 from ..interface import InterfaceApplication, serve
 from ..layers import get_channel_layer
-from .boot import closing_layer, probe_layer
+from .boot import check_reach, closing_layer, probe_layer
+from .supervisor import report_ready
 
 __all__ = ["run"]
 
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 def run(config: Config) -> int:
     """Serve until stopped; returns the exit code."""
     layer = get_channel_layer(config.layer)
+    check_reach(layer, config)
     probe_layer(layer, config.layer)
     if layer.reach == "process":
         logger.warning(
@@ -38,4 +40,4 @@ def run(config: Config) -> int:
             from ..interface.direct import HybridApplication
 
             app = HybridApplication(app, config)
-        return serve(app, config)
+        return serve(app, config, ready=report_ready)

@@ -24,6 +24,7 @@ from ..config.options import Config
 from ..config.settings import WHITENOISE_MIDDLEWARE
 from ..exceptions import ConfigError
 from .access import wsgi_access_log
+from .supervisor import report_ready
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +160,10 @@ def run(config: Config) -> int:
     if not config.no_access_log:
         application = wsgi_access_log(application)
     pool = Pool(POOL_SIZE)
+    # Under a supervisor: the socket it bound once for every process.
+    listener = (config.bind, config.port) if config.listen_fd is None else socket.socket(fileno=config.listen_fd)
     server = WSGIServer(
-        (config.bind, config.port), application, spawn=pool, handler_class=_handler_class(shutdown),
+        listener, application, spawn=pool, handler_class=_handler_class(shutdown),
         log=None, error_log=logger,  # the access log is wsgi_access_log's: the same line as in every mode
     )
     try:
@@ -170,6 +173,7 @@ def run(config: Config) -> int:
             f"cannot listen on {config.bind}:{config.port} ({exc.strerror or exc}); "
             "choose another --port/$PORT or stop the process using it"
         ) from None
+    report_ready()
     handles = [gevent.signal_handler(signum, shutdown.requested.set) for signum in (signal.SIGTERM, signal.SIGINT)]
     logger.info("wsgi: serving on http://%s:%s (gevent, up to %d requests at once)",
                 config.bind, server.server_port, POOL_SIZE)

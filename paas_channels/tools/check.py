@@ -143,6 +143,14 @@ def _procfile_problems(
             "which processes cannot share and REDIS_URL is set nowhere: add the heroku-redis add-on to app.json "
             "(\"addons\": [\"heroku-redis:mini\"]) or set REDIS_URL"
         )
+    if split and backend is not None and backend.reach == "machine" and not redis_planned:
+        problems.append(
+            f"Procfile runs split mode (separate web and worker processes) but the layer is {backend.__name__}, "
+            "which reaches only the processes of one machine: on a PaaS each process type runs on its own dynos, "
+            "so web and worker would never see each other's messages. Set REDIS_URL (add the heroku-redis add-on "
+            "to app.json) or run 'web: paas-channels run --combined' (its WEB_CONCURRENCY processes share "
+            f"{backend.__name__} on one dyno)"
+        )
     if routed:
         uncovered = set(routed)
         for process in consumers:

@@ -3,8 +3,10 @@
 Everything comes from the layer, so it works from any machine that can reach
 it (``heroku run paas-channels status``): channel depths and counters from
 ``channel_statistics``, group sizes from ``group_channels``, and the live
-workers from the heartbeats each worker publishes (``busy`` of ``threads``
-consumers running, ``done`` so far).  Rates (messages/s) are the difference
+workers and web processes from the heartbeats each publishes (a worker:
+``busy`` of ``threads`` consumers running, ``done`` so far; a web process: its
+open connections and the messages it put on the layer; a combined process:
+both).  Rates (messages/s) are the difference
 between two readings, so one reading is taken, then another ``interval``
 seconds later.
 """
@@ -78,31 +80,31 @@ def render(now: Snapshot, before: Snapshot | None = None) -> str:
     if now.groups:
         lines += ["", f"{'GROUP':<32} {'MEMBERS':>8}"]
         lines += [f"{name:<32} {count:>8}" for name, count in now.groups.items()]
-    lines += ["", f"{'WORKER':<40} {'THREADS':>7} {'BUSY':>5} {'BUSY%':>6} {'DONE':>8} {'MSG/S':>7} {'LOOPS':>5}  CHANNELS"]
+    workers = {key: info for key, info in now.workers.items() if info.get("kind", "worker") != "web"}
+    webs = {key: info for key, info in now.workers.items() if info.get("kind", "worker") == "web"}
+    lines += ["", f"{'WORKER':<40} {'THREADS':>7} {'BUSY':>5} {'BUSY%':>6} {'DONE':>8} {'MSG/S':>7} {'LOOPS':>5} "
+                  f"{'KIND':<8} {'PID':>7} {'CONNS':>5}  CHANNELS"]
     total_threads = total_busy = lost = 0
     total_rate = 0.0
-    for worker_id, info in sorted(now.workers.items()):
+    for worker_id, info in sorted(workers.items()):
         threads, busy, done = int(info.get("threads", 0)), int(info.get("busy", 0)), int(info.get("done", 0))
         loops = int(info.get("loops", threads))  # absent until the worker serves
         lost += max(0, threads - loops)
         total_threads += threads
         total_busy += busy
-        previous = before.workers.get(worker_id) if before else None
-        if previous is not None and seconds > 0:
-            rate_value = max(0, done - int(previous.get("done", 0))) / seconds
-            total_rate += rate_value
-            rate = f"{rate_value:.1f}"
-        else:
-            rate = "-"
+        rate_value = _done_rate(info, before.workers.get(worker_id) if before else None, seconds)
+        total_rate += rate_value or 0.0
+        rate = "-" if rate_value is None else f"{rate_value:.1f}"
         ratio = f"{100 * busy / threads:.0f}%" if threads else "-"
         channels = ",".join(info.get("channels", [])) or "-"
-        lines.append(f"{worker_id:<40} {threads:>7} {busy:>5} {ratio:>6} {done:>8} {rate:>7} {loops:>5}  {channels}")
-    if not now.workers:
+        lines.append(f"{worker_id:<40} {threads:>7} {busy:>5} {ratio:>6} {done:>8} {rate:>7} {loops:>5} "
+                     f"{info.get('kind', 'worker'):<8} {info.get('pid', '-'):>7} {_connections(info):>5}  {channels}")
+    if not workers:
         lines.append("no live workers (no heartbeat seen recently)")
     else:
         ratio = f"{100 * total_busy / total_threads:.0f}%" if total_threads else "-"
         lines.append(
-            f"total: {len(now.workers)} worker(s), {total_threads} thread(s), {total_busy} busy ({ratio})"
+            f"total: {len(workers)} worker(s), {total_threads} thread(s), {total_busy} busy ({ratio})"
             + (f", {total_rate:.1f} messages/s" if before else "")
         )
         if lost:
@@ -110,7 +112,33 @@ def render(now: Snapshot, before: Snapshot | None = None) -> str:
                          "or nothing; restart them and read their logs")
         if total_threads and total_busy == total_threads:
             lines.append("every worker thread is busy: add worker dynos (or --threads) before requests queue up")
+    if webs:
+        # Same rate as the workers': messages per second, here those the process put on the layer.
+        lines += ["", f"{'WEB':<40} {'PID':>7} {'HTTP':>5} {'WS':>6} {'SENT':>8} {'MSG/S':>7}  INBOX"]
+        web_rate = 0.0
+        for web_id, info in sorted(webs.items()):
+            rate_value = _done_rate(info, before.workers.get(web_id) if before else None, seconds)
+            web_rate += rate_value or 0.0
+            connections = info.get("connections") or {}
+            lines.append(
+                f"{web_id:<40} {info.get('pid', '-'):>7} {int(connections.get('http', 0)):>5} "
+                f"{int(connections.get('websocket', 0)):>6} {int(info.get('done', 0)):>8} "
+                f"{'-' if rate_value is None else f'{rate_value:.1f}':>7}  {info.get('inbox', '-')}"
+            )
+        lines.append(f"total: {len(webs)} web process(es), {sum(_connections(i) for i in webs.values())} connection(s)"
+                     + (f", {web_rate:.1f} messages/s" if before else ""))
     return "\n".join(lines)
+
+
+def _done_rate(info: dict[str, Any], previous: dict[str, Any] | None, seconds: float) -> float | None:
+    if previous is None or seconds <= 0:
+        return None
+    return max(0, int(info.get("done", 0)) - int(previous.get("done", 0))) / seconds
+
+
+def _connections(info: dict[str, Any]) -> int:
+    connections = info.get("connections") or {}
+    return int(connections.get("http", 0)) + int(connections.get("websocket", 0))
 
 
 def _routed_channels(alias: str) -> list[str]:

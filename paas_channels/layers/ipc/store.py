@@ -89,8 +89,13 @@ def connect(path: str, busy_timeout: float, setup_timeout: float) -> sqlite3.Con
     other processes doing the same; afterwards a busy lock waits
     ``busy_timeout`` seconds (0 for the async driver, which sleeps on its loop instead).
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
+    # Created (owner-only) just once, exclusively: closing a descriptor of a file
+    # that another connection of this process has open would drop that
+    # connection's POSIX locks (SQLite's "how to corrupt": two writers at once).
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     conn = sqlite3.connect(path, timeout=setup_timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # only takes effect on a new database

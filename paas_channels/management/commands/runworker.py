@@ -1,9 +1,11 @@
 """``python manage.py runworker``: the same worker as ``paas-channels run worker``.
 
 Options are the worker options of ``paas_channels.conf`` (same flags, same
-environment variables, same defaults).  With ``--gevent`` the command
-re-executes itself as ``paas-channels run worker``: gevent must patch the
-process before Django is imported, which a management command is too late for.
+environment variables, same defaults).  With ``--gevent``, or ``--processes``
+(``WEB_CONCURRENCY``) above 1, the command re-executes itself as
+``paas-channels run worker``: gevent must patch the process, and a supervisor
+fork its children, before Django is imported, which a management command is
+too late for.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class Command(BaseCommand):
             config = load_config("worker", options)
         except ConfigError as exc:
             raise CommandError(str(exc), returncode=EXIT_BOOT_ERROR) from None
-        if config.gevent:
+        if config.gevent or config.processes > 1:
+            # Several processes: the supervisor must fork before Django is imported, as gevent must patch.
             _exec_cli(config)
         if not logging.getLogger().handlers:
             logging.basicConfig(

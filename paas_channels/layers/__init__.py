@@ -30,6 +30,7 @@ __all__ = [
     "ConfigError",
     "InMemoryChannelLayer",
     "MessageTooLarge",
+    "RabbitMQChannelLayer",
     "RedisChannelLayer",
     "DEFAULT_CHANNEL_LAYER",
     "build_channel_layer",
@@ -46,11 +47,15 @@ _layers_lock = threading.Lock()
 
 
 def __getattr__(name: str) -> Any:
-    # The Redis layer pulls in redis-py; import it only when it is asked for.
+    # The network layers pull in their clients; import them only when asked for.
     if name == "RedisChannelLayer":
         from .redis import RedisChannelLayer
 
         return RedisChannelLayer
+    if name == "RabbitMQChannelLayer":  # pulls in aiormq, likewise
+        from .rabbitmq import RabbitMQChannelLayer
+
+        return RabbitMQChannelLayer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -89,6 +89,7 @@ class RabbitMQChannelLayer(BaseChannelLayer):
         self.prefix = prefix
         self._expiry_ms = int(self.expiry * 1000)
         self._dead_exchange = f"{prefix}::dead"
+        self._expired_queue = f"{prefix}::expired"
         self._loop = LoopThread(f"paas-rabbitmq-{prefix}")
         self._broker = Broker(self.url, self._on_connect, self._on_lost, self.connect_timeout)
         self._queues = Queues(self)
@@ -136,17 +137,28 @@ class RabbitMQChannelLayer(BaseChannelLayer):
         await ops.exchange_declare(self._dead_exchange, exchange_type="headers", durable=True)
         for registry, kind in ((self._groups, "groups"), (self._beats, "beats")):
             await ops.queue_declare(registry.stream, durable=True, arguments=STREAM_ARGUMENTS[kind])
-        await ops.queue_bind(self._groups.stream, self._dead_exchange, arguments={"x-match": "all", "paas-g": "1"})
+        await ops.queue_declare(self._expired_queue, durable=False, arguments={"x-max-length": 10_000})
+        await ops.queue_bind(self._expired_queue, self._dead_exchange, arguments={"x-match": "all", "paas-g": "1"})
         for registry in (self._groups, self._beats):
             registry.following = False
             if registry.stream in self._wanted:
                 await registry.follow(consume)
+        if self._groups.stream in self._wanted:
+            await consume.basic_consume(self._expired_queue, self._on_expired, no_ack=True)
         await self._queues.restore(consume)
 
     def _on_lost(self, error: BaseException) -> None:
         self._queues.lost(error)
         self._groups.lost(error)
         self._beats.lost(error)
+
+    async def _on_expired(self, message: Any) -> None:
+        """A group message expired unread (dead-lettered): its members are gone; tell every process."""
+        try:
+            _, targets, _, group, sent_ms = msgpack.unpackb(message.body, raw=False)[:5]
+            await self._groups.write(self._groups.record("x", group, targets.split("\n"), sent_ms))
+        except Exception as exc:  # noqa: BLE001 - a consumer callback: log, never raise into aiormq
+            logger.warning("could not drop the members of an expired group message: %s", exc)
 
     async def _state(self, registry: Registry) -> State:
         self._wanted.add(registry.stream)
@@ -155,6 +167,8 @@ class RabbitMQChannelLayer(BaseChannelLayer):
             channel = await self._broker.consume()
             if not registry.following:
                 await registry.follow(channel)
+                if registry is self._groups:
+                    await channel.basic_consume(self._expired_queue, self._on_expired, no_ack=True)
 
         return await registry.ready(start, self.timeout)
 
@@ -450,6 +464,7 @@ class RabbitMQChannelLayer(BaseChannelLayer):
             channel = await self._broker.ops()
             for registry in (self._groups, self._beats):
                 await channel.queue_delete(registry.stream)
+            await channel.queue_delete(self._expired_queue)
             await channel.exchange_delete(self._dead_exchange)
 
         self._run(destroy())

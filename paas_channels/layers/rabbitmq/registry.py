@@ -17,10 +17,13 @@ a record of another process for a key on which this process has a write
 still on its way through the stream is older than that write and is skipped,
 so the local view never steps back.
 
-Group messages that expire unread are dead-lettered into the groups stream
-(through the ``<prefix>::dead`` headers exchange, group messages only): every
-process then drops the members they were for, as the Redis layer drops a
-member whose message expired unread.
+Group messages that expire unread are dead-lettered (through the
+``<prefix>::dead`` headers exchange, group messages only) into the queue
+``<prefix>::expired``, which the processes reading groups consume; the one
+that gets such a message writes an ``x`` record, and every process then
+drops the members it was for (unless added again since), as the Redis layer
+drops a member whose message expired unread.  (RabbitMQ 3.10 does not
+dead-letter into a stream, hence the queue in between.)
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class State:
     """Group members and heartbeats built from records; no I/O.
 
     A record is ``[origin, seq, op, *args]``: ``a`` group channel ms (add),
-    ``d`` group [channels] (discard), ``f`` (flush), ``h`` worker expires_ms
+    ``d`` group [channels] (discard), ``x`` group [channels] sent_ms (their
+message expired unread), ``f`` (flush), ``h`` worker expires_ms
     info (heartbeat), ``s`` (a marker).  A dead-lettered group message is
     ``[expires_ms, targets, data, group, sent_ms]`` and drops its targets
     that were not added again since it was sent.
@@ -88,10 +92,7 @@ class State:
     ### Records from the stream ###
 
     def feed(self, record: Any) -> None:
-        if not isinstance(record, list) or not record:
-            return
-        if isinstance(record[0], int):  # a dead-lettered group message
-            self._expired(record)
+        if not isinstance(record, list) or len(record) < 3:
             return
         origin, seq = record[0], record[1]
         keys = self._keys(record)
@@ -136,6 +137,8 @@ class State:
                     members.pop(channel, None)
                 if not members:
                     del self.groups[record[3]]
+        elif op == "x":
+            self._expired(record[3], record[4], record[5])
         elif op == "h":
             self.beats[record[3]] = (record[4], record[5])
         elif op == "f":
@@ -144,15 +147,11 @@ class State:
             if record[0] == self.origin:
                 self._pending = {key: seq for key, seq in self._pending.items() if seq > record[1]}
 
-    def _expired(self, envelope: list) -> None:
-        try:
-            _, targets, _, group, sent_ms = envelope[:5]
-        except ValueError:
-            return
+    def _expired(self, group: str, channels: list[str], sent_ms: int) -> None:
         members = self.groups.get(group)
         if not members:
             return
-        for channel in targets.split("\n"):
+        for channel in channels:
             added = members.get(channel)
             if added is not None and added <= sent_ms:
                 del members[channel]

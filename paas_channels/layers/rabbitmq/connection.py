@@ -88,7 +88,15 @@ class LoopThread:
     def _run(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
         asyncio.set_event_loop(loop)
         loop.call_soon(ready.set)
-        loop.run_forever()
+        try:
+            loop.run_forever()
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=2))
+        finally:
+            loop.close()
 
     def started(self) -> bool:
         return self._loop is not None and self._pid == os.getpid()
@@ -201,7 +209,8 @@ class Broker:
             if since < self.retry_interval:
                 raise ChannelLayerConnectionError(self._failure)
             try:
-                self._connection = await asyncio.wait_for(aiormq.connect(self.url.url), self.connect_timeout)
+                self._connection = aiormq.Connection(self.url.url)
+                await asyncio.wait_for(self._connection.connect(), self.connect_timeout)
                 self._ops = await self._open_ops()
                 self._consume = await self._connection.channel()
                 self.generation += 1
@@ -228,11 +237,16 @@ class Broker:
 
     async def _drop(self, exc: BaseException | None) -> None:
         connection, self._connection, self._ops, self._consume = self._connection, None, None, None
-        if connection is not None and not connection.is_closed:
+        if connection is None:
+            return
+        writer = connection.writer
+        if not connection.is_closed:
             try:
                 await asyncio.wait_for(connection.close(), 2)
-            except Exception:  # noqa: BLE001 - it is being thrown away
+            except BaseException:  # noqa: BLE001 - it is being thrown away
                 pass
+        if writer is not None and not writer.transport.is_closing():
+            writer.transport.abort()  # a broker that does not answer the close: drop the socket
 
     async def close(self) -> None:
         self._closed = True

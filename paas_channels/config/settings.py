@@ -7,7 +7,8 @@ At the end of a project's ``settings.py``::
 
 fills in, from ``os.environ``, every setting the file has not set itself:
 ``CHANNEL_LAYERS`` (``REDIS_TLS_URL``/``REDIS_URL``; several comma-separated
-URLs are shards; none gives the in-memory layer), ``DATABASES`` (``DATABASE_URL``
+URLs are shards; else ``CLOUDAMQP_URL``/``RABBITMQ_URL`` for RabbitMQ; none
+gives the in-memory layer), ``DATABASES`` (``DATABASE_URL``
 through dj-database-url, SQLite by default), ``SECRET_KEY`` (required unless
 ``DEBUG``), ``DEBUG``, ``ALLOWED_HOSTS``, WhiteNoise in ``MIDDLEWARE`` and
 ``STORAGES``, ``SECURE_PROXY_SSL_HEADER`` on a PaaS, and ``LOGGING`` to stdout.
@@ -28,12 +29,13 @@ from typing import Any, Mapping, MutableMapping
 from urllib.parse import urlsplit
 
 from ..exceptions import ConfigError
+from ..layers.rabbitmq.urls import config_from_env as rabbitmq_from_env
 from ..layers.redis.hosts import hosts_from_env, redact_url
 from .options import LOG_FORMAT, parse_bool
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["configure", "describe_settings", "mask_url", "on_paas", "settings_from_env"]
+__all__ = ["configure", "describe_settings", "layer_addresses", "mask_url", "on_paas", "settings_from_env"]
 
 WHITENOISE_MIDDLEWARE = "whitenoise.middleware.WhiteNoiseMiddleware"
 _SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
@@ -80,11 +82,19 @@ def _split_list(raw: str) -> list[str]:
 
 
 def _channel_layers(environ: Mapping[str, str], routing: str | None) -> dict[str, Any]:
+    # Redis first: an app that has both add-ons keeps the layer it ran on before RabbitMQ was supported.
     config = hosts_from_env(environ)
-    if config is None:
-        entry: dict[str, Any] = {"BACKEND": "paas_channels.layers.InMemoryChannelLayer", "CONFIG": {}}
+    if config is not None:
+        entry: dict[str, Any] = {"BACKEND": "paas_channels.layers.RedisChannelLayer", "CONFIG": config}
     else:
-        entry = {"BACKEND": "paas_channels.layers.RedisChannelLayer", "CONFIG": config}
+        try:
+            amqp = rabbitmq_from_env(environ)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if amqp is not None:
+            entry = {"BACKEND": "paas_channels.layers.RabbitMQChannelLayer", "CONFIG": amqp}
+        else:
+            entry = {"BACKEND": "paas_channels.layers.InMemoryChannelLayer", "CONFIG": {}}
     if routing:
         entry["ROUTING"] = routing
     return {"default": entry}
@@ -276,6 +286,13 @@ def host_address(host: Any) -> str:
     return str(host)
 
 
+def layer_addresses(config: Any) -> list[str]:
+    """Where a layer's ``CONFIG`` points (Redis ``hosts``, RabbitMQ ``url``), passwords masked."""
+    config = config if isinstance(config, dict) else {}
+    hosts = config.get("hosts") or ([config["url"]] if isinstance(config.get("url"), str) else [])
+    return [mask_url(host_address(host)) for host in hosts]
+
+
 def describe_settings(settings: Any) -> str:
     """One line of the effective Django settings that matter to a deployment; secrets masked."""
     parts = [f"DEBUG={getattr(settings, 'DEBUG', False)}"]
@@ -284,8 +301,7 @@ def describe_settings(settings: Any) -> str:
     layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
     for alias, entry in layers.items():
         backend = str(entry.get("BACKEND", "?")).rsplit(".", 1)[-1]
-        hosts = (entry.get("CONFIG") or {}).get("hosts") or []
-        shown = ",".join(mask_url(host_address(host)) for host in hosts)
+        shown = ",".join(layer_addresses(entry.get("CONFIG")))
         parts.append(f"layer[{alias}]={backend}" + (f"({shown})" if shown else ""))
     if not layers:
         parts.append("layer=none")

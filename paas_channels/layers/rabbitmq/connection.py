@@ -209,6 +209,7 @@ class Broker:
             if since < self.retry_interval:
                 raise ChannelLayerConnectionError(self._failure)
             try:
+                # (aiormq closes the socket of a connect that is cancelled or fails.)
                 self._connection = aiormq.Connection(self.url.url)
                 await asyncio.wait_for(self._connection.connect(), self.connect_timeout)
                 self._ops = await self._open_ops()
@@ -237,16 +238,12 @@ class Broker:
 
     async def _drop(self, exc: BaseException | None) -> None:
         connection, self._connection, self._ops, self._consume = self._connection, None, None, None
-        if connection is None:
+        if connection is None or connection.is_closed:
             return
-        writer = connection.writer
-        if not connection.is_closed:
-            try:
-                await asyncio.wait_for(connection.close(), 2)
-            except BaseException:  # noqa: BLE001 - it is being thrown away
-                pass
-        if writer is not None and not writer.transport.is_closing():
-            writer.transport.abort()  # a broker that does not answer the close: drop the socket
+        try:  # aiormq closes its socket itself when the broker does not answer in time
+            await asyncio.wait_for(connection.close(), 2)
+        except BaseException:  # noqa: BLE001 - it is being thrown away
+            pass
 
     async def close(self) -> None:
         self._closed = True

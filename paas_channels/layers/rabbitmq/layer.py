@@ -228,7 +228,7 @@ class RabbitMQChannelLayer(BaseChannelLayer):
             if local is not None:
                 return local
             for name in names:
-                body = queues.take(name) if name in queues.consumers else await queues.get(name)
+                body = await (queues.take(name) if name in queues.consumers else queues.get(name))
                 if body is not None:
                     result = self._open(name, body)
                     if result is not None:

@@ -185,14 +185,14 @@ class Queues:
             arrival.set_exception(error)
             arrival.exception()
 
-    def take(self, name: str) -> bytes | None:
+    async def take(self, name: str) -> bytes | None:
         """A delivered message of ``name`` (acknowledged now), or None."""
         box = self.mailboxes.get(name)
         while box:
             channel, tag, body = box.popleft()
             if channel.is_closed:  # the broker gave it back to the queue when that channel closed
                 continue
-            channel.basic_ack(tag)
+            await channel.basic_ack(tag)
             return body
         return None
 

@@ -279,7 +279,7 @@ class Registry:
             self.state.feed(msgpack.unpackb(message.body, raw=False))
         except Exception as exc:  # noqa: BLE001 - one bad record must not stop the follower
             logger.warning("skipped an unreadable record in stream %s: %s", self.stream, exc)
-        message.channel.basic_ack(message.delivery.delivery_tag)
+        await message.channel.basic_ack(message.delivery.delivery_tag)
         if self._waiters:
             echoed = self.state.echoed
             still = []

@@ -75,7 +75,7 @@ class RabbitMQChannelLayer(BaseChannelLayer):
         heartbeat: float = 15,
         connect_timeout: float = 5,
         timeout: float = 10,
-        prefetch: int = 8,
+        prefetch: int = 32,
     ) -> None:
         super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
@@ -123,7 +123,8 @@ class RabbitMQChannelLayer(BaseChannelLayer):
     async def _guard(self, coro: Coroutine[Any, Any, T], extra: float) -> T:
         """Run ``coro`` within the deadline; every broker failure becomes a ``ChannelLayerConnectionError``."""
         try:
-            return await asyncio.wait_for(coro, self.timeout + extra)
+            async with asyncio.timeout(self.timeout + extra):  # no extra task per call, unlike wait_for
+                return await coro
         except (ChannelLayerConnectionError, ChannelFull, ValueError, TypeError):
             raise
         except asyncio.TimeoutError:
@@ -202,6 +203,27 @@ class RabbitMQChannelLayer(BaseChannelLayer):
                     return channel, self.deserialize(data)
         return None
 
+    def _take_delivered(self, names: list[str]) -> tuple[str, dict] | None:
+        """A message this process holds for ``names`` (group leftovers, consumer deliveries), without I/O.
+
+        Only when every name has a consumer: otherwise an earlier name could
+        have a message on the broker, and the order of ``names`` is a priority.
+        """
+        local = self._take_local(names) if self._local else None
+        if local is not None:
+            return local
+        queues = self._queues
+        if not queues.consumers or any(name not in queues.consumers for name in names):
+            return None
+        for name in names:
+            body = queues.take(name)
+            while body is not None:
+                result = self._open(name, body)
+                if result is not None:
+                    return result
+                body = queues.take(name)  # expired: the next one
+        return None
+
     def _count(self, name: str, refused: bool) -> None:
         counts = self._counts.get(name)
         if counts is None:
@@ -228,7 +250,7 @@ class RabbitMQChannelLayer(BaseChannelLayer):
             if local is not None:
                 return local
             for name in names:
-                body = await (queues.take(name) if name in queues.consumers else queues.get(name))
+                body = queues.take(name) if name in queues.consumers else await queues.get(name)
                 if body is not None:
                     result = self._open(name, body)
                     if result is not None:
@@ -345,10 +367,9 @@ class RabbitMQChannelLayer(BaseChannelLayer):
         ``block=True`` waits up to ``blocking_timeout`` seconds.
         """
         names = self._valid_receive_names(channels)
-        if self._local:
-            local = self._take_local(names)
-            if local is not None:
-                return local
+        held = self._take_delivered(names)
+        if held is not None:
+            return held
         return self._run(self._receive(names, block), self.blocking_timeout)
 
     def new_channel(self, pattern: str) -> str:
@@ -413,10 +434,9 @@ class RabbitMQChannelLayer(BaseChannelLayer):
 
     async def areceive(self, channels: Iterable[str], block: bool = False) -> tuple[str | None, dict | None]:
         names = self._valid_receive_names(channels)
-        if self._local:
-            local = self._take_local(names)
-            if local is not None:
-                return local
+        held = self._take_delivered(names)
+        if held is not None:
+            return held
         return await self._arun(self._receive(names, block), self.blocking_timeout)
 
     async def anew_channel(self, pattern: str) -> str:

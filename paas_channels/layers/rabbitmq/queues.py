@@ -32,6 +32,11 @@ from pamqp import commands as spec
 
 __all__ = ["Queues"]
 
+
+def _ignore_result(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:  # the channel closed: the message is requeued
+        logger.debug("acknowledgement not sent: %s", task.exception())
+
 logger = logging.getLogger(__name__)
 
 _GROUP_HEADERS = {"paas-g": "1"}
@@ -185,16 +190,28 @@ class Queues:
             arrival.set_exception(error)
             arrival.exception()
 
-    async def take(self, name: str) -> bytes | None:
-        """A delivered message of ``name`` (acknowledged now), or None."""
+    def take(self, name: str) -> bytes | None:
+        """A delivered message of ``name``, or None; from any thread (the receive fast path).
+
+        ``deque.popleft`` is atomic, so callers' threads take without a hop to
+        the loop; the acknowledgement is handed to the loop, not waited for.
+        """
         box = self.mailboxes.get(name)
         while box:
-            channel, tag, body = box.popleft()
+            try:
+                channel, tag, body = box.popleft()
+            except IndexError:  # another thread took the last one
+                return None
             if channel.is_closed:  # the broker gave it back to the queue when that channel closed
                 continue
-            await channel.basic_ack(tag)
+            self.layer._loop.loop.call_soon_threadsafe(self._ack, channel, tag)
             return body
         return None
+
+    def _ack(self, channel: Any, tag: int) -> None:
+        if not channel.is_closed:
+            task = asyncio.ensure_future(channel.basic_ack(tag))
+            task.add_done_callback(_ignore_result)
 
     def _wake(self) -> None:
         arrival, self._arrival = self._arrival, None

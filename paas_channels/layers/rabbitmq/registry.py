@@ -32,7 +32,6 @@ import asyncio
 import datetime
 import itertools
 import logging
-import secrets
 import time
 from typing import Any, Awaitable, Callable
 
@@ -53,6 +52,7 @@ STREAM_ARGUMENTS = {
 # Heartbeats older than this are not replayed by a new process (a worker beats every few seconds).
 BEATS_WINDOW = 600
 _PREFETCH = 500
+_ACK_EVERY = 100
 _SWEEP_EVERY = 10_000
 
 
@@ -205,6 +205,7 @@ class Registry:
         self._ready: asyncio.Future | None = None
         self._marker = 0
         self._waiters: list[tuple[int, asyncio.Future]] = []
+        self._unacked = 0
 
     def record(self, op: str, *args: Any) -> list:
         return [self.state.origin, next(self._seq), op, *args]
@@ -220,6 +221,7 @@ class Registry:
             start: Any = datetime.datetime.fromtimestamp(time.time() - self.window - 1, tz=datetime.timezone.utc)
         else:
             start = self._next_offset
+        self._unacked = 0
         await channel.basic_qos(prefetch_count=_PREFETCH)
         await channel.basic_consume(self.stream, self._on_record, no_ack=False,
                                     arguments={"x-stream-offset": start})
@@ -279,7 +281,10 @@ class Registry:
             self.state.feed(msgpack.unpackb(message.body, raw=False))
         except Exception as exc:  # noqa: BLE001 - one bad record must not stop the follower
             logger.warning("skipped an unreadable record in stream %s: %s", self.stream, exc)
-        await message.channel.basic_ack(message.delivery.delivery_tag)
+        self._unacked += 1
+        if self._unacked >= _ACK_EVERY:  # well under the prefetch: the stream never waits for credit
+            self._unacked = 0
+            await message.channel.basic_ack(message.delivery.delivery_tag, multiple=True)
         if self._waiters:
             echoed = self.state.echoed
             still = []

@@ -29,8 +29,13 @@ import threading
 import time
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
-import aiormq
-import aiormq.exceptions
+try:
+    import aiormq
+    import aiormq.exceptions
+except ImportError as exc:  # the extra is not installed
+    raise ImportError(
+        f"RabbitMQChannelLayer needs the AMQP client aiormq ({exc}): pip install 'paas-channels[rabbitmq]'"
+    ) from None
 
 from .urls import AMQPUrl
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections import deque
 from typing import Any, Coroutine, Iterable, TypeVar
 
@@ -31,6 +30,7 @@ import msgpack
 
 from ..base import BaseChannelLayer, ChannelFull, _positive_int, _positive_number
 from .connection import CONNECTION_ERRORS, Broker, ChannelLayerConnectionError, LoopThread
+from .handout import Handout, now_ms
 from .queues import Queues
 from .registry import BEATS_WINDOW, STREAM_ARGUMENTS, Registry, State
 from .urls import parse_url
@@ -46,11 +46,9 @@ _PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
 _POLL_MIN, _POLL_MAX = 0.005, 0.05  # ``?`` channels are polled while a blocking receive waits
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+_now_ms = now_ms  # one clock for envelopes and records
 
-
-class RabbitMQChannelLayer(BaseChannelLayer):
+class RabbitMQChannelLayer(Handout, BaseChannelLayer):
     """ASGI 1.0 channel layer on a RabbitMQ broker.
 
     ``url``: ``amqp://``/``amqps://`` broker URL (default the local guest
@@ -173,35 +171,17 @@ class RabbitMQChannelLayer(BaseChannelLayer):
 
         return await registry.ready(start, self.timeout)
 
-    ### Envelopes ###
+    # A first read replays the stream: as long as it takes while records keep coming
+    # (Registry.ready raises when they stop), not one call's ``timeout``.
+    _REPLAY_LIMIT = 3600
 
-    def _open(self, name: str, body: bytes) -> tuple[str, dict] | None:
-        """``(channel, message)`` from a stored envelope; None if it expired.
+    def _caught_up(self, registry: Registry) -> None:
+        if not registry.is_ready():
+            self._run(self._state(registry), extra=self._REPLAY_LIMIT)
 
-        A group message for an inbox names several channels: the first gets it
-        now, the others are kept for this process's next receives.
-        """
-        envelope = msgpack.unpackb(body, raw=False)
-        expires, target, data = envelope[0], envelope[1], envelope[2]
-        if expires <= _now_ms():
-            return None
-        if "\n" in target:
-            first, rest = target.split("\n", 1)
-            self._local.setdefault(name, deque()).extend((expires, channel, data) for channel in rest.split("\n"))
-            return first, self.deserialize(data)
-        return target, self.deserialize(data)
-
-    def _take_local(self, names: list[str]) -> tuple[str, dict] | None:
-        for name in names:
-            queue = self._local.get(name)
-            while queue:
-                try:
-                    expires, channel, data = queue.popleft()
-                except IndexError:  # another thread took the last one
-                    break
-                if expires > _now_ms():
-                    return channel, self.deserialize(data)
-        return None
+    async def _acaught_up(self, registry: Registry) -> None:
+        if not registry.is_ready():
+            await self._arun(self._state(registry), extra=self._REPLAY_LIMIT)
 
     def _take_delivered(self, names: list[str]) -> tuple[str, dict] | None:
         """A message this process holds for ``names`` (group leftovers, consumer deliveries), without I/O.
@@ -388,11 +368,16 @@ class RabbitMQChannelLayer(BaseChannelLayer):
 
     def group_channels(self, group: str) -> list[str]:
         """The channels currently in ``group``."""
-        return self._run(self._group_channels(self.valid_group_name(group)))
+        self.valid_group_name(group)
+        self._caught_up(self._groups)
+        return self._run(self._group_channels(group))
 
     def send_group(self, group: str, message: dict) -> None:
         """Send ``message`` to every member: one message per member inbox; never ``ChannelFull``."""
-        return self._run(self._send_group(self.valid_group_name(group), self.serialize(message)))
+        self.valid_group_name(group)
+        data = self.serialize(message)
+        self._caught_up(self._groups)
+        return self._run(self._send_group(group, data))
 
     def flush(self) -> None:
         """Delete the queues this layer used, and every group and heartbeat of its prefix."""
@@ -416,6 +401,7 @@ class RabbitMQChannelLayer(BaseChannelLayer):
 
     def heartbeats(self) -> dict[str, dict]:
         """Live workers' latest heartbeat info, by worker id, as any process sees it."""
+        self._caught_up(self._beats)
         return self._run(self._heartbeats())
 
     def close(self) -> None:
@@ -450,10 +436,15 @@ class RabbitMQChannelLayer(BaseChannelLayer):
         return await self._arun(self._group_discard(group, [channel]))
 
     async def agroup_channels(self, group: str) -> list[str]:
-        return await self._arun(self._group_channels(self.valid_group_name(group)))
+        self.valid_group_name(group)
+        await self._acaught_up(self._groups)
+        return await self._arun(self._group_channels(group))
 
     async def asend_group(self, group: str, message: dict) -> None:
-        return await self._arun(self._send_group(self.valid_group_name(group), self.serialize(message)))
+        self.valid_group_name(group)
+        data = self.serialize(message)
+        await self._acaught_up(self._groups)
+        return await self._arun(self._send_group(group, data))
 
     async def aflush(self) -> None:
         return await self._arun(self._flush())
@@ -462,6 +453,7 @@ class RabbitMQChannelLayer(BaseChannelLayer):
         return await self._arun(self._heartbeat(self._valid_worker_id(worker_id), self.serialize(info), ttl))
 
     async def aheartbeats(self) -> dict[str, dict]:
+        await self._acaught_up(self._beats)
         return await self._arun(self._heartbeats())
 
     async def aclose(self) -> None:

@@ -78,7 +78,7 @@ message expired unread), ``f`` (flush), ``h`` worker expires_ms
         self.beats: dict[str, tuple[int, bytes]] = {}
         self.echoed = 0  # the highest of this process's seqs seen in the stream
         self._pending: dict[tuple, int] = {}
-        self._applied = 0
+        self.applied = 0  # records fed: how a long replay shows it makes progress
 
     ### Writes of this process (applied when the broker confirmed them) ###
 
@@ -109,8 +109,8 @@ message expired unread), ``f`` (flush), ``h`` worker expires_ms
                 self._apply(record)
         elif not any(key in self._pending for key in keys) and ("f",) not in self._pending:
             self._apply(record)
-        self._applied += 1
-        if self._applied % _SWEEP_EVERY == 0:
+        self.applied += 1
+        if self.applied % _SWEEP_EVERY == 0:
             self._sweep()
 
     @staticmethod
@@ -238,20 +238,29 @@ class Registry:
             self._ready.exception()  # seen: nobody may be waiting
         self._ready = None
 
+    def is_ready(self) -> bool:
+        ready = self._ready
+        return ready is not None and ready.done() and not ready.cancelled() and ready.exception() is None
+
     async def ready(self, start: Callable[[], Awaitable[None]], timeout: float) -> State:
         """The state, once this process has caught up with the stream (first call: replay)."""
-        if self._ready is not None and self._ready.done() and self._ready.exception() is None:
+        if self.is_ready():
             return self.state
         if self._ready is None:
             self._ready = asyncio.get_running_loop().create_future()
             asyncio.ensure_future(self._catch_up(start, self._ready))
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-        except asyncio.TimeoutError:
-            raise ChannelLayerConnectionError(
-                f"the stream {self.stream!r} was not read back within {timeout:g} s (broker overloaded?)"
-            ) from None
-        return self.state
+        ready = self._ready
+        while True:  # a long replay is fine while it makes progress; a stalled one is an error
+            seen = self.state.applied
+            try:
+                await asyncio.wait_for(asyncio.shield(ready), timeout)
+                return self.state
+            except asyncio.TimeoutError:
+                if self.state.applied == seen:
+                    raise ChannelLayerConnectionError(
+                        f"the stream {self.stream!r} delivered nothing for {timeout:g} s while this process "
+                        "caught up with it (broker overloaded?)"
+                    ) from None
 
     async def _catch_up(self, start: Callable[[], Awaitable[None]], ready: asyncio.Future) -> None:
         try:

@@ -147,6 +147,18 @@ async def channels_rabbitmq(url: str, n: int) -> dict[str, float]:
     finally:
         await layer.close()
         await other.close()
+        await _delete_exchange(url, exchange)  # channels_rabbitmq leaves its groups exchange behind
+
+
+async def _delete_exchange(url: str, exchange: str) -> None:
+    import aiormq
+
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
 
 
 async def _timed(count: int, operation: Callable[[], Awaitable[Any]]) -> float:

@@ -7,6 +7,7 @@
 Scenarios, each run against this project and its peer in the same run:
 
 1. ``layer``: send, receive, request/reply, group deliveries (vs channels_redis);
+   ``layer-rabbitmq``: send, receive, group deliveries on RabbitMQ (vs channels_rabbitmq 4);
 2. ``http``: a small Django view, requests/s and p50/p99 at full load and at a
    fixed rate: combined, split with 1 and 2 workers (vs Daphne + Django ASGI, gunicorn);
 3. ``broadcast``: N WebSockets on one web process in one group, B broadcasts:
@@ -44,12 +45,13 @@ if str(ROOT) not in sys.path:
 
 from bench import _report  # noqa: E402
 
-SCENARIOS = ("layer", "http", "broadcast", "memory", "deploy", "dyno")
+SCENARIOS = ("layer", "layer-rabbitmq", "http", "broadcast", "memory", "deploy", "dyno")
 
 #: Sizes per profile.  ``tiny`` is for the smoke test: every code path, seconds, numbers meaningless.
 PROFILES: dict[str, dict] = {
     "full": {
         "layer": {"n": 3000, "repeat": 3},
+        "layer-rabbitmq": {"n": 3000, "repeat": 3},
         "http": {"duration": 10.0, "rate": 300.0, "rounds": 2, "only": None, "warmup": 300},
         "broadcast": {"clients": 2000, "broadcasts": 20, "interval": 1.0, "client_processes": 2},
         "memory": {"connections": 1000, "client_processes": 1, "settle": 2.0},
@@ -58,6 +60,7 @@ PROFILES: dict[str, dict] = {
     },
     "quick": {
         "layer": {"n": 600, "repeat": 1},
+        "layer-rabbitmq": {"n": 600, "repeat": 1},
         "http": {"duration": 2.0, "rate": 300.0, "rounds": 1, "only": ["combined", "split_1", "daphne_asgi", "gunicorn"],
                  "warmup": 50},
         "broadcast": {"clients": 300, "broadcasts": 10, "interval": 0.3, "client_processes": 1},
@@ -67,6 +70,7 @@ PROFILES: dict[str, dict] = {
     },
     "tiny": {
         "layer": {"n": 100, "repeat": 1},
+        "layer-rabbitmq": {"n": 100, "repeat": 1},
         "http": {"duration": 1.0, "rate": 50.0, "rounds": 1, "only": ["combined", "split_1", "daphne_asgi", "gunicorn"],
                  "warmup": 10},
         "broadcast": {"clients": 20, "broadcasts": 3, "interval": 0.2, "client_processes": 1},
@@ -154,6 +158,10 @@ def _run_one(name: str, size: dict, workdir: Path) -> dict:
 
     if name == "layer":
         outcome = layer.measure(size["n"], size["repeat"], log=log)
+    elif name == "layer-rabbitmq":  # vs channels_rabbitmq 4, on the broker at 127.0.0.1:5672
+        from bench import layer_rabbitmq
+
+        outcome = layer_rabbitmq.measure(size["n"], size["repeat"], log=log)
     elif name == "http":
         outcome = http.measure(size["duration"], size["rate"], size["rounds"], size["only"], size["warmup"], log=log)
     elif name == "broadcast":

@@ -92,3 +92,19 @@ def own_redis_servers():
 def redis_server(redis_shard_servers):
     """One private Redis server for the session (shared; tests use unique prefixes)."""
     return redis_shard_servers[0]
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url():
+    """The shared RabbitMQ broker (never stopped by tests; they use prefixes of their own)."""
+    return os.environ.get("PAAS_CHANNELS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_made_layers():
+    """RabbitMQ layers made by tests: their streams and exchange are deleted at the end of the session."""
+    layers = []
+    yield layers
+    for layer in layers:
+        with contextlib.suppress(Exception):
+            layer.destroy()

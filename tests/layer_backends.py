@@ -42,6 +42,13 @@ def make_ipc(request: Any, **config: Any) -> BaseChannelLayer:
 
     directory = request.getfixturevalue("tmp_path_factory").mktemp("ipc")
     return IPCChannelLayer(prefix=_unique_prefix(), directory=directory, **config)
+def make_rabbitmq(request: Any, **config: Any) -> BaseChannelLayer:
+    """A layer on the shared broker (127.0.0.1:5672) under a prefix of its own, deleted after the session."""
+    from paas_channels.layers.rabbitmq import RabbitMQChannelLayer
+
+    layer = RabbitMQChannelLayer(url=request.getfixturevalue("rabbitmq_url"), prefix=_unique_prefix(), **config)
+    request.getfixturevalue("rabbitmq_made_layers").append(layer)
+    return layer
 
 
 #: name -> factory(pytest request, **layer config) -> layer
@@ -50,6 +57,7 @@ LAYER_BACKENDS: dict[str, Callable[..., BaseChannelLayer]] = {
     "memory": make_memory,
     "redis-1shard": make_redis_1shard,
     "redis-3shard": make_redis_3shard,
+    "rabbitmq": make_rabbitmq,
 }
 
 

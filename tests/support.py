@@ -126,9 +126,10 @@ class Honcho(Started):
     database and Redis) over the test's environment: it reads an empty file instead.
     """
 
-    def __init__(self, names: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
-        super().__init__([sys.executable, "-m", "honcho", "--no-colour", "--env", os.devnull, "start", *names],
-                         env, cwd)
+    def __init__(self, names: list[str], env: dict[str, str], concurrency: str = "", cwd: Path | None = None) -> None:
+        options = ["-c", concurrency] if concurrency else []
+        super().__init__([sys.executable, "-m", "honcho", "--no-colour", "--env", os.devnull, "start", *options,
+                          *names], env, cwd)
 
     def stop(self, timeout: float = 40.0) -> int:
         code = super().stop(timeout)

@@ -78,15 +78,15 @@ class ProcfileDeployment:
 
     mode = "procfile"
     restartable = True
+    web_processes = 1
 
     def __init__(self, cleanup: list) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.redis = RedisServer().start()
-        cleanup.append(self.redis.close)
+        self.other_url = self.url  # where the second chat client connects
         self.database = PrivateDatabase()
         cleanup.append(self.database.drop)
-        self.env = _environment(PORT=str(self.port), REDIS_URL=self.redis.url, DATABASE_URL=self.database.url)
+        self.env = _environment(PORT=str(self.port), DATABASE_URL=self.database.url, **self.layer_env(cleanup))
 
         # The release phase: the Procfile's own command, before any process starts.
         release = Honcho(["release"], self.env)
@@ -95,10 +95,16 @@ class ProcfileDeployment:
         migrated = self.database.query("SELECT name FROM django_migrations WHERE app = 'example_project'")
         assert ("0001_initial",) in migrated, release.output()
 
-        self.web = Honcho(["web"], self.env)
+        self.web = Honcho(["web"], self.env, f"web={self.web_processes}" if self.web_processes > 1 else "")
         cleanup.append(self.web.close)
         self.worker = self.start_worker(cleanup)
         wait_for_port(self.port, timeout=30, process=self.web.process)
+
+    def layer_env(self, cleanup: list) -> dict[str, str]:
+        self.redis = RedisServer().start()
+        cleanup.append(self.redis.close)
+        self.layer_text = f"RedisChannelLayer({self.redis.url})"
+        return {"REDIS_URL": self.redis.url}
 
     def start_worker(self, cleanup: list) -> Honcho:
         worker = Honcho(["worker"], self.env)
@@ -115,6 +121,31 @@ class ProcfileDeployment:
 
     def outputs(self) -> str:
         return self.web.output()[-3000:] + "\n" + self.worker.output()[-3000:]
+
+
+class RabbitMQDeployment(ProcfileDeployment):
+    """The same Procfile on RabbitMQ (``RABBITMQ_URL``: a vhost of its own on the shared broker),
+    with two web processes (honcho gives the second ``$PORT + 1``): the chat's two clients are
+    on different interface processes, so their messages cross process inboxes."""
+
+    mode = "rabbitmq"
+    web_processes = 2
+
+    def __init__(self, cleanup: list) -> None:
+        super().__init__(cleanup)
+        self.other_url = f"http://127.0.0.1:{self.port + 1}"
+        wait_for_port(self.port + 1, timeout=30, process=self.web.process)
+
+    def layer_env(self, cleanup: list) -> dict[str, str]:
+        vhost = f"paas-e2e-{uuid.uuid4().hex[:10]}"
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+        cleanup.append(lambda: subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True,
+                                              timeout=60))
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                       check=True, capture_output=True, timeout=60)
+        url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+        self.layer_text = f"RabbitMQChannelLayer(amqp://guest:***@127.0.0.1:5672/{vhost})"
+        return {"RABBITMQ_URL": url}
 
 
 class CombinedDeployment:
@@ -140,17 +171,19 @@ class CombinedDeployment:
         return self.process.output()[-6000:]
 
 
-@pytest.fixture(params=[pytest.param("procfile", marks=pytest.mark.redis), "combined"])
+@pytest.fixture(params=[pytest.param("procfile", marks=pytest.mark.redis), "rabbitmq", "combined"])
 def deployment(request, tmp_path):
     cleanup: list = []
     try:
         if request.param == "procfile":
             deployed = ProcfileDeployment(cleanup)
+        elif request.param == "rabbitmq":
+            deployed = RabbitMQDeployment(cleanup)
         else:
             deployed = CombinedDeployment(cleanup, tmp_path)
         deployed.cleanup = cleanup
         yield deployed
-        if request.param == "procfile":
+        if request.param != "combined":
             # Both process types drain on SIGTERM, as on a platform's restart.  (honcho reports the
             # exit status of the shell around each command, which the same signal ends.)
             deployed.web.stop()
@@ -210,13 +243,14 @@ def _http_pages(url):
         return dict(client.cookies)
 
 
-async def _ws_frames(url, cookies):
-    """The chat protocol itself: a logged-in and an anonymous client, names from the session."""
+async def _ws_frames(url, cookies, other_url=None):
+    """The chat protocol itself: a logged-in and an anonymous client (on ``other_url``), names from the session."""
     ws_url = url.replace("http://", "ws://") + "/ws/chat/e2e/"
+    other_ws_url = (other_url or url).replace("http://", "ws://") + "/ws/chat/e2e/"
     cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
     async with websockets.connect(ws_url, additional_headers={"Cookie": cookie}, open_timeout=20) as alice:
         assert json.loads(await asyncio.wait_for(alice.recv(), 20)) == {"system": "e2e-user joined e2e"}
-        async with websockets.connect(ws_url, open_timeout=20) as bob:
+        async with websockets.connect(other_ws_url, open_timeout=20) as bob:
             # No cookie, no session: nothing to keep a guest name in.
             assert json.loads(await asyncio.wait_for(alice.recv(), 20)) == {"system": "anonymous joined e2e"}
             assert json.loads(await asyncio.wait_for(bob.recv(), 20)) == {"system": "anonymous joined e2e"}
@@ -288,7 +322,7 @@ def _browser_scenario(deployment, capsys):
 
             ada.goto(f"{url}/chat/{room}/")
             expect(ada.locator("#log .sys", has_text=f"ada joined {room}")).to_be_visible()
-            guest.goto(f"{url}/chat/{room}/")
+            guest.goto(f"{getattr(deployment, 'other_url', url)}/chat/{room}/")  # another web process, if any
             guest_name = guest.locator("#guestname").inner_text()  # kept in the guest's session
             assert re.fullmatch(r"guest-[0-9a-f]{6}", guest_name), guest_name
             expect(guest.locator("#log .sys", has_text=f"{guest_name} joined {room}")).to_be_visible()
@@ -348,15 +382,15 @@ def test_example_project_as_deployed(deployment, capsys):
     url = deployment.url
     try:
         cookies = _http_pages(url)
-        asyncio.run(_ws_frames(url, cookies))
+        asyncio.run(_ws_frames(url, cookies, getattr(deployment, "other_url", None)))
         _browser_scenario(deployment, capsys)
     except BaseException:
         print(deployment.outputs())
         raise
-    if deployment.mode == "procfile":
+    if deployment.mode != "combined":
         web = deployment.web.output()
         assert "paas_channels.worker" not in web  # the web process ran no consumer
-        assert f"RedisChannelLayer({deployment.redis.url})" in web
+        assert deployment.layer_text in web
         assert "settings example_project.settings: DEBUG=False(file) SECRET_KEY=****(env SECRET_KEY)" in web
         assert SECRET_KEY not in web + deployment.worker.output()
     else:

@@ -8,7 +8,8 @@ At the end of a project's ``settings.py``::
 Precedence, for every setting it knows: **environment > settings file >
 default**.  ``DEBUG``, ``SECRET_KEY`` (or ``DJANGO_SECRET_KEY``),
 ``ALLOWED_HOSTS``, ``DATABASES`` (``DATABASE_URL``) and ``CHANNEL_LAYERS``
-(``REDIS_TLS_URL``/``REDIS_URL``) replace what the file assigned before the
+(``REDIS_TLS_URL``/``REDIS_URL``, else ``CLOUDAMQP_URL``/``RABBITMQ_URL`` for
+RabbitMQ) replace what the file assigned before the
 call when their variable is set, so a ``startproject`` file's ``DEBUG = True``
 and SQLite do not survive on a platform.  Without the variable the file's value
 is kept (an empty ``ALLOWED_HOSTS = []`` counts as unset), else the default:
@@ -40,12 +41,13 @@ from typing import Any, Mapping, MutableMapping
 from urllib.parse import urlsplit
 
 from ..exceptions import ConfigError
+from ..layers.rabbitmq.urls import config_from_env as rabbitmq_from_env
 from ..layers.redis.hosts import hosts_from_env, redact_url
 from .options import LOG_FORMAT, PROCESSES_ENV, parse_bool
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["configure", "describe_settings", "mask_url", "on_paas", "settings_from_env"]
+__all__ = ["configure", "describe_settings", "layer_addresses", "mask_url", "on_paas", "settings_from_env"]
 
 WHITENOISE_MIDDLEWARE = "whitenoise.middleware.WhiteNoiseMiddleware"
 _SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
@@ -108,9 +110,16 @@ def _ipc_prefix(environ: Mapping[str, str], base_dir: Path) -> str:
 
 
 def _channel_layers(environ: Mapping[str, str], routing: str | None, base_dir: Path) -> dict[str, Any]:
+    # Redis first: an app that has both add-ons keeps the layer it ran on before RabbitMQ was supported.
     config = hosts_from_env(environ)
+    try:
+        amqp = None if config is not None else rabbitmq_from_env(environ)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if config is not None:
         entry: dict[str, Any] = {"BACKEND": "paas_channels.layers.RedisChannelLayer", "CONFIG": config}
+    elif amqp is not None:
+        entry = {"BACKEND": "paas_channels.layers.RabbitMQChannelLayer", "CONFIG": amqp}
     elif _processes(environ) > 1:
         # Several processes on this dyno and no Redis: they share channels and groups over IPC.
         entry = {"BACKEND": "paas_channels.layers.IPCChannelLayer", "CONFIG": {"prefix": _ipc_prefix(environ, base_dir)}}
@@ -387,6 +396,13 @@ def host_address(host: Any) -> str:
     return str(host)
 
 
+def layer_addresses(config: Any) -> list[str]:
+    """Where a layer's ``CONFIG`` points (Redis ``hosts``, RabbitMQ ``url``), passwords masked."""
+    config = config if isinstance(config, dict) else {}
+    hosts = config.get("hosts") or ([config["url"]] if isinstance(config.get("url"), str) else [])
+    return [mask_url(host_address(host)) for host in hosts]
+
+
 def describe_settings(settings: Any) -> str:
     """One line of the effective Django settings that matter to a deployment; secrets masked."""
     sources = getattr(settings, "PAAS_CHANNELS_SETTINGS_SOURCES", None) or {}
@@ -400,8 +416,7 @@ def describe_settings(settings: Any) -> str:
     layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
     for alias, entry in layers.items():
         backend = str(entry.get("BACKEND", "?")).rsplit(".", 1)[-1]
-        hosts = (entry.get("CONFIG") or {}).get("hosts") or []
-        shown = ",".join(mask_url(host_address(host)) for host in hosts)
+        shown = ",".join(layer_addresses(entry.get("CONFIG")))
         parts.append(f"layer[{alias}]={backend}" + (f"({shown})" if shown else "")
                      + (source("CHANNEL_LAYERS") if alias == "default" else ""))
     if not layers:

@@ -36,6 +36,7 @@ __all__ = [
     "IPCChannelLayer",
     "InMemoryChannelLayer",
     "MessageTooLarge",
+    "RabbitMQChannelLayer",
     "RedisChannelLayer",
     "RejectedMessage",
     "DEFAULT_CHANNEL_LAYER",
@@ -53,7 +54,7 @@ _layers_lock = threading.Lock()
 
 
 def __getattr__(name: str) -> Any:
-    # The Redis layer pulls in redis-py; import it only when it is asked for.
+    # The network layers pull in their clients; import them only when asked for.
     if name == "RedisChannelLayer":
         from .redis import RedisChannelLayer
 
@@ -62,6 +63,10 @@ def __getattr__(name: str) -> Any:
         from .ipc import IPCChannelLayer
 
         return IPCChannelLayer
+    if name == "RabbitMQChannelLayer":  # pulls in aiormq, likewise
+        from .rabbitmq import RabbitMQChannelLayer
+
+        return RabbitMQChannelLayer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -180,8 +180,8 @@ def unreachable_layer(where: str, exc: BaseException) -> ConfigError:
     """
     # ``detail`` names the host it tried (password redacted), without the runtime advice.
     detail = (getattr(exc, "detail", None) or str(exc) or type(exc).__name__)[:300].rstrip(".")
-    return ConfigError(f"{where} is unreachable: {detail}. Check REDIS_URL / CONFIG['hosts'] and that the server "
-                       "is running")
+    return ConfigError(f"{where} is unreachable: {detail}. Check REDIS_URL / CONFIG['hosts'] (RabbitMQ: "
+                       "CLOUDAMQP_URL / RABBITMQ_URL, CONFIG['url']) and that the server is running")
 
 
 def check_reach(layer: Any, config: Config) -> None:

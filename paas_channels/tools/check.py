@@ -25,7 +25,7 @@ from typing import Any
 from django.conf import settings
 
 from ..config.options import Config
-from ..config.settings import host_address, mask_url
+from ..config.settings import layer_addresses
 from ..exceptions import ConfigError
 from ..layers import channel_layer_settings, get_channel_layer, has_channel_layers, layer_class
 from ..layers.fingerprint import describe, disagreeing, settings_fingerprint
@@ -80,9 +80,7 @@ def _layer_problems(alias: str) -> tuple[Any, list[str]]:
 
 def _hosts_text(layer: Any) -> str:
     entry = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(getattr(layer, "alias", "default"), {})
-    hosts = (entry.get("CONFIG") or {}).get("hosts") or []
-    shown = [mask_url(host_address(host)) for host in hosts]
-    return ", ".join(shown)
+    return ", ".join(layer_addresses(entry.get("CONFIG")))
 
 
 def _routing_problems(alias: str) -> tuple[set[str] | None, list[str]]:
@@ -135,8 +133,9 @@ def _procfile_problems(
         )
     split = bool(webs or workers)
     plans = files.addon_plans(app) if app else []
-    redis_planned = redis_in_env or any("redis" in plan for plan in plans) or (
-        bool(app) and "REDIS_URL" in (app.get("env") or {}))
+    # A shared layer: Redis, or RabbitMQ (the CloudAMQP add-on sets CLOUDAMQP_URL).
+    redis_planned = redis_in_env or any("redis" in plan or "cloudamqp" in plan for plan in plans) or (
+        bool(app) and bool({"REDIS_URL", "CLOUDAMQP_URL", "RABBITMQ_URL"} & set(app.get("env") or {})))
     if split and backend is not None and backend.reach == "process" and not redis_planned:
         problems.append(
             f"Procfile runs split mode (separate web and worker processes) but the layer is {backend.__name__}, "
@@ -280,7 +279,8 @@ def run_checks(config: Config, deploy: bool = False, directory: Path | None = No
                 close_layer(layer)
     if procfile is not None:
         problems += _procfile_problems(
-            procfile, app, backend, routed, bool(os.environ.get("REDIS_URL") or os.environ.get("REDIS_TLS_URL"))
+            procfile, app, backend, routed,
+            any(os.environ.get(name) for name in ("REDIS_URL", "REDIS_TLS_URL", "CLOUDAMQP_URL", "RABBITMQ_URL")),
         )
     problems += _database_problems()
     found, notes = _django_problems(deploy)

@@ -166,7 +166,7 @@ def run_status(
     clear = "\x1b[H\x1b[2J" if out.isatty() else ""
     if layer.reach == "process":
         out.write("note: the in-memory layer lives inside one process; this command sees only its own, "
-                  "empty copy. Set REDIS_URL to watch a running deployment.\n")
+                  "empty copy. Set REDIS_URL (or CLOUDAMQP_URL/RABBITMQ_URL) to watch a running deployment.\n")
     mine = settings_fingerprint(config.layer)
     with closing_layer(layer):
         try:

@@ -1,0 +1,263 @@
+"""Benchmark: paas_channels' RabbitMQChannelLayer against channels_rabbitmq 4, same broker, one run.
+
+    python bench/layer_rabbitmq.py                      # the broker on 127.0.0.1:5672 (guest/guest)
+    python bench/layer_rabbitmq.py --url amqp://u:p@host:5672/vhost
+
+Measures sequential send, sequential receive and a group send to 1,000
+members spread over two inboxes (deliveries/s: the send plus every member
+receiving it), for our sync API (workers), our async API (interface) and
+channels_rabbitmq 4 (the Channels 4 RabbitMQ layer, async only), on the same
+broker in the same run; and this project's Redis layer (sync, on a private
+redis-server) beside them.  Every contender sends with what makes "at
+capacity" an error rather than a silent drop (our layer: publisher confirms
+on a queue with ``x-overflow: reject-publish``; channels_rabbitmq: its own
+confirms).  Writes ``bench/results/layer_rabbitmq.json`` and ``.md`` and the
+table between README's ``bench:layer-rabbitmq`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: `python bench/layer_rabbitmq.py`
+    sys.path.insert(0, str(ROOT))
+
+from channels_rabbitmq.core import RabbitmqChannelLayer as ChannelsRabbitmqLayer  # noqa: E402
+
+from paas_channels.layers.rabbitmq import RabbitMQChannelLayer  # noqa: E402
+from paas_channels.layers.redis import RedisChannelLayer  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+GROUP_MEMBERS = 1000
+CAPACITY = 1_000_000
+PAYLOAD = {"text": "x" * 100, "bytes": b"y" * 50, "n": 1}
+
+TESTS = [
+    ("send", "sequential send", "sends/s"),
+    ("receive", "sequential receive", "receives/s"),
+    ("group", f"group send to {GROUP_MEMBERS:,} members on 2 inboxes", "deliveries/s"),
+]
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+### paas_channels (sync: RabbitMQ and Redis alike) ###
+
+
+def ours_sync(layer: Any, n: int) -> dict[str, float]:
+    """The worker's view: send, then receive with ``block=True`` as a worker loop does."""
+    try:
+        layer.flush()
+        out = {}
+        started = time.perf_counter()
+        for _ in range(n):
+            layer.send("bench.chan", PAYLOAD)
+        out["send"] = _rate(n, time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(n):
+            layer.receive(["bench.chan"], block=True)
+        out["receive"] = _rate(n, time.perf_counter() - started)
+        for i in range(GROUP_MEMBERS):
+            layer.group_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
+        sends = max(10, n // 100)
+        started = time.perf_counter()
+        for _ in range(sends):
+            layer.send_group("bench.group", PAYLOAD)
+            for _ in range(GROUP_MEMBERS // 2):
+                layer.receive(["bench.inboxA!"], block=True)
+                layer.receive(["bench.inboxB!"], block=True)
+        out["group"] = _rate(sends * GROUP_MEMBERS, time.perf_counter() - started)
+        return out
+    finally:
+        _dispose(layer)
+
+
+def _dispose(layer: Any) -> None:
+    if isinstance(layer, RabbitMQChannelLayer):
+        layer.destroy()  # its streams and exchange too: nothing left on the broker
+    else:
+        layer.flush()
+        layer.close()
+
+
+async def ours_async(url: str, n: int) -> dict[str, float]:
+    layer = RabbitMQChannelLayer(url=url, prefix="bra" + uuid.uuid4().hex[:8], capacity=CAPACITY)
+    try:
+        out = {}
+        out["send"] = await _timed(n, lambda: layer.asend("bench.chan", PAYLOAD))
+        out["receive"] = await _timed(n, lambda: layer.areceive(["bench.chan"], block=True))
+        for i in range(GROUP_MEMBERS):
+            await layer.agroup_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
+
+        async def group_round() -> None:
+            await layer.asend_group("bench.group", PAYLOAD)
+            for _ in range(GROUP_MEMBERS // 2):
+                await layer.areceive(["bench.inboxA!"], block=True)
+                await layer.areceive(["bench.inboxB!"], block=True)
+
+        out["group"] = await _timed(max(10, n // 100), group_round) * GROUP_MEMBERS
+        return out
+    finally:
+        await layer.aclose()
+        layer.destroy()
+
+
+### channels_rabbitmq 4 (async only) ###
+
+
+async def channels_rabbitmq(url: str, n: int) -> dict[str, float]:
+    """Its model: a layer receives only on channels it made, so the sends go to one of them."""
+    exchange = "bcr" + uuid.uuid4().hex[:8]
+    # local_capacity is its consumer's prefetch count, an AMQP short: at most 65,535.
+    options = dict(host=url, local_capacity=60_000, remote_capacity=CAPACITY, groups_exchange=exchange)
+    layer, other = ChannelsRabbitmqLayer(**options), ChannelsRabbitmqLayer(**options)
+    try:
+        out = {}
+        channel = await layer.new_channel()
+        out["send"] = await _timed(n, lambda: layer.send(channel, PAYLOAD))
+        out["receive"] = await _timed(n, lambda: layer.receive(channel))
+        # Two "processes": each instance's channels share its queue; a layer adds only its own channels.
+        owners = [layer if i % 2 == 0 else other for i in range(GROUP_MEMBERS)]
+        members = [await owner.new_channel() for owner in owners]
+        for owner, member in zip(owners, members):
+            await owner.group_add("bench.group", member)
+
+        async def group_round() -> None:
+            await layer.group_send("bench.group", PAYLOAD)
+            for owner, member in zip(owners, members):
+                await owner.receive(member)
+
+        out["group"] = await _timed(max(10, n // 100), group_round) * GROUP_MEMBERS
+        return out
+    finally:
+        await layer.close()
+        await other.close()
+        await _delete_exchange(url, exchange)  # channels_rabbitmq leaves its groups exchange behind
+
+
+async def _delete_exchange(url: str, exchange: str) -> None:
+    import aiormq
+
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
+
+
+async def _timed(count: int, operation: Callable[[], Awaitable[Any]]) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        await operation()
+    return _rate(count, time.perf_counter() - started)
+
+
+### Report ###
+
+
+def table(results: dict[str, Any]) -> str:
+    sync, asynchronous, peer, redis = (results[name] for name in ("paas_sync", "paas_async", "channels_rabbitmq",
+                                                                   "paas_redis_sync"))
+    lines = [
+        "| operation | paas-channels RabbitMQ sync | paas-channels RabbitMQ async | channels_rabbitmq 4 "
+        "| sync / peer | async / peer | paas-channels Redis sync |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label, unit in TESTS:
+        lines.append(
+            f"| {label} ({unit}) | {sync[key]:,.0f} | {asynchronous[key]:,.0f} | {peer[key]:,.0f} "
+            f"| {sync[key] / peer[key]:.1f}x | {asynchronous[key] / peer[key]:.1f}x | {redis[key]:,.0f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Same RabbitMQ broker, one run (best of {results['repeat']} alternating runs each), {results['machine']}, "
+        f"{os.cpu_count()} cores, load average {results['load_before']:.1f} before and {results['load_after']:.1f} "
+        f"after, n={results['n']:,}. The Redis column is this project's Redis layer on a private redis-server, "
+        f"for scale. `python bench/layer_rabbitmq.py` ({results['date']})."
+    )
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    content = README.read_text()
+    pattern = re.compile(r"(<!-- bench:layer-rabbitmq -->\n).*?(<!-- /bench:layer-rabbitmq -->)", re.S)
+    if not pattern.search(content):
+        print("README.md has no bench:layer-rabbitmq markers; not updated", file=sys.stderr)
+        return
+    README.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), content))
+
+
+def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -> dict[str, Any]:
+    """Every contender ``repeat`` times, alternating; each one's best run counts."""
+    from paas_channels.testing import RedisServer
+
+    url = url or DEFAULT_URL
+    redis_server = RedisServer().start()
+    try:
+        results: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
+            "n": n,
+            "load_before": os.getloadavg()[0],
+        }
+        runs: dict[str, list[dict[str, float]]] = {
+            "channels_rabbitmq": [], "paas_sync": [], "paas_async": [], "paas_redis_sync": []
+        }
+        for round_number in range(1, repeat + 1):
+            log(f"== layer-rabbitmq: round {round_number}/{repeat}, n={n:,}")
+            runs["channels_rabbitmq"].append(asyncio.run(channels_rabbitmq(url, n)))
+            runs["paas_sync"].append(ours_sync(
+                RabbitMQChannelLayer(url=url, prefix="brs" + uuid.uuid4().hex[:8], capacity=CAPACITY), n))
+            runs["paas_async"].append(asyncio.run(ours_async(url, n)))
+            runs["paas_redis_sync"].append(ours_sync(
+                RedisChannelLayer(hosts=[redis_server.url], prefix="brr" + uuid.uuid4().hex[:8], capacity=CAPACITY), n))
+        for name, measured in runs.items():
+            results[name] = {key: max(run[key] for run in measured) for key, _, _ in TESTS}
+        results["repeat"] = repeat
+        results["load_after"] = os.getloadavg()[0]
+        results["ratios"] = {
+            f"{side}_{key}": results[f"paas_{side}"][key] / results["channels_rabbitmq"][key]
+            for side in ("sync", "async") for key, _, _ in TESTS
+        }
+        return results
+    finally:
+        redis_server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help=f"RabbitMQ to use (default {DEFAULT_URL})")
+    parser.add_argument("-n", type=int, default=3000, help="operations per sequential test (default 3000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the best counts (default 3)")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write results or README")
+    args = parser.parse_args(argv)
+
+    results = measure(args.n, args.repeat, args.url)
+    text = table(results)
+    print(text)
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "layer_rabbitmq.json").write_text(json.dumps(results, indent=2) + "\n")
+        (RESULTS / "layer_rabbitmq.md").write_text("# RabbitMQ channel layer benchmark\n\n" + text + "\n")
+        write_readme(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -181,3 +181,26 @@ def test_no_module_is_two_concepts():
     long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 600}
     assert long == {}, f"modules past ~500 lines (split them by concern): {long}"
+
+
+def test_no_layer_shadows_the_base_layers_private_methods(tmp_path):
+    # A backend's own `_open` (an attribute or a method) once hid the base's
+    # message authentication: every receive then failed. Class and instance level.
+    import inspect
+
+    from paas_channels.layers import BaseChannelLayer, InMemoryChannelLayer, IPCChannelLayer, RedisChannelLayer
+    from paas_channels.layers.rabbitmq import RabbitMQChannelLayer
+
+    private = {name: value for name, value in vars(BaseChannelLayer).items()
+               if name.startswith("_") and not name.startswith("__") and callable(getattr(value, "__func__", value))}
+    assert {"_open", "_seal"} <= set(private)
+    for cls in (InMemoryChannelLayer, IPCChannelLayer, RedisChannelLayer, RabbitMQChannelLayer):
+        for name, value in private.items():
+            assert inspect.getattr_static(cls, name) is value, f"{cls.__name__}.{name} shadows BaseChannelLayer.{name}"
+    made = [InMemoryChannelLayer(), IPCChannelLayer(prefix="shadow", directory=tmp_path), RedisChannelLayer()]
+    try:
+        for layer in made:
+            assert not set(vars(layer)) & set(private), f"{type(layer).__name__} sets {set(vars(layer)) & set(private)}"
+    finally:
+        for layer in made:
+            layer.close()

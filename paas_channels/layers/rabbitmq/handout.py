@@ -25,7 +25,7 @@ class Handout:
 
     _local: dict[str, deque[tuple[int, str, bytes]]]
 
-    def _open(self, name: str, body: bytes) -> tuple[str, dict] | None:
+    def _open_delivery(self, name: str, body: bytes) -> tuple[str, dict] | None:
         """``(channel, message)`` from a stored envelope; None if it expired.
 
         A group message for an inbox names several channels: the first gets it

@@ -198,7 +198,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         for name in names:
             body = queues.take(name)
             while body is not None:
-                result = self._open(name, body)
+                result = self._open_delivery(name, body)
                 if result is not None:
                     return result
                 body = queues.take(name)  # expired: the next one
@@ -232,7 +232,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
             for name in names:
                 body = queues.take(name) if name in queues.consumers else await queues.get(name)
                 if body is not None:
-                    result = self._open(name, body)
+                    result = self._open_delivery(name, body)
                     if result is not None:
                         return result
                     break  # expired: look again

@@ -318,6 +318,16 @@ class Worker:
                 self._problems(logging.CRITICAL, "loops", "%d of %d receive loop(s) of worker %s have died; "
                                "restart this worker", self.threads - live, self.threads, self.worker_id)
 
+    def _check_agreement(self) -> None:
+        """Warn (once per process) about live processes whose settings fingerprint differs from ours."""
+        if self.fingerprint is None:
+            return
+        if self._agreement is None:
+            self._agreement = Agreement(self.fingerprint)
+        line = self._agreement.new_disagreements(self.layer.heartbeats())
+        if line:
+            logger.warning("%s", line)
+
 
 def _malformed(content: Any) -> str | None:
     """Why ``content`` cannot be a message for a consumer, or None.
@@ -347,16 +357,6 @@ def _expired(content: dict) -> bool:
     """
     deadline = content.get("deadline")
     return isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and time.time() > deadline
-
-    def _check_agreement(self) -> None:
-        """Warn (once per process) about live processes whose settings fingerprint differs from ours."""
-        if self.fingerprint is None:
-            return
-        if self._agreement is None:
-            self._agreement = Agreement(self.fingerprint)
-        line = self._agreement.new_disagreements(self.layer.heartbeats())
-        if line:
-            logger.warning("%s", line)
 
 
 def build_worker(config: Config, layer: BaseChannelLayer | None = None, threads: int | None = None) -> Worker:

@@ -158,4 +158,4 @@ def test_render_lists_web_processes_beside_workers():
     web_line = next(line for line in screen.splitlines() if line.startswith("web.h.41"))
     assert web_line.split()[1:6] == ["41", "2", "5", "160", "30.0"]
     assert "total: 1 web process(es), 7 connection(s), 30.0 messages/s" in screen
-    assert next(line for line in screen.splitlines() if line.startswith("w1")).split()[6:9] == ["combined", "42", "3"]
+    assert next(line for line in screen.splitlines() if line.startswith("w1")).split()[6:10] == ["4", "combined", "42", "3"]

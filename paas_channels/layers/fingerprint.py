@@ -24,6 +24,7 @@ import json
 from typing import Any, Mapping
 
 from . import DEFAULT_CHANNEL_LAYER, channel_layer_settings
+from .base import RejectedMessage
 
 __all__ = ["Agreement", "FINGERPRINT_KEY", "describe", "disagreeing", "settings_fingerprint"]
 
@@ -56,10 +57,21 @@ def settings_fingerprint(alias: str = DEFAULT_CHANNEL_LAYER) -> str:
 def disagreeing(beats: Mapping[str, Mapping[str, Any]], mine: str) -> dict[str, str]:
     """Process id -> fingerprint, for the heartbeats that carry a fingerprint other than ``mine``.
 
-    A heartbeat without one (a process of an older paas-channels) is not counted.
+    A heartbeat without one (a process of an older paas-channels) is not counted.  One this process
+    cannot read (its signature fails: the other process signs with another SECRET_KEY or
+    CONFIG['keys']) disagrees by definition, and says so instead of a fingerprint.
     """
-    return {process: str(info[FINGERPRINT_KEY]) for process, info in sorted(beats.items())
-            if isinstance(info, Mapping) and info.get(FINGERPRINT_KEY) not in (None, mine)}
+    others = {}
+    for process, info in sorted(beats.items()):
+        if isinstance(info, RejectedMessage):
+            others[process] = _UNREADABLE
+        elif isinstance(info, Mapping) and info.get(FINGERPRINT_KEY) not in (None, mine):
+            others[process] = str(info[FINGERPRINT_KEY])
+    return others
+
+
+#: What a heartbeat signed with another key shows in place of its fingerprint.
+_UNREADABLE = "its heartbeat fails this process's message check: another SECRET_KEY or CONFIG['keys']"
 
 
 def describe(others: Mapping[str, str], mine: str) -> str:

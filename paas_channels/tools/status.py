@@ -21,7 +21,7 @@ from typing import Any, Iterable, TextIO
 
 from ..config.options import Config
 from ..exceptions import ConfigError
-from ..layers import channel_layer_settings, get_channel_layer
+from ..layers import RejectedMessage, channel_layer_settings, get_channel_layer
 from ..layers.fingerprint import describe, disagreeing, settings_fingerprint
 from ..routing import Router, default_routing
 from ..runtime.boot import closing_layer
@@ -41,17 +41,21 @@ class Snapshot:
     channels: dict[str, dict[str, Any]]
     groups: dict[str, int]
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Processes whose heartbeat this one cannot read (signed with another key).
+    unreadable: list[str] = field(default_factory=list)
 
 
 def take_snapshot(layer: Any, channels: Iterable[str], groups: Iterable[str] = ()) -> Snapshot:
     """Read statistics, group sizes and heartbeats from ``layer`` now."""
+    beats = layer.heartbeats()
     return Snapshot(
         at=time.monotonic(),
         layer=type(layer).__name__,
         totals=dict(layer.global_statistics()),
         channels={channel: dict(layer.channel_statistics(channel)) for channel in sorted(set(channels))},
         groups={group: len(layer.group_channels(group)) for group in sorted(set(groups))},
-        workers={worker_id: info for worker_id, info in layer.heartbeats().items() if info},  # {}: rejected
+        workers={worker_id: info for worker_id, info in beats.items() if info},  # {}: rejected
+        unreadable=sorted(worker_id for worker_id, info in beats.items() if isinstance(info, RejectedMessage)),
     )
 
 
@@ -179,7 +183,7 @@ def run_status(
                 now = take_snapshot(layer, channels, groups)
                 stamp = time.strftime("%H:%M:%S UTC", time.gmtime())
                 out.write(f"{clear}paas-channels status at {stamp} (layer {config.layer!r})\n{render(now, before)}\n")
-                others = disagreeing(now.workers, mine)
+                others = disagreeing({**now.workers, **dict.fromkeys(now.unreadable, RejectedMessage())}, mine)
                 if others:
                     out.write(f"settings differ: {describe(others, mine)}\n")
                 if not watch:

@@ -4,7 +4,7 @@ A host is given as a URL (``redis://``, ``rediss://``, ``unix://``), a
 ``(host, port)`` tuple, or a dict of connection keywords (optionally with an
 ``address`` that is one of the first two, as channels_redis accepts).  Each
 becomes a :class:`RedisHost`: neutral connection keywords plus a transport
-kind, from which both a sync (redis-py) and an asyncio pool are built.  No
+kind, from which :mod:`.transport` builds a sync (redis-py) and an asyncio pool.  No
 error message here ever contains a password.
 """
 
@@ -16,12 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-import redis
-import redis.asyncio
-import redis.asyncio.connection
 import redis.connection
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ...exceptions import ConfigError
 
@@ -34,7 +29,7 @@ _SCHEMES = ("redis", "rediss", "unix")
 _SCHEMES_TEXT = "redis://, rediss:// or unix://"
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 # Keywords the layer sets itself; a host may not override them.
-_RESERVED = {"decode_responses", "connection_class", "retry"}
+_RESERVED = {"decode_responses", "connection_class", "parser_class", "retry"}
 
 
 def redact_url(url: str) -> str:
@@ -74,37 +69,14 @@ class RedisHost:
         """Values that must never appear in a message (to scrub third-party errors)."""
         return [str(self.kwargs[name]) for name in ("password", "ssl_password") if self.kwargs.get(name)]
 
-    def _pool_kwargs(self, socket_timeout: float) -> dict[str, Any]:
+    def pool_kwargs(self, socket_timeout: float) -> dict[str, Any]:
+        """Connection keywords for a pool of this host (:mod:`.transport` builds the pools)."""
         kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5}
         if self.kind != "unix":
             kwargs["socket_keepalive"] = True
         kwargs.update(self.kwargs)
-        # One retry reconnects a pooled connection that went stale (Redis was
-        # restarted); more would stretch an outage into minutes of silence.
-        kwargs["retry"] = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
         kwargs["decode_responses"] = False
         return kwargs
-
-    def sync_pool(self, socket_timeout: float) -> redis.ConnectionPool:
-        """A redis-py connection pool (thread-safe) for this host."""
-        classes = {
-            "tcp": redis.connection.Connection,
-            "ssl": redis.connection.SSLConnection,
-            "unix": redis.connection.UnixDomainSocketConnection,
-        }
-        return redis.ConnectionPool(connection_class=classes[self.kind], **self._pool_kwargs(socket_timeout))
-
-    def async_pool(self, socket_timeout: float) -> redis.asyncio.ConnectionPool:
-        """A ``redis.asyncio`` connection pool for this host, for one event loop."""
-        module = redis.asyncio.connection
-        classes = {"tcp": module.Connection, "ssl": module.SSLConnection, "unix": module.UnixDomainSocketConnection}
-        # No per-command socket timeout on the loop: redis.asyncio would wrap
-        # every read and write in a timer task, costing more than the round
-        # trip.  Callers bound waits themselves (the interface's --http-timeout).
-        kwargs = self._pool_kwargs(socket_timeout)
-        kwargs["socket_timeout"] = None
-        kwargs["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
-        return redis.asyncio.ConnectionPool(connection_class=classes[self.kind], **kwargs)
 
 
 def parse_hosts(hosts: Any) -> list[RedisHost]:

@@ -59,6 +59,13 @@ def _members_by_stored_name(packed_flat: bytes) -> list[tuple[str, str]]:
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
+def _field_pairs(reply: Any) -> Iterable[tuple[bytes, bytes]]:
+    """``(field, value)`` pairs of an ``HGETALL`` reply: a dict under RESP3, a flat list under RESP2."""
+    if isinstance(reply, dict):
+        return reply.items()
+    return zip(reply[::2], reply[1::2]) if reply else ()
+
+
 class RedisOperations:
     """Mixin for :class:`~.layer.RedisChannelLayer`: where names live and what each call asks of Redis."""
 
@@ -323,7 +330,7 @@ class RedisOperations:
         (stored,) = yield [Call(0, ("HGETALL", self.keys.heartbeats))]
         now = _now_ms()
         beats, stale = {}, []
-        for worker_id, envelope in (stored or {}).items():
+        for worker_id, envelope in _field_pairs(stored):
             expires, _, data = scripts.unpack(envelope)
             if expires <= now:
                 stale.append(worker_id)

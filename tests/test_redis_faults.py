@@ -4,6 +4,8 @@ loading or frozen, garbage in the heartbeat hash, secrets in reprs."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import shutil
 import subprocess
 import uuid
@@ -126,3 +128,111 @@ def test_a_loading_shard_is_skipped_like_a_dead_one(loading_redis, redis_server)
         assert sorted(got) == [0, 1, 2, 3]
     finally:
         layer.close()
+
+
+@pytest.fixture
+def frozen(own_redis_servers):
+    """A private Redis and ``freeze(True/False)`` to SIGSTOP / SIGCONT it (a stalled server: no reply, no close)."""
+    (server,) = own_redis_servers(1)
+    pid = server.process.pid
+
+    def freeze(on: bool) -> None:
+        os.kill(pid, signal.SIGSTOP if on else signal.SIGCONT)
+
+    try:
+        yield server, freeze
+    finally:
+        freeze(False)
+
+
+def test_async_calls_to_a_frozen_redis_fail_instead_of_hanging(frozen):
+    server, freeze = frozen
+    layer = RedisChannelLayer(hosts=[server.url], prefix=_prefix(), command_timeout=0.5, blocking_timeout=0.5)
+
+    async def main():
+        await layer.asend("warm", {"n": 0})  # a pooled connection, then the stall
+        assert await layer.areceive(["warm"]) == ("warm", {"n": 0})
+        freeze(True)
+        for call in (layer.asend("work", {"n": 1}), layer.areceive(["work"], block=True), layer.aheartbeats(), layer.areceive(["work"])):
+            # wait_for only keeps a regression from hanging the suite: the layer must fail by itself.
+            with pytest.raises(ChannelLayerConnectionError, match=f"127.0.0.1:{server.port}.*no reply"):
+                await asyncio.wait_for(call, 30)
+        freeze(False)
+        await layer.asend("work", {"n": 2})
+        # The send that timed out may still be stored: Redis read it before it froze.
+        got = [await layer.areceive(["work"], block=True), await layer.areceive(["work"])]
+        assert [message for _, message in got if message] in ([{"n": 2}], [{"n": 1}, {"n": 2}])
+        await layer.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_call_cancelled_mid_command_leaves_no_connection_behind(frozen):
+    server, freeze = frozen
+    layer = RedisChannelLayer(hosts=[server.url], prefix=_prefix())
+
+    async def main():
+        layer.heartbeat("w1", {"pid": 1})
+        assert await layer.aheartbeats() == {"w1": {"pid": 1}}
+        freeze(True)
+        # The interface bounds calls with wait_for (--http-timeout): the command is in flight.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.aheartbeats(), 0.3)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.areceive(["work"], block=True), 0.3)
+        freeze(False)
+        # A connection put back with those replies unread would answer these with them.
+        await layer.asend("work", {"n": 1})
+        assert await layer.areceive(["work"]) == ("work", {"n": 1})
+        assert await layer.aheartbeats() == {"w1": {"pid": 1}}
+        await layer.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        layer.flush()
+        layer.close()
+
+
+def test_a_frozen_shard_does_not_hang_a_blocking_receive_on_the_others(frozen, redis_server):
+    server, freeze = frozen
+    layer = RedisChannelLayer(hosts=[server.url, redis_server.url], prefix=_prefix(), command_timeout=0.5, blocking_timeout=0.5)
+
+    async def main():
+        await layer.areceive(["spread"])  # connections to both shards
+        freeze(True)
+        got = None
+        for _ in range(4):  # a send rotating onto the frozen shard falls back to the other
+            await asyncio.wait_for(layer.asend("spread", {"n": 1}), 30)
+        while got is None:
+            try:
+                got = await asyncio.wait_for(layer.areceive(["spread"], block=True), 30)
+            except ChannelLayerConnectionError:
+                continue
+        assert got == ("spread", {"n": 1})
+        freeze(False)
+        await layer.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_send_that_waited_on_a_stalled_shard_stores_a_live_message(frozen, redis_server):
+    # The expiry is set for each try: the try on the healthy shard, after the
+    # stalled one timed out, must not store a message already past its expiry.
+    server, freeze = frozen
+    prefix = _prefix()
+    layer = RedisChannelLayer(hosts=[server.url, redis_server.url], prefix=prefix, expiry=1, command_timeout=1.5, blocking_timeout=0.2)
+    # Reads the healthy shard only (a normal channel has the same key on every shard).
+    reader = RedisChannelLayer(hosts=[redis_server.url], prefix=prefix, expiry=1)
+    try:
+        layer.receive(["spread"])  # connections to both shards
+        freeze(True)
+        got = []
+        for n in range(2):  # sends rotate: one of them tries the stalled shard first
+            layer.send("spread", {"n": n})
+            got.append(reader.receive(["spread"])[1])
+        assert got == [{"n": 0}, {"n": 1}]
+    finally:
+        freeze(False)
+        layer.close()
+        reader.close()

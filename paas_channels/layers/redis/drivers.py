@@ -95,6 +95,8 @@ _EXCHANGE, _WAIT, _DISCARD = 0, 1, 2
 # Error replies that mean the server cannot serve now (redis-py's ConnectionError
 # kinds: BusyLoadingError for -LOADING, "max number of clients reached"), or by prefix.
 _UNAVAILABLE_PREFIXES = ("MASTERDOWN", "TRYAGAIN")
+# A stalled server may still run a command it did not answer in time: never re-sent.
+_TIMEOUTS = (TimeoutError, redis.exceptions.TimeoutError)
 
 
 def _blpop(keys: Sequence[str], timeout: float) -> tuple:
@@ -183,8 +185,8 @@ class _Driver:
                 if type(outcome) is list:
                     self.transport.release(shard, conn)
                     results[index] = outcome
-                elif was_reused and attempt == 0:
-                    retry.append(index)
+                elif was_reused and attempt == 0 and not isinstance(outcome, _TIMEOUTS):
+                    retry.append(index)  # stale (Redis restarted since): it never saw the command
                 elif failure is None:
                     failure = self._connection_error(shard, outcome)
             if failure is not None:

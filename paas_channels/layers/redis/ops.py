@@ -150,13 +150,16 @@ class RedisOperations:
 
     def _op_send(self, channel: str, message: dict) -> Op:
         route = self._route(channel)
-        now = _now_ms()
         target = route.target if channel == route.name and route.target is not None else scripts.pack_target(channel)
-        envelope = scripts.pack_packed(now + self._expiry_ms, target, self.serialize(message))
+        data = self.serialize(message)
         targets = self._send_targets(route)
         error = None
         last = len(targets) - 1
         for index, (shard, capacity) in enumerate(targets):
+            # Expiry from now, at each try: a try that first waited on a stalled
+            # shard must not store a message that has already expired.
+            now = _now_ms()
+            envelope = scripts.pack_packed(now + self._expiry_ms, target, data)
             try:
                 replies = yield [Call(shard, ("RPUSH", route.keys[0], envelope))] + [
                     Call(shard, command) for command in route.after_push
@@ -259,16 +262,17 @@ class RedisOperations:
         by_name = dict(_members_by_stored_name(packed_flat))
         if not by_name:
             return None
-        now = _now_ms()
-        expires = now + self._expiry_ms
-        # Each pending item: stored name, its route, envelope, remaining (shard, capacity) tries.
+        # Each pending item: stored name, its route, its members (the envelope's
+        # target), remaining (shard, capacity) tries.
         pending = []
         for name, joined in by_name.items():
             route = self._route(name)
-            pending.append((name, route, scripts.pack(expires, joined, data), self._send_targets(route)))
+            pending.append((name, route, joined, self._send_targets(route)))
         dead: list[str] = []
         while pending:
-            by_shard: dict[int, list[tuple[str, _Route, bytes, tuple[tuple[int, int], ...]]]] = {}
+            now = _now_ms()  # each round's envelopes expire from when they are sent
+            expires = now + self._expiry_ms
+            by_shard: dict[int, list[tuple[str, _Route, str, tuple[tuple[int, int], ...]]]] = {}
             for item in pending:
                 if item[3]:
                     by_shard.setdefault(item[3][0][0], []).append(item)
@@ -276,17 +280,20 @@ class RedisOperations:
                 break
             shards = list(by_shard)
             calls = [
-                self._push(shard, now, [(route.keys, env, tries[0][1], len(tries) == 1, True) for _, route, env, tries in by_shard[shard]])
+                self._push(shard, now, [
+                    (route.keys, scripts.pack(expires, joined, data), tries[0][1], len(tries) == 1, True)
+                    for _, route, joined, tries in by_shard[shard]
+                ])
                 for shard in shards
             ]
             replies = yield calls
             pending = []
             for shard, statuses in zip(shards, replies):
-                for (name, route, envelope, tries), status in zip(by_shard[shard], statuses):
+                for (name, route, joined, tries), status in zip(by_shard[shard], statuses):
                     if status == 2:
                         dead.append(name)
                     elif status == 1 and len(tries) > 1:
-                        pending.append((name, route, envelope, tries[1:]))
+                        pending.append((name, route, joined, tries[1:]))
         if dead:
             # Their oldest message expired unread: nobody reads them any more.
             gone = [member for name in dead for member in by_name[name].split("\n")]

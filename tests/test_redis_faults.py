@@ -236,3 +236,49 @@ def test_a_send_that_waited_on_a_stalled_shard_stores_a_live_message(frozen, red
         freeze(False)
         layer.close()
         reader.close()
+
+
+def test_a_garbage_heartbeat_entry_is_dropped_not_fatal(redis_server, caplog):
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix=_prefix())
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        layer.heartbeat("w1", {"pid": 1})
+        client.hset(layer.keys.heartbeats, mapping={"junk": "not a heartbeat", "short": "12", b"\xff": "x" * 40})
+        with caplog.at_level("WARNING", logger="paas_channels.layers.redis.ops"):
+            assert layer.heartbeats() == {"w1": {"pid": 1}}
+            assert layer.heartbeats() == {"w1": {"pid": 1}}
+        assert set(client.hkeys(layer.keys.heartbeats)) == {b"w1"}  # the garbage is gone
+        warnings = [record for record in caplog.records if "unreadable heartbeat" in record.getMessage()]
+        assert len(warnings) == 1  # logged once, not per health check
+    finally:
+        layer.flush()
+        layer.close()
+        client.close()
+
+
+def test_single_use_channel_statistics_expire_with_the_channel(redis_server):
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix=_prefix(), expiry=5)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        body = layer.new_channel("http.request.body?")
+        layer.send(body, {"content": b"x"})
+        layer.group_add("bodies", body)
+        layer.send_group("bodies", {"content": b"y"})  # the script path
+        list_ttl = 2 * 5000 + 1000
+        assert 0 < client.pttl(layer.keys.channel_stats(body)) <= list_ttl
+        inbox = layer.new_channel("daphne.response!")
+        layer.send(inbox, {"n": 1})
+        assert client.pttl(layer.keys.channel_stats(layer.non_local_name(inbox))) > list_ttl  # an inbox's live on
+    finally:
+        layer.flush()
+        layer.close()
+        client.close()
+
+
+def test_no_repr_shows_a_password():
+    secret = "s3cr3t-pass"
+    layer = RedisChannelLayer(hosts=[f"redis://user:{secret}@127.0.0.1:6399/0", {"address": "redis://127.0.0.1:6398", "password": secret}])
+    shown = [repr(layer), str(layer), repr(layer.hosts), str(layer.hosts), repr(layer._sync), repr(getattr(layer._sync, "transport", layer._sync).pools)]
+    shown += [repr(host) for host in layer.hosts] + [str(host) for host in layer.hosts]
+    assert all(secret not in text for text in shown), [text for text in shown if secret in text]
+    assert "127.0.0.1:6399" in repr(layer.hosts[0])

@@ -22,6 +22,7 @@ A group send stores ONE message per member inbox naming its local targets
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from typing import Any, Iterable, NamedTuple
@@ -34,7 +35,10 @@ from ..base import ChannelFull
 
 __all__ = ["RedisOperations"]
 
-# Statistics of a ``!``/``?`` channel are kept this long after its last send.
+logger = logging.getLogger(__name__)
+
+# Statistics of a ``!`` inbox are kept this long after its last send; a
+# ``?`` channel's (single-use: one per request body) as long as its list.
 _STATS_TTL_MS = 86_400_000
 
 
@@ -68,6 +72,18 @@ def _field_pairs(reply: Any) -> Iterable[tuple[bytes, bytes]]:
 
 class RedisOperations:
     """Mixin for :class:`~.layer.RedisChannelLayer`: where names live and what each call asks of Redis."""
+
+    _bad_heartbeats_logged = False
+
+    def _bad_heartbeat(self, worker_id: Any, exc: Exception) -> None:
+        """Log the first unreadable heartbeat entry (once per layer: a health check reads them every few seconds)."""
+        if not self._bad_heartbeats_logged:
+            self._bad_heartbeats_logged = True
+            logger.warning(
+                "dropping unreadable heartbeat entry %r from %s (expected one written by a worker; got %s: %s); "
+                "further ones are dropped silently",
+                worker_id[:80], self.keys.heartbeats, type(exc).__name__, str(exc)[:200],
+            )
 
     ### Placement ###
 
@@ -108,7 +124,8 @@ class RedisOperations:
         list_key, stats_key = self.keys.channel(name), self.keys.channel_stats(name)
         counters = (packed(("HINCRBY", stats_key, "count", 1)), packed(("HINCRBY", self.keys.stats, "count", 1)))
         if "!" in name or "?" in name:  # names made per process or request: their keys expire
-            expiry = (packed(("PEXPIRE", list_key, self._list_ttl_ms)), packed(("PEXPIRE", stats_key, _STATS_TTL_MS)))
+            stats_ttl = self._list_ttl_ms if "?" in name else _STATS_TTL_MS
+            expiry = (packed(("PEXPIRE", list_key, self._list_ttl_ms)), packed(("PEXPIRE", stats_key, stats_ttl)))
             after_push = (expiry[0], counters[0], expiry[1], counters[1])
         else:
             after_push = counters
@@ -338,11 +355,16 @@ class RedisOperations:
         now = _now_ms()
         beats, stale = {}, []
         for worker_id, envelope in _field_pairs(stored):
-            expires, _, data = scripts.unpack(envelope)
-            if expires <= now:
-                stale.append(worker_id)
-            else:
-                beats[worker_id.decode()] = self.deserialize(data)
+            try:
+                expires, _, data = scripts.unpack(envelope)
+                if expires > now:
+                    beats[worker_id.decode()] = self.deserialize(data)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - anything in Redis may be garbage
+                # One bad entry (written by hand, or by another program) must
+                # not make every health check and boot probe fail: drop it.
+                self._bad_heartbeat(worker_id, exc)
+            stale.append(worker_id)
         if stale:
             yield [Call(0, ("HDEL", self.keys.heartbeats, *stale))]
         return beats

@@ -282,3 +282,19 @@ def test_no_repr_shows_a_password():
     shown += [repr(host) for host in layer.hosts] + [str(host) for host in layer.hosts]
     assert all(secret not in text for text in shown), [text for text in shown if secret in text]
     assert "127.0.0.1:6399" in repr(layer.hosts[0])
+
+
+def test_a_full_redis_is_unreachable_naming_the_host(own_redis_servers):
+    (server,) = own_redis_servers(1)
+    client = redis.Redis.from_url(server.url)
+    layer = RedisChannelLayer(hosts=[server.url], prefix=_prefix())
+    try:
+        client.config_set("maxclients", 1)  # this client is the one
+        with pytest.raises(ChannelLayerConnectionError, match=f"127.0.0.1:{server.port}.*max number of clients"):
+            layer.send("work", {"n": 1})
+        client.config_set("maxclients", 100)
+        layer.send("work", {"n": 1})
+        assert layer.receive(["work"]) == ("work", {"n": 1})
+    finally:
+        layer.close()
+        client.close()

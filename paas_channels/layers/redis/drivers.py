@@ -167,14 +167,29 @@ class _Driver:
         """
         spin = self.spin if blocking is None else None
         timeout = self.command_timeout + (blocking or 0)
-        payloads = [(shard, pack(commands), len(commands)) for shard, commands in work]
+        transport = self.transport
+        if len(work) == 1:  # the common case, first try: one shard, a reused connection
+            shard, commands = work[0]
+            payload = pack(commands)
+            conn, was_reused = transport.acquire(shard)
+            held.append(conn)
+            (outcome,) = yield (_EXCHANGE, [(shard, conn, payload, len(commands))], spin, timeout)
+            held.remove(conn)
+            if type(outcome) is list:
+                transport.release(shard, conn)
+                return [outcome]
+            if not was_reused or isinstance(outcome, _TIMEOUTS):
+                raise self._connection_error(shard, outcome)
+            payloads, todo, first = [(shard, payload, len(commands))], [0], 1
+        else:
+            payloads = [(shard, pack(commands), len(commands)) for shard, commands in work]
+            todo, first = range(len(payloads)), 0
         results: list[Any] = [None] * len(payloads)
-        todo = range(len(payloads))
-        for attempt in (0, 1):
+        for attempt in range(first, 2):
             batch, reused = [], []
             for index in todo:
                 shard, payload, count = payloads[index]
-                conn, was_reused = self.transport.acquire(shard, fresh=attempt > 0)
+                conn, was_reused = transport.acquire(shard, fresh=attempt > 0)
                 held.append(conn)
                 batch.append((shard, conn, payload, count))
                 reused.append(was_reused)
@@ -183,7 +198,7 @@ class _Driver:
             for index, (shard, conn, _, _), was_reused, outcome in zip(todo, batch, reused, outcomes):
                 held.remove(conn)
                 if type(outcome) is list:
-                    self.transport.release(shard, conn)
+                    transport.release(shard, conn)
                     results[index] = outcome
                 elif was_reused and attempt == 0 and not isinstance(outcome, _TIMEOUTS):
                     retry.append(index)  # stale (Redis restarted since): it never saw the command
@@ -199,21 +214,25 @@ class _Driver:
     def _calls(self, calls: list[Call], held: list[Any]) -> Generator[tuple, Any, list[Any]]:
         """Replies to ``calls`` in order, one round trip per shard; an error reply raises."""
         shard = calls[0].shard
-        if all(call.shard == shard for call in calls):  # the common case: one shard, replies in order
-            groups, order = [(shard, calls)], None
-        else:
-            by_shard: dict[int, list[int]] = {}
-            for index, call in enumerate(calls):
-                by_shard.setdefault(call.shard, []).append(index)
-            order = list(by_shard.values())
-            groups = [(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items()]
-        results = yield from self._round_trips([(shard, [call.command for call in group]) for shard, group in groups], held)
-        if any(isinstance(reply, Exception) for replies in results for reply in replies):
-            yield from self._settle(groups, results, held)  # rare: a script to re-send, or a failure
-        if order is None:
+        for call in calls:
+            if call.shard != shard:
+                break
+        else:  # the common case: one shard, replies in order
+            results = yield from self._round_trips([(shard, [call.command for call in calls])], held)
+            for reply in results[0]:
+                if isinstance(reply, Exception):  # rare: a script to re-send, or a failure
+                    yield from self._settle([(shard, calls)], results, held)
+                    break
             return results[0]
+        by_shard: dict[int, list[int]] = {}
+        for index, call in enumerate(calls):
+            by_shard.setdefault(call.shard, []).append(index)
+        groups = [(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items()]
+        results = yield from self._round_trips([(shard, [call.command for call in group]) for shard, group in groups], held)
+        if any(isinstance(reply, Exception) for shard_replies in results for reply in shard_replies):
+            yield from self._settle(groups, results, held)
         replies: list[Any] = [None] * len(calls)
-        for indexes, shard_replies in zip(order, results):
+        for indexes, shard_replies in zip(by_shard.values(), results):
             for index, reply in zip(indexes, shard_replies):
                 replies[index] = reply
         return replies

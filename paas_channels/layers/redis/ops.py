@@ -163,7 +163,7 @@ class RedisOperations:
             args += [envelope, capacity, 1 if count_full else 0, 1 if check_dead else 0]
         return script_call(shard, scripts.PUSH, keys, args)
 
-    ### Operations (generators of Redis requests; see _redis_io) ###
+    ### Operations (generators of Redis requests, run by .drivers) ###
 
     def _op_send(self, channel: str, message: dict) -> Op:
         route = self._route(channel)

@@ -141,14 +141,37 @@ class _Driver:
         A connection error is thrown into the operation, which may go on
         with another shard (a normal channel lives on all of them).
         """
+        transport, spin, timeout = self.transport, self.spin, self.command_timeout
         try:
             request = next(op)
             while True:
                 try:
-                    if type(request) is list:
-                        reply = yield from self._calls(request, held)
-                    else:
+                    if type(request) is not list:
                         reply = yield from self._blocking_pop(request, held)
+                    else:
+                        # The hot path, inlined (a generator per level costs more
+                        # than the rest): one shard, a pooled connection, no error.
+                        shard = request[0].shard
+                        for call in request:
+                            if call.shard != shard:
+                                reply = yield from self._calls(request, held)
+                                break
+                        else:
+                            conn, reused = transport.acquire(shard)
+                            held.append(conn)
+                            payload = pack([call.command for call in request])
+                            (reply,) = yield (_EXCHANGE, [(shard, conn, payload, len(request))], spin, timeout)
+                            held.remove(conn)
+                            if type(reply) is not list:  # the connection failed
+                                if not reused or isinstance(reply, _TIMEOUTS):
+                                    raise self._connection_error(shard, reply)
+                                reply = yield from self._calls(request, held)  # stale: once more, on a new one
+                            else:
+                                transport.release(shard, conn)
+                                for item in reply:
+                                    if isinstance(item, Exception):  # rare: a script to re-send, or a failure
+                                        yield from self._settle([(shard, request)], [reply], held)
+                                        break
                 except ChannelLayerConnectionError as exc:
                     request = op.throw(exc)
                     continue
@@ -168,24 +191,10 @@ class _Driver:
         spin = self.spin if blocking is None else None
         timeout = self.command_timeout + (blocking or 0)
         transport = self.transport
-        if len(work) == 1:  # the common case, first try: one shard, a reused connection
-            shard, commands = work[0]
-            payload = pack(commands)
-            conn, was_reused = transport.acquire(shard)
-            held.append(conn)
-            (outcome,) = yield (_EXCHANGE, [(shard, conn, payload, len(commands))], spin, timeout)
-            held.remove(conn)
-            if type(outcome) is list:
-                transport.release(shard, conn)
-                return [outcome]
-            if not was_reused or isinstance(outcome, _TIMEOUTS):
-                raise self._connection_error(shard, outcome)
-            payloads, todo, first = [(shard, payload, len(commands))], [0], 1
-        else:
-            payloads = [(shard, pack(commands), len(commands)) for shard, commands in work]
-            todo, first = range(len(payloads)), 0
+        payloads = [(shard, pack(commands), len(commands)) for shard, commands in work]
         results: list[Any] = [None] * len(payloads)
-        for attempt in range(first, 2):
+        todo: Sequence[int] = range(len(payloads))
+        for attempt in (0, 1):
             batch, reused = [], []
             for index in todo:
                 shard, payload, count = payloads[index]

@@ -278,7 +278,9 @@ def test_single_use_channel_statistics_expire_with_the_channel(redis_server):
 def test_no_repr_shows_a_password():
     secret = "s3cr3t-pass"
     layer = RedisChannelLayer(hosts=[f"redis://user:{secret}@127.0.0.1:6399/0", {"address": "redis://127.0.0.1:6398", "password": secret}])
-    shown = [repr(layer), str(layer), repr(layer.hosts), str(layer.hosts), repr(layer._sync), repr(getattr(layer._sync, "transport", layer._sync).pools)]
+    pools = getattr(layer._sync, "transport", layer._sync).pools
+    shown = [repr(layer), str(layer), repr(layer.hosts), str(layer.hosts), repr(layer._sync), repr(pools)]
+    shown += [repr(pool.make_connection()) for pool in pools]
     shown += [repr(host) for host in layer.hosts] + [str(host) for host in layer.hosts]
     assert all(secret not in text for text in shown), [text for text in shown if secret in text]
     assert "127.0.0.1:6399" in repr(layer.hosts[0])

@@ -163,14 +163,15 @@ def _checked(host: RedisHost, where: str) -> RedisHost:
         if host.kind != "ssl":
             raise ValueError(f"{where}: ssl_cert_reqs only applies to rediss:// hosts")
         reqs = kwargs["ssl_cert_reqs"]
-        if reqs is None or (isinstance(reqs, str) and reqs.lower() == "none"):
-            reqs = ssl.CERT_NONE
-        elif isinstance(reqs, str):
-            if reqs.lower() not in _CERT_REQS:
-                raise ValueError(f"{where}: ssl_cert_reqs must be none, optional or required; got {reqs!r}")
-            reqs = _CERT_REQS[reqs.lower()]
-        kwargs["ssl_cert_reqs"] = reqs
-        if reqs == ssl.CERT_NONE:
+        if reqs is None:
+            reqs = "none"
+        elif isinstance(reqs, ssl.VerifyMode) or reqs in _CERT_REQS.values():
+            reqs = {value: name for name, value in _CERT_REQS.items()}[reqs]
+        elif not isinstance(reqs, str) or reqs.lower() not in _CERT_REQS:
+            raise ValueError(f"{where}: ssl_cert_reqs must be none, optional or required; got {reqs!r}")
+        # As a name: redis-py 5.0's asyncio connections take no ssl.VerifyMode.
+        kwargs["ssl_cert_reqs"] = reqs = reqs.lower()
+        if reqs == "none":
             # Python refuses CERT_NONE while hostname checking is on.
             kwargs["ssl_check_hostname"] = False
     return RedisHost(host.kind, kwargs)

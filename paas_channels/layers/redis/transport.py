@@ -10,8 +10,9 @@ redis-py (``_sock``, ``_writer``, ``_parser``, its ``_reader`` and
 they are checked when this module is imported, so another redis-py fails at
 once with an ImportError saying what is missing, not later mid-request.
 
-Tested with redis-py 8.1 (hiredis 3.x).  The layout used here exists since
-redis-py 5.0 (``redis._parsers``); older versions are refused by the check.
+Tested with redis-py 8.1, 7.0.1 and 5.0.8 (hiredis 3.5): the layer's tests
+pass on each.  The layout used here exists since redis-py 5.0
+(``redis._parsers``); older versions are refused at import.
 
 Two transports, for threads/gevent and for one event loop, each with the same
 few primitives: take and give back a connection, and :meth:`exchange` (write
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import hiredis
 import redis
@@ -53,7 +54,7 @@ __all__ = ["AsyncTransport", "CONNECTION_ERRORS", "NOT_ENOUGH_DATA", "SyncTransp
 #: What a dead, refused or stalled connection raises (a redis-py error or the OS's).
 CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
-TESTED_WITH = "redis-py 8.1, hiredis 3.5"
+TESTED_WITH = "redis-py 5.0.8, 7.0.1 and 8.1 with hiredis 3.5"
 
 
 def _self_check() -> None:
@@ -83,6 +84,32 @@ _self_check()
 def pack(commands: Sequence[tuple | bytes]) -> bytes:
     """``commands`` packed as one write; a command given as bytes was packed once and is reused."""
     return b"".join([command if type(command) is bytes else hiredis.pack_command(command) for command in commands])
+
+
+def _where(kwargs: Mapping[str, Any]) -> str:
+    return f"unix:{kwargs['path']}" if kwargs.get("path") else f"{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}"
+
+
+def _safe_repr(cls: type, pool: bool = False) -> type:
+    """``cls`` with a repr naming only where it connects: some redis-py versions (7.0) show the password."""
+    def __repr__(self: Any) -> str:
+        kwargs = self.connection_kwargs if pool else vars(self)
+        return f"<{cls.__module__}.{cls.__name__} {_where(kwargs)}>"
+    return type(cls.__name__, (cls,), {"__repr__": __repr__, "__module__": __name__})
+
+
+_SYNC_CLASSES = {
+    "tcp": _safe_repr(redis.connection.Connection),
+    "ssl": _safe_repr(redis.connection.SSLConnection),
+    "unix": _safe_repr(redis.connection.UnixDomainSocketConnection),
+}
+_ASYNC_CLASSES = {
+    "tcp": _safe_repr(redis.asyncio.connection.Connection),
+    "ssl": _safe_repr(redis.asyncio.connection.SSLConnection),
+    "unix": _safe_repr(redis.asyncio.connection.UnixDomainSocketConnection),
+}
+_SyncPool = _safe_repr(redis.ConnectionPool, pool=True)
+_AsyncPool = _safe_repr(redis.asyncio.ConnectionPool, pool=True)
 
 
 def _retry(module: Any) -> Any:
@@ -134,14 +161,9 @@ class SyncTransport(_Connections):
     """redis-py connections for threads and gevent; waits bounded by the sockets' timeout."""
 
     def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float) -> None:
-        classes = {
-            "tcp": redis.connection.Connection,
-            "ssl": redis.connection.SSLConnection,
-            "unix": redis.connection.UnixDomainSocketConnection,
-        }
         super().__init__([
-            redis.ConnectionPool(
-                connection_class=classes[host.kind],
+            _SyncPool(
+                connection_class=_SYNC_CLASSES[host.kind],
                 parser_class=_HiredisParser,
                 **host.pool_kwargs(socket_timeout),
                 retry=_retry(redis.retry),
@@ -275,16 +297,14 @@ class AsyncTransport(_Connections):
     """``redis.asyncio`` connections bound to one event loop; every wait is bounded by the watchdog."""
 
     def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float) -> None:
-        module = redis.asyncio.connection
-        classes = {"tcp": module.Connection, "ssl": module.SSLConnection, "unix": module.UnixDomainSocketConnection}
         pools = []
         for host in hosts:
             kwargs = host.pool_kwargs(socket_timeout)
             # No per-command socket timeout: redis.asyncio would wrap every
             # read and write in asyncio.timeout; the watchdog bounds waits instead.
             kwargs["socket_timeout"] = None
-            pools.append(redis.asyncio.ConnectionPool(
-                connection_class=classes[host.kind], parser_class=_AsyncHiredisParser,
+            pools.append(_AsyncPool(
+                connection_class=_ASYNC_CLASSES[host.kind], parser_class=_AsyncHiredisParser,
                 **kwargs, retry=_retry(redis.asyncio.retry),
             ))
         super().__init__(pools)

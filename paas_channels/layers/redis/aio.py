@@ -22,8 +22,9 @@ class AsyncLayerAPI:
     """Mixin for :class:`~paas_channels.layers.redis.RedisChannelLayer`: the ``a``-prefixed methods."""
 
     hosts: list
-    _socket_timeout: float
     reply_spin_us: float
+    command_timeout: float
+    blocking_timeout: float
 
     def _init_async(self) -> None:
         self._async: dict[asyncio.AbstractEventLoop, tuple[AsyncIO, Any]] = {}
@@ -82,7 +83,7 @@ class AsyncLayerAPI:
         entry = self._async.get(loop)
         if entry is not None:
             return entry[0]
-        io = AsyncIO(self.hosts, self._socket_timeout, self.reply_spin_us)
+        io = AsyncIO(self.hosts, self.reply_spin_us, self.command_timeout, self.blocking_timeout)
         closer = self._close_with_loop(loop, io)
         with self._async_lock:
             self._async[loop] = (io, closer)

@@ -1,19 +1,21 @@
-"""Sync and asyncio I/O for the Redis channel layer.
+"""Running the Redis channel layer's operations: one implementation for sync and asyncio.
 
 The layer writes each operation once, as a generator that yields what it needs
 from Redis (a list of :class:`Call` s, or one :class:`BlockingPop`) and
-receives the replies.  :class:`SyncIO` (redis-py connections: threads, gevent)
-and :class:`AsyncIO` (``redis.asyncio`` connections, one set per event loop)
-only run those requests, so the two sides share every script, key and decision.
+receives the replies (:mod:`.ops`).  Running one is written once too, here, as
+a generator of transport primitives (sans-IO): :meth:`_Driver._drive` sends
+the calls, re-sends a script Redis lost (``NOSCRIPT``), replaces a reused
+connection that went stale (Redis restarted since: the old server never saw
+the command), turns a failure into :class:`ChannelLayerConnectionError`
+naming the host, and gives it to the operation, which may try another shard.
+:class:`SyncIO` and :class:`AsyncIO` are the thin loops that carry out its
+primitives on :mod:`.transport` (threads/gevent, or one event loop).
 
-Connections are redis-py's own (connect, AUTH, TLS, SELECT), but commands go
-straight through them: packed by hiredis, several per shard in one write.  The
-client and pool layers of redis-py cost more per command than the round trip
-to a local Redis, and one round trip per operation is the point of this layer.
-A connection that fails is dropped; a reused idle connection that fails (Redis
-restarted since) is replaced once, because the old server never saw the command.
-A reply is polled for briefly before the driver sleeps until it comes
-(:mod:`._redis_spin`).
+Error replies that mean "this server cannot serve now" (``-LOADING`` while a
+persistent Redis loads its data, ``max number of clients reached``,
+``-MASTERDOWN``) count as a failure to reach that shard, like a refused
+connection: the connection stays (it is healthy), the call fails with the host
+named, and a normal channel's send falls back to another shard.
 
 A blocking pop over several shards sends ``BLPOP`` on one connection per shard
 at once; the first reply wins, the other connections are released with
@@ -23,36 +25,24 @@ head of its list: no message is lost, no shard is polled.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import selectors
 import weakref
 from dataclasses import dataclass
-from typing import Any, Generator, Iterator, NamedTuple, Sequence
+from typing import Any, Generator, NamedTuple, Sequence
 
 import hiredis
 import redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from .hosts import RedisHost
 from .scripts import Script
-from .spin import NOT_ENOUGH_DATA, ReplySpin
-
-try:  # redis-py's hiredis parsers: their readers are read directly (see _read_replies)
-    from redis._parsers.hiredis import _AsyncHiredisParser, _HiredisParser
-except ImportError:  # another redis-py layout: its public read_response() then
-    _HiredisParser = _AsyncHiredisParser = None
+from .spin import ReplySpin
+from .transport import CONNECTION_ERRORS, AsyncTransport, SyncTransport, pack
 
 __all__ = ["AsyncIO", "BlockingPop", "Call", "ChannelLayerConnectionError", "SyncIO", "packed", "script_call"]
 
-logger = logging.getLogger(__name__)
-
-_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-
 
 class ChannelLayerConnectionError(redis.exceptions.ConnectionError, ConnectionError):
-    """Redis cannot be reached (down, restarting, refused).  The operation did not happen.
+    """Redis cannot be reached (down, restarting, loading, refused).  The operation did not happen.
 
     The layer reconnects by itself on a later call once Redis is back; the
     caller decides whether to retry, answer 503 or give up.  Catch it as
@@ -82,6 +72,11 @@ def script_call(shard: int, script: Script, keys: Sequence[str], args: Sequence[
     return Call(shard, ("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
 
+def packed(command: tuple) -> bytes:
+    """``command`` packed once, for a :class:`Call` sent many times."""
+    return hiredis.pack_command(command)
+
+
 @dataclass(frozen=True)
 class BlockingPop:
     """``BLPOP`` on ``(shard, keys)`` pairs at once, for up to ``timeout`` seconds.
@@ -95,15 +90,13 @@ class BlockingPop:
 
 Op = Generator[Any, Any, Any]
 
-
-def _pack(commands: Sequence[tuple | bytes]) -> list[bytes]:
-    # A command given as bytes was packed once and is reused (constant commands of a send).
-    return [b"".join([command if type(command) is bytes else hiredis.pack_command(command) for command in commands])]
-
-
-def packed(command: tuple) -> bytes:
-    """``command`` packed once, for a :class:`Call` sent many times."""
-    return hiredis.pack_command(command)
+# The driver's primitives: what it asks the transport to do.
+_EXCHANGE, _WAIT, _DISCARD = 0, 1, 2
+# Error replies that mean the server cannot serve now (redis-py's ConnectionError
+# kinds: BusyLoadingError for -LOADING, "max number of clients reached"), or by prefix.
+_UNAVAILABLE_PREFIXES = ("MASTERDOWN", "TRYAGAIN")
+# A stalled server may still run a command it did not answer in time: never re-sent.
+_TIMEOUTS = (TimeoutError, redis.exceptions.TimeoutError)
 
 
 def _blpop(keys: Sequence[str], timeout: float) -> tuple:
@@ -111,130 +104,23 @@ def _blpop(keys: Sequence[str], timeout: float) -> tuple:
     return ("BLPOP", *keys, f"{max(0.01, timeout):.3f}")
 
 
-def _read_replies(conn: Any, count: int, spin: ReplySpin | None) -> list[Any]:
-    """``count`` replies from a sync connection; error replies as values, not raised.
-
-    With hiredis, straight from redis-py's own hiredis reader: its
-    ``read_response()`` wraps each reply in checks that cost more than the
-    reply (a send reads three).  Errors are those of ``read_response()``: a
-    dead socket or a timeout raises, and the caller drops the connection.
-    A reply not there yet is first polled for with ``spin`` (see :mod:`._redis_spin`).
-    """
-    parser = conn._parser
-    if type(parser) is not _HiredisParser:
-        replies = []
-        for _ in range(count):
-            try:
-                replies.append(conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
-    reader = parser._reader
-    replies = []
-    for _ in range(count):
-        reply = reader.gets()
-        if reply is NOT_ENOUGH_DATA and spin is not None:
-            reply = spin.read(conn._sock, reader)
-        while reply is NOT_ENOUGH_DATA:
-            parser.read_from_socket()
-            reply = reader.gets()
-        replies.append(reply)
-    return replies
+def _unavailable(reply: Exception) -> bool:
+    return isinstance(reply, redis.exceptions.ConnectionError) or str(reply).startswith(_UNAVAILABLE_PREFIXES)
 
 
-async def _aread_replies(conn: Any, count: int, spin: ReplySpin | None) -> list[Any]:
-    """The async twin of :func:`_read_replies` (``redis.asyncio`` connections have no read timeout here)."""
-    parser = conn._parser
-    if type(parser) is not _AsyncHiredisParser:
-        replies = []
-        for _ in range(count):
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
-    reader = parser._reader
-    replies = []
-    for _ in range(count):
-        reply = reader.gets()
-        while reply is NOT_ENOUGH_DATA:
-            await (parser.read_from_socket() if spin is None else spin.aread(parser))
-            reply = reader.gets()
-        replies.append(reply)
-    return replies
+class _Driver:
+    """What both drivers share: the hosts, error mapping and :meth:`_drive`, the generator they run."""
 
+    transport: Any
 
-def _by_shard(calls: Sequence[Call]) -> dict[int, list[int]]:
-    by_shard: dict[int, list[int]] = {}
-    for index, call in enumerate(calls):
-        by_shard.setdefault(call.shard, []).append(index)
-    return by_shard
-
-
-def _reply(reply: Any) -> Any:
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
-
-
-def _popped(shard: int, reply: Any) -> tuple[int, bytes, bytes] | None:
-    return (shard, reply[0], reply[1]) if reply else None
-
-
-def _first_of(replies: list[Any], failures: list[Exception]) -> tuple[tuple[int, bytes, bytes] | None, list[Any]]:
-    """The popped message to return and the extra ones to push back; raise if only failures."""
-    got = [reply for reply in replies if reply is not None]
-    if not got and failures:
-        raise failures[0]
-    return (got[0] if got else None), got[1:]
-
-
-def _disconnect_all(idle: list[list[Any]]) -> None:
-    for connections in idle:
-        while connections:
-            connections.pop().disconnect()
-
-
-class _Shards:
-    """What both drivers share: hosts, idle connections, and turning redis-py errors into ours."""
-
-    def __init__(self, hosts: Sequence[RedisHost], pools: list[Any], reply_spin_us: float) -> None:
+    def __init__(self, hosts: Sequence[RedisHost], reply_spin_us: float, command_timeout: float) -> None:
         self.hosts = list(hosts)
         self.spin = ReplySpin(reply_spin_us)
-        # redis-py pools only make and configure connections here.
-        self.pools = pools
-        # Idle connections per shard: list.pop/append are atomic, for threads and greenlets.
-        self.idle: list[list[Any]] = [[] for _ in self.hosts]
+        self.command_timeout = command_timeout
 
-    def _acquire(self, shard: int, fresh: bool = False) -> tuple[Any, bool]:
-        """A connection and whether it was reused (so may be stale)."""
-        if not fresh:
-            try:
-                return self.idle[shard].pop(), True
-            except IndexError:
-                pass
-        return self.pools[shard].make_connection(), False
-
-    def _take_idle(self, shard: int) -> list[Any]:
-        """Empty the shard's idle list: after one failure the others are likely stale too.
-
-        Emptied in place, never swapped for a new list: a thread putting a
-        connection back at that moment would put it in the dropped list, where
-        nobody disconnects it and the garbage collector meets an open socket.
-        """
-        idle, taken = self.idle[shard], []
-        while True:
-            try:
-                taken.append(idle.pop())
-            except IndexError:
-                return taken
-
-    @contextlib.contextmanager
-    def errors(self, shard: int) -> Iterator[None]:
-        try:
-            yield
-        except _CONNECTION_ERRORS as exc:
-            raise self._connection_error(shard, exc) from None
+    @property
+    def idle(self) -> list[list[Any]]:
+        return self.transport.idle
 
     def _connection_error(self, shard: int, exc: BaseException) -> ChannelLayerConnectionError:
         if isinstance(exc, ChannelLayerConnectionError):
@@ -253,31 +139,43 @@ class _Shards:
         error.detail = f"cannot reach Redis at {host.describe()}: {reason}"
         return error
 
-    @staticmethod
-    def _scripts_to_resend(calls: Sequence[Call], replies: list[Any]) -> list[int]:
-        return [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError) and calls[i].script]
+    def _drive(self, op: Op, held: list[Any]) -> Generator[tuple, Any, Any]:
+        """Run ``op``, yielding transport primitives; ``held``: connections taken and not yet given back.
 
-
-class SyncIO(_Shards):
-    """Runs layer operations on redis-py connections; safe for threads and gevent."""
-
-    def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float, reply_spin_us: float) -> None:
-        super().__init__(hosts, [host.sync_pool(socket_timeout) for host in hosts], reply_spin_us)
-        # A layer dropped without close() still closes its sockets, in order
-        # (left to the garbage collector, a socket may go before its connection).
-        weakref.finalize(self, _disconnect_all, self.idle)
-
-    def run(self, op: Op) -> Any:
-        # A connection error is thrown into the operation, which may go on
-        # with another shard (a normal channel lives on all of them).
+        A connection error is thrown into the operation, which may go on
+        with another shard (a normal channel lives on all of them).
+        """
+        transport, spin, timeout = self.transport, self.spin, self.command_timeout
         try:
             request = next(op)
             while True:
                 try:
-                    if isinstance(request, BlockingPop):
-                        reply = self._blocking_pop(request)
+                    if type(request) is not list:
+                        reply = yield from self._blocking_pop(request, held)
                     else:
-                        reply = self._calls(request)
+                        # The hot path, inlined (a generator per level costs more
+                        # than the rest): one shard, a pooled connection, no error.
+                        shard = request[0].shard
+                        for call in request:
+                            if call.shard != shard:
+                                reply = yield from self._calls(request, held)
+                                break
+                        else:
+                            conn, reused = transport.acquire(shard)
+                            held.append(conn)
+                            payload = pack([call.command for call in request])
+                            (reply,) = yield (_EXCHANGE, [(shard, conn, payload, len(request))], spin, timeout)
+                            held.remove(conn)
+                            if type(reply) is not list:  # the connection failed
+                                if not reused or isinstance(reply, _TIMEOUTS):
+                                    raise self._connection_error(shard, reply)
+                                reply = yield from self._calls(request, held)  # stale: once more, on a new one
+                            else:
+                                transport.release(shard, conn)
+                                for item in reply:
+                                    if isinstance(item, Exception):  # rare: a script to re-send, or a failure
+                                        yield from self._settle([(shard, request)], [reply], held)
+                                        break
                 except ChannelLayerConnectionError as exc:
                     request = op.throw(exc)
                     continue
@@ -286,278 +184,239 @@ class SyncIO(_Shards):
             return stop.value
         finally:
             op.close()
+
+    def _round_trips(self, work: Sequence[tuple[int, Sequence[tuple | bytes]]], held: list[Any], blocking: float | None = None) -> Generator[tuple, Any, list[list[Any]]]:
+        """Each ``(shard, commands)`` in one write per shard, all shards at once; replies by entry.
+
+        A reused connection that fails is replaced once.  ``blocking``: the
+        seconds a blocking pop may wait (never polled for: its reply comes
+        when another process sends something).
+        """
+        spin = self.spin if blocking is None else None
+        timeout = self.command_timeout + (blocking or 0)
+        transport = self.transport
+        payloads = [(shard, pack(commands), len(commands)) for shard, commands in work]
+        results: list[Any] = [None] * len(payloads)
+        todo: Sequence[int] = range(len(payloads))
+        for attempt in (0, 1):
+            batch, reused = [], []
+            for index in todo:
+                shard, payload, count = payloads[index]
+                conn, was_reused = transport.acquire(shard, fresh=attempt > 0)
+                held.append(conn)
+                batch.append((shard, conn, payload, count))
+                reused.append(was_reused)
+            outcomes = yield (_EXCHANGE, batch, spin, timeout)
+            retry, failure = [], None
+            for index, (shard, conn, _, _), was_reused, outcome in zip(todo, batch, reused, outcomes):
+                held.remove(conn)
+                if type(outcome) is list:
+                    transport.release(shard, conn)
+                    results[index] = outcome
+                elif was_reused and attempt == 0 and not isinstance(outcome, _TIMEOUTS):
+                    retry.append(index)  # stale (Redis restarted since): it never saw the command
+                elif failure is None:
+                    failure = self._connection_error(shard, outcome)
+            if failure is not None:
+                raise failure
+            if not retry:
+                return results
+            todo = retry
+        raise AssertionError("unreachable")
+
+    def _calls(self, calls: list[Call], held: list[Any]) -> Generator[tuple, Any, list[Any]]:
+        """Replies to ``calls`` in order, one round trip per shard; an error reply raises."""
+        shard = calls[0].shard
+        for call in calls:
+            if call.shard != shard:
+                break
+        else:  # the common case: one shard, replies in order
+            results = yield from self._round_trips([(shard, [call.command for call in calls])], held)
+            for reply in results[0]:
+                if isinstance(reply, Exception):  # rare: a script to re-send, or a failure
+                    yield from self._settle([(shard, calls)], results, held)
+                    break
+            return results[0]
+        by_shard: dict[int, list[int]] = {}
+        for index, call in enumerate(calls):
+            by_shard.setdefault(call.shard, []).append(index)
+        groups = [(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items()]
+        results = yield from self._round_trips([(shard, [call.command for call in group]) for shard, group in groups], held)
+        if any(isinstance(reply, Exception) for shard_replies in results for reply in shard_replies):
+            yield from self._settle(groups, results, held)
+        replies: list[Any] = [None] * len(calls)
+        for indexes, shard_replies in zip(by_shard.values(), results):
+            for index, reply in zip(indexes, shard_replies):
+                replies[index] = reply
+        return replies
+
+    def _settle(self, groups: list[tuple[int, list[Call]]], results: list[list[Any]], held: list[Any]) -> Generator[tuple, Any, None]:
+        """Re-send the scripts Redis lost (``NOSCRIPT``: restarted) in ``results``, then raise any error reply."""
+        resend: dict[int, list[int]] = {}
+        for entry, replies in enumerate(results):
+            for i, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError) and groups[entry][1][i].script:
+                    resend.setdefault(entry, []).append(i)
+        if resend:
+            again = yield from self._round_trips(
+                [(groups[entry][0], [groups[entry][1][i].with_source() for i in indexes]) for entry, indexes in resend.items()], held
+            )
+            for (entry, indexes), replies in zip(resend.items(), again):
+                for i, reply in zip(indexes, replies):
+                    results[entry][i] = reply
+        for (shard, _), replies in zip(groups, results):
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise self._connection_error(shard, reply) if _unavailable(reply) else reply
+
+    def _blocking_pop(self, request: BlockingPop, held: list[Any]) -> Generator[tuple, Any, Any]:
+        if len(request.plan) == 1:
+            shard, keys = request.plan[0]
+            ((reply,),) = yield from self._round_trips([(shard, [_blpop(keys, request.timeout)])], held, request.timeout)
+            return self._popped(shard, reply)
+        # One BLPOP per shard at once.  A shard that fails does not cost the
+        # messages popped on the others: every live connection is read to the end.
+        failures: list[ChannelLayerConnectionError] = []
+        batch = []
+        for shard, keys in request.plan:
+            conn = self.transport.acquire(shard)[0]
+            held.append(conn)
+            batch.append((shard, conn, pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), 1))
+        outcomes = yield (_EXCHANGE, batch, self.spin, self.command_timeout)
+        taken = []  # (shard, conn, client id) of each BLPOP in flight
+        for (shard, conn, _, _), outcome in zip(batch, outcomes):
+            if type(outcome) is list and not isinstance(outcome[0], Exception):
+                taken.append((shard, conn, outcome[0]))
+                continue
+            held.remove(conn)
+            failures.append(self._failure(shard, outcome))
+            if type(outcome) is list:  # an error reply: the connection may hold the BLPOP's too
+                yield (_DISCARD, [conn])
+        if taken:  # healthy shards still deliver while another is down
+            yield (_WAIT, [conn for _, conn, _ in taken], request.timeout + self.command_timeout)
+        unblock = [(shard, [("CLIENT", "UNBLOCK", client_id)]) for shard, conn, client_id in taken if not self.transport.readable(conn)]
+        if unblock:
+            try:
+                yield from self._round_trips(unblock, held)
+            except ChannelLayerConnectionError as exc:
+                failures.append(exc)
+        replies = []
+        if taken:
+            outcomes = yield (_EXCHANGE, [(shard, conn, b"", 1) for shard, conn, _ in taken], None, self.command_timeout)
+            for (shard, conn, _), outcome in zip(taken, outcomes):
+                held.remove(conn)
+                if type(outcome) is list and not isinstance(outcome[0], Exception):
+                    self.transport.release(shard, conn)
+                    replies.append(self._popped(shard, outcome[0]))
+                else:
+                    failures.append(self._failure(shard, outcome))
+                    if type(outcome) is list:
+                        yield (_DISCARD, [conn])
+        got = [reply for reply in replies if reply is not None]
+        errors = [failure for failure in failures if not isinstance(failure, ChannelLayerConnectionError)]
+        if errors or (failures and not got):
+            keep = None  # an error reply (WRONGTYPE...) raises: every popped message goes back
+        else:
+            keep, got = (got[0] if got else None), got[1:]
+        for shard, key, value in got:
+            yield from self._calls([Call(shard, ("LPUSH", key, value))], held)
+        if keep is None and failures:
+            raise (errors or failures)[0]
+        return keep
+
+    def _failure(self, shard: int, outcome: Any) -> Exception:
+        """What a failed exchange or error reply raises: ours for the unreachable kind, Redis's otherwise."""
+        if type(outcome) is list:
+            outcome = outcome[0]
+            if not _unavailable(outcome):
+                return outcome
+        return self._connection_error(shard, outcome)
+
+    def _popped(self, shard: int, reply: Any) -> tuple[int, bytes, bytes] | None:
+        if isinstance(reply, Exception):
+            raise self._connection_error(shard, reply) if _unavailable(reply) else reply
+        return (shard, reply[0], reply[1]) if reply else None
+
+
+class SyncIO(_Driver):
+    """Runs layer operations on redis-py connections; safe for threads and gevent."""
+
+    def __init__(self, hosts: Sequence[RedisHost], reply_spin_us: float, command_timeout: float, blocking_timeout: float) -> None:
+        super().__init__(hosts, reply_spin_us, command_timeout)
+        # A blocking pop's socket waits blocking_timeout plus the command timeout.
+        self.transport = SyncTransport(hosts, blocking_timeout + command_timeout)
+        # A layer dropped without close() still closes its sockets, in order
+        # (left to the garbage collector, a socket may go before its connection).
+        weakref.finalize(self, _disconnect_all, self.transport.idle)
+
+    def run(self, op: Op) -> Any:
+        held: list[Any] = []
+        drive = self._drive(op, held)
+        transport = self.transport
+        try:
+            step = next(drive)
+            while True:
+                kind = step[0]
+                if kind == _EXCHANGE:
+                    step = drive.send(transport.exchange(step[1], step[2], step[3]))
+                elif kind == _WAIT:
+                    step = drive.send(transport.wait_readable(step[1], step[2]))
+                else:
+                    step = drive.send(transport.discard(step[1]))
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            # Anything else (an error reply, Ctrl-C mid-command) leaves the
+            # connections in flight in an unknown state: close them.
+            if held:
+                transport.discard(held)
+            drive.close()
 
     def close(self) -> None:
         """Disconnect idle connections (busy ones are dropped when they come back)."""
-        for shard in range(len(self.hosts)):
-            self._drop_idle(shard)
-
-    def _drop_idle(self, shard: int) -> None:
-        for conn in self._take_idle(shard):
-            conn.disconnect()
-
-    def _round_trip(self, shard: int, commands: Sequence[tuple], blocking: bool = False) -> list[Any]:
-        """Send ``commands`` in one write, read every reply (errors as values).
-
-        ``blocking``: a blocking pop, whose reply comes when another process
-        sends something: never polled for.
-        """
-        packed = _pack(commands)
-        for attempt in (0, 1):
-            conn, reused = self._acquire(shard, fresh=attempt > 0)
-            try:
-                if conn._sock is None:
-                    conn.connect()
-                # redis-py's send_packed_command() only adds checks made here
-                # already, and its own error wrapping, which _connection_error does.
-                conn._sock.sendall(packed[0])
-                replies = _read_replies(conn, len(commands), None if blocking else self.spin)
-            except _CONNECTION_ERRORS as exc:
-                conn.disconnect()
-                self._drop_idle(shard)
-                if reused and attempt == 0:
-                    continue
-                raise self._connection_error(shard, exc) from None
-            except BaseException:
-                conn.disconnect()
-                raise
-            self.idle[shard].append(conn)
-            return replies
-        raise AssertionError("unreachable")
-
-    def _shard_calls(self, shard: int, calls: Sequence[Call]) -> list[Any]:
-        results = self._round_trip(shard, [call.command for call in calls])
-        resend = self._scripts_to_resend(calls, results)
-        if resend:  # Redis lost its script cache (restart): send the source once
-            again = self._round_trip(shard, [calls[i].with_source() for i in resend])
-            for i, result in zip(resend, again):
-                results[i] = result
-        return [_reply(result) for result in results]
-
-    def _calls(self, calls: Sequence[Call]) -> list[Any]:
-        shard = calls[0].shard
-        if all(call.shard == shard for call in calls):  # the common case: one round trip, replies in order
-            return self._shard_calls(shard, calls)
-        replies: list[Any] = [None] * len(calls)
-        for shard, indexes in _by_shard(calls).items():
-            for index, result in zip(indexes, self._shard_calls(shard, [calls[i] for i in indexes])):
-                replies[index] = result
-        return replies
-
-    def _blocking_pop(self, request: BlockingPop) -> tuple[int, bytes, bytes] | None:
-        if len(request.plan) == 1:
-            shard, keys = request.plan[0]
-            (reply,) = self._round_trip(shard, [_blpop(keys, request.timeout)], blocking=True)
-            return _popped(shard, _reply(reply))
-        # One BLPOP per shard at once.  A shard that fails does not cost the
-        # messages popped on the others: every live connection is read to the end.
-        taken: list[tuple[int, Any, int]] = []
-        failures: list[Exception] = []
-        replies = []
-        try:
-            for shard, keys in request.plan:
-                conn = self._acquire(shard)[0]
-                try:
-                    with self.errors(shard):
-                        conn.send_packed_command(_pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), check_health=False)
-                        taken.append((shard, conn, conn.read_response()))
-                except BaseException as exc:
-                    self._fail(shard, conn, exc, failures)
-            if taken:  # healthy shards still deliver while another is down
-                self._wait_readable(taken, request.timeout + 5)
-            for shard, conn, client_id in taken:
-                if not self._can_read(conn):
-                    try:
-                        self._round_trip(shard, [("CLIENT", "UNBLOCK", client_id)])
-                    except ChannelLayerConnectionError as exc:
-                        failures.append(exc)
-            while taken:
-                shard, conn, _ = taken.pop(0)
-                try:
-                    with self.errors(shard):
-                        replies.append(_popped(shard, conn.read_response()))
-                    self.idle[shard].append(conn)
-                except BaseException as exc:
-                    self._fail(shard, conn, exc, failures)
-        finally:
-            # Any other error (a Redis error reply, a timeout or Ctrl-C in the
-            # middle) leaves connections with a BLPOP in flight: close them here,
-            # or their sockets wait for the garbage collector ("unclosed socket").
-            for _, conn, _ in taken:
-                conn.disconnect()
-        first, extras = _first_of(replies, failures)
-        for shard, key, value in extras:
-            _reply(self._round_trip(shard, [("LPUSH", key, value)])[0])
-        return first
-
-    def _fail(self, shard: int, conn: Any, exc: BaseException, failures: list[Exception]) -> None:
-        conn.disconnect()
-        self._drop_idle(shard)
-        if not isinstance(exc, ChannelLayerConnectionError):
-            raise exc
-        failures.append(exc)
-
-    @staticmethod
-    def _can_read(conn: Any) -> bool:
-        # A reply may already sit in the parser's buffer, where select() cannot
-        # see it; a broken connection counts as readable (reading tells why).
-        try:
-            return conn.can_read(0)
-        except _CONNECTION_ERRORS:
-            return True
-
-    def _wait_readable(self, taken: list[tuple[int, Any, int]], timeout: float) -> None:
-        if any(self._can_read(conn) for _, conn, _ in taken):
-            return
-        with selectors.DefaultSelector() as selector:
-            for _, conn, _ in taken:
-                selector.register(conn._sock, selectors.EVENT_READ)
-            selector.select(timeout)
+        self.transport.close()
 
 
-class AsyncIO(_Shards):
-    """Runs layer operations on ``redis.asyncio`` connections bound to one event loop."""
+def _disconnect_all(idle: list[list[Any]]) -> None:
+    for connections in idle:
+        while connections:
+            connections.pop().disconnect()
 
-    def __init__(self, hosts: Sequence[RedisHost], socket_timeout: float, reply_spin_us: float) -> None:
-        super().__init__(hosts, [host.async_pool(socket_timeout) for host in hosts], reply_spin_us)
+
+class AsyncIO(_Driver):
+    """Runs layer operations on ``redis.asyncio`` connections bound to one event loop.
+
+    Every wait has a deadline (``command_timeout``, plus ``blocking_timeout``
+    for a blocking pop): a frozen Redis fails the call, it never hangs it.  A
+    call cancelled midway (``asyncio.wait_for``) closes the connections it had
+    in flight, so none goes back to the pool in an unknown state.
+    """
+
+    def __init__(self, hosts: Sequence[RedisHost], reply_spin_us: float, command_timeout: float, blocking_timeout: float) -> None:
+        super().__init__(hosts, reply_spin_us, command_timeout)
+        self.transport = AsyncTransport(hosts, blocking_timeout + command_timeout)
 
     async def run(self, op: Op) -> Any:
+        held: list[Any] = []
+        drive = self._drive(op, held)
+        transport = self.transport
         try:
-            request = next(op)
+            step = next(drive)
             while True:
-                try:
-                    if isinstance(request, BlockingPop):
-                        reply = await self._blocking_pop(request)
-                    else:
-                        reply = await self._calls(request)
-                except ChannelLayerConnectionError as exc:
-                    request = op.throw(exc)
-                    continue
-                request = op.send(reply)
+                kind = step[0]
+                if kind == _EXCHANGE:
+                    step = drive.send(await transport.exchange(step[1], step[2], step[3]))
+                elif kind == _WAIT:
+                    step = drive.send(await transport.wait_readable(step[1], step[2]))
+                else:
+                    step = drive.send(await transport.discard(step[1]))
         except StopIteration as stop:
             return stop.value
         finally:
-            op.close()
+            if held:
+                await transport.discard(held)
+            drive.close()
 
     async def close(self) -> None:
-        # Waits until each connection is closed: a TLS connection closes in
-        # several loop iterations (close_notify both ways), and this often
-        # runs as the loop shuts down, which would leave its socket open.
-        for shard in range(len(self.hosts)):
-            for conn in self._take_idle(shard):
-                await conn.disconnect()
+        await self.transport.close()
 
-    async def _drop_idle(self, shard: int) -> None:
-        for conn in self._take_idle(shard):
-            await conn.disconnect(nowait=True)
-
-    async def _round_trip(self, shard: int, commands: Sequence[tuple], blocking: bool = False) -> list[Any]:
-        packed = _pack(commands)
-        for attempt in (0, 1):
-            conn, reused = self._acquire(shard, fresh=attempt > 0)
-            try:
-                if not conn.is_connected:
-                    await conn.connect()
-                # What redis-py's send_packed_command() does, without its checks
-                # (made here already) and error wrapping (_connection_error's job).
-                conn._writer.write(packed[0])
-                await conn._writer.drain()
-                replies = await _aread_replies(conn, len(commands), None if blocking else self.spin)
-            except _CONNECTION_ERRORS as exc:
-                await conn.disconnect(nowait=True)
-                await self._drop_idle(shard)
-                if reused and attempt == 0:
-                    continue
-                raise self._connection_error(shard, exc) from None
-            except BaseException:  # cancelled mid-command: the connection's state is unknown
-                await conn.disconnect(nowait=True)
-                raise
-            self.idle[shard].append(conn)
-            return replies
-        raise AssertionError("unreachable")
-
-    async def _shard_calls(self, shard: int, calls: Sequence[Call]) -> list[Any]:
-        results = await self._round_trip(shard, [call.command for call in calls])
-        resend = self._scripts_to_resend(calls, results)
-        if resend:
-            again = await self._round_trip(shard, [calls[i].with_source() for i in resend])
-            for i, result in zip(resend, again):
-                results[i] = result
-        return [_reply(result) for result in results]
-
-    async def _calls(self, calls: Sequence[Call]) -> list[Any]:
-        shard = calls[0].shard
-        if all(call.shard == shard for call in calls):  # the common case: one round trip, replies in order
-            return await self._shard_calls(shard, calls)
-        by_shard = _by_shard(calls)
-        shard_replies = await asyncio.gather(
-            *(self._shard_calls(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items())
-        )
-        replies: list[Any] = [None] * len(calls)
-        for indexes, results in zip(by_shard.values(), shard_replies):
-            for index, result in zip(indexes, results):
-                replies[index] = result
-        return replies
-
-    async def _blocking_pop(self, request: BlockingPop) -> tuple[int, bytes, bytes] | None:
-        if len(request.plan) == 1:
-            shard, keys = request.plan[0]
-            (reply,) = await self._round_trip(shard, [_blpop(keys, request.timeout)], blocking=True)
-            return _popped(shard, _reply(reply))
-        taken: list[tuple[int, Any, int]] = []
-        failures: list[Exception] = []
-        try:
-            for shard, keys in request.plan:
-                conn = self._acquire(shard)[0]
-                try:
-                    with self.errors(shard):
-                        await conn.send_packed_command(
-                            _pack([("CLIENT", "ID"), _blpop(keys, request.timeout)]), check_health=False
-                        )
-                        taken.append((shard, conn, await conn.read_response()))
-                except BaseException as exc:
-                    await self._fail(shard, conn, exc, failures)
-        except BaseException:
-            # Failed or cancelled while blocking the others: they are mid-BLPOP, unusable.
-            for _, conn, _ in taken:
-                await conn.disconnect(nowait=True)
-            raise
-        reads = [asyncio.ensure_future(conn.read_response()) for _, conn, _ in taken]
-        settled: set[int] = set()
-        try:
-            if reads:
-                await asyncio.wait(reads, timeout=request.timeout + 5, return_when=asyncio.FIRST_COMPLETED)
-            for (shard, _, client_id), read in zip(taken, reads):
-                if not read.done():
-                    try:
-                        await self._round_trip(shard, [("CLIENT", "UNBLOCK", client_id)])
-                    except ChannelLayerConnectionError as exc:
-                        failures.append(exc)
-            replies = []
-            for (shard, conn, _), read in zip(taken, reads):
-                try:
-                    with self.errors(shard):
-                        replies.append(_popped(shard, await read))
-                    self.idle[shard].append(conn)
-                except BaseException as exc:
-                    await self._fail(shard, conn, exc, failures)
-                finally:
-                    settled.add(id(conn))
-        finally:
-            # Cancelled while waiting: the unread connections are in an unknown state.
-            for (_, conn, _), read in zip(taken, reads):
-                if id(conn) not in settled:
-                    read.cancel()
-                    await asyncio.gather(read, return_exceptions=True)
-                    await conn.disconnect(nowait=True)
-        first, extras = _first_of(replies, failures)
-        for shard, key, value in extras:
-            _reply((await self._round_trip(shard, [("LPUSH", key, value)]))[0])
-        return first
-
-    async def _fail(self, shard: int, conn: Any, exc: BaseException, failures: list[Exception]) -> None:
-        await conn.disconnect(nowait=True)
-        await self._drop_idle(shard)
-        if not isinstance(exc, ChannelLayerConnectionError):
-            raise exc
-        failures.append(exc)

@@ -4,7 +4,7 @@ A host is given as a URL (``redis://``, ``rediss://``, ``unix://``), a
 ``(host, port)`` tuple, or a dict of connection keywords (optionally with an
 ``address`` that is one of the first two, as channels_redis accepts).  Each
 becomes a :class:`RedisHost`: neutral connection keywords plus a transport
-kind, from which both a sync (redis-py) and an asyncio pool are built.  No
+kind, from which :mod:`.transport` builds a sync (redis-py) and an asyncio pool.  No
 error message here ever contains a password.
 """
 
@@ -16,12 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-import redis
-import redis.asyncio
-import redis.asyncio.connection
 import redis.connection
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ...exceptions import ConfigError
 
@@ -34,7 +29,7 @@ _SCHEMES = ("redis", "rediss", "unix")
 _SCHEMES_TEXT = "redis://, rediss:// or unix://"
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 # Keywords the layer sets itself; a host may not override them.
-_RESERVED = {"decode_responses", "connection_class", "retry"}
+_RESERVED = {"decode_responses", "connection_class", "parser_class", "retry"}
 
 
 def redact_url(url: str) -> str:
@@ -61,7 +56,11 @@ class RedisHost:
     """One Redis server: transport kind (``tcp``, ``ssl``, ``unix``) and connection keywords."""
 
     kind: str
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        # The keywords may hold a password: shown only where the host is.
+        return f"RedisHost({self.kind!r}, {self.describe()!r})"
 
     def describe(self) -> str:
         """Where this host is, for messages: ``host:port`` or the socket path; never a password."""
@@ -74,37 +73,14 @@ class RedisHost:
         """Values that must never appear in a message (to scrub third-party errors)."""
         return [str(self.kwargs[name]) for name in ("password", "ssl_password") if self.kwargs.get(name)]
 
-    def _pool_kwargs(self, socket_timeout: float) -> dict[str, Any]:
+    def pool_kwargs(self, socket_timeout: float) -> dict[str, Any]:
+        """Connection keywords for a pool of this host (:mod:`.transport` builds the pools)."""
         kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5}
         if self.kind != "unix":
             kwargs["socket_keepalive"] = True
         kwargs.update(self.kwargs)
-        # One retry reconnects a pooled connection that went stale (Redis was
-        # restarted); more would stretch an outage into minutes of silence.
-        kwargs["retry"] = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
         kwargs["decode_responses"] = False
         return kwargs
-
-    def sync_pool(self, socket_timeout: float) -> redis.ConnectionPool:
-        """A redis-py connection pool (thread-safe) for this host."""
-        classes = {
-            "tcp": redis.connection.Connection,
-            "ssl": redis.connection.SSLConnection,
-            "unix": redis.connection.UnixDomainSocketConnection,
-        }
-        return redis.ConnectionPool(connection_class=classes[self.kind], **self._pool_kwargs(socket_timeout))
-
-    def async_pool(self, socket_timeout: float) -> redis.asyncio.ConnectionPool:
-        """A ``redis.asyncio`` connection pool for this host, for one event loop."""
-        module = redis.asyncio.connection
-        classes = {"tcp": module.Connection, "ssl": module.SSLConnection, "unix": module.UnixDomainSocketConnection}
-        # No per-command socket timeout on the loop: redis.asyncio would wrap
-        # every read and write in a timer task, costing more than the round
-        # trip.  Callers bound waits themselves (the interface's --http-timeout).
-        kwargs = self._pool_kwargs(socket_timeout)
-        kwargs["socket_timeout"] = None
-        kwargs["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
-        return redis.asyncio.ConnectionPool(connection_class=classes[self.kind], **kwargs)
 
 
 def parse_hosts(hosts: Any) -> list[RedisHost]:
@@ -187,14 +163,15 @@ def _checked(host: RedisHost, where: str) -> RedisHost:
         if host.kind != "ssl":
             raise ValueError(f"{where}: ssl_cert_reqs only applies to rediss:// hosts")
         reqs = kwargs["ssl_cert_reqs"]
-        if reqs is None or (isinstance(reqs, str) and reqs.lower() == "none"):
-            reqs = ssl.CERT_NONE
-        elif isinstance(reqs, str):
-            if reqs.lower() not in _CERT_REQS:
-                raise ValueError(f"{where}: ssl_cert_reqs must be none, optional or required; got {reqs!r}")
-            reqs = _CERT_REQS[reqs.lower()]
-        kwargs["ssl_cert_reqs"] = reqs
-        if reqs == ssl.CERT_NONE:
+        if reqs is None:
+            reqs = "none"
+        elif isinstance(reqs, ssl.VerifyMode) or reqs in _CERT_REQS.values():
+            reqs = {value: name for name, value in _CERT_REQS.items()}[reqs]
+        elif not isinstance(reqs, str) or reqs.lower() not in _CERT_REQS:
+            raise ValueError(f"{where}: ssl_cert_reqs must be none, optional or required; got {reqs!r}")
+        # As a name: redis-py 5.0's asyncio connections take no ssl.VerifyMode.
+        kwargs["ssl_cert_reqs"] = reqs = reqs.lower()
+        if reqs == "none":
             # Python refuses CERT_NONE while hostname checking is on.
             kwargs["ssl_check_hostname"] = False
     return RedisHost(host.kind, kwargs)

@@ -1,26 +1,12 @@
-"""Redis channel layer: cross-process, sharded over several Redis servers.
+"""The Redis channel layer's public API: :class:`RedisChannelLayer`, sync and ``a``-prefixed async.
 
-What split mode runs on.  Placement follows the Channels 1.x sharding rules:
-
-* a ``!`` channel lives on the shard chosen by hashing its part up to and
-  including ``!`` (one process's inbox is one list on one shard), a ``?``
-  channel on the shard of its full name (so body chunks stay in order), and a
-  group on the shard of its name;
-* a normal channel is spread over every shard: sends rotate over the shards,
-  each shard holds a share of the channel's capacity, and a receive waits on
-  all shards at once (one ``BLPOP`` per shard, no polling).
-
-Every send is one round trip: a pipeline that stores, counts and (for
-``!``/``?`` names) sets expiry; ``RPUSH`` answers the new length, and a send
-that went over capacity takes its message back with a script in a second
-round trip.  A group send stores ONE message per member inbox naming its
-local targets (one script per shard); the inbox's reader hands it to each of
-them.  Statistics, groups and worker heartbeats live in Redis so any process
-can read them.
-
-Operations are written once, as generators of Redis requests
-(``_op_*``); :mod:`._redis_io` runs them on redis-py (sync: workers, threads,
-gevent) or ``redis.asyncio`` (one client per event loop: the interface).
+What split mode runs on: cross-process, sharded over one or more Redis
+servers.  The class puts together what the other modules of this package do:
+validation and settings here, placement and operations (:mod:`.ops`), the
+hand-out of group messages (:mod:`.fanout`), and running an operation on
+threads (:class:`~.drivers.SyncIO`, shared by every thread) or on an event
+loop (:class:`~.drivers.AsyncIO`, one per loop: :mod:`.aio`).  Statistics,
+groups and worker heartbeats live in Redis so any process can read them.
 """
 
 from __future__ import annotations
@@ -30,29 +16,23 @@ import itertools
 import logging
 import os
 import re
-import time
-import zlib
-from collections import deque
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping
 
-import msgpack
 import redis.connection
 
-from . import scripts as scripts
-from .hosts import RedisHost, hosts_from_env, parse_hosts, redact_url
+from . import scripts
 from .aio import AsyncLayerAPI
-from .drivers import BlockingPop, Call, ChannelLayerConnectionError, Op, SyncIO, packed, script_call
-from ..base import BaseChannelLayer, ChannelFull, _positive_number
+from .drivers import ChannelLayerConnectionError, SyncIO
+from .fanout import LocalFanout
+from .hosts import RedisHost, hosts_from_env, parse_hosts, redact_url
+from .ops import RedisOperations, _Route
+from ..base import BaseChannelLayer, _positive_number
 
 __all__ = ["ChannelLayerConnectionError", "RedisChannelLayer", "config_from_env", "redact_url"]
 
 logger = logging.getLogger(__name__)
 
 _PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
-# Message values for which a shallow copy of the message is a deep one.
-_IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
-# Statistics of a ``!``/``?`` channel are kept this long after its last send.
-_STATS_TTL_MS = 86_400_000
 
 
 def _connection_keywords() -> frozenset[str]:
@@ -64,7 +44,7 @@ def _connection_keywords() -> frozenset[str]:
         redis.connection.UnixDomainSocketConnection,
     ):
         names.update(inspect.signature(cls.__init__).parameters)
-    return frozenset(names - {"self", "args", "kwargs", "retry", "decode_responses"})
+    return frozenset(names - {"self", "args", "kwargs", "retry", "decode_responses", "parser_class"})
 
 
 def config_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
@@ -78,28 +58,7 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any] 
     return hosts_from_env(os.environ if environ is None else environ)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class _Route(NamedTuple):
-    """Where sends to one stored name go; worked out once per name (sends repeat names)."""
-
-    name: str
-    keys: tuple[str, str]  # list, list statistics
-    home: int | None  # the shard of a ``!``/``?`` name; None: spread over all
-    shares: tuple[tuple[int, int], ...]  # (shard, capacity there), by shard
-    target: bytes | None  # the envelope target for sends to ``name`` itself (not for ``!``)
-    after_push: tuple[bytes, ...]  # the constant commands following a send's RPUSH, packed
-
-
-def _members_by_stored_name(packed_flat: bytes) -> list[tuple[str, str]]:
-    """``(stored name, its member channels joined by newlines)`` from GROUP_MEMBERS."""
-    flat = msgpack.unpackb(packed_flat, raw=False)
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-
-
-class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
+class RedisChannelLayer(AsyncLayerAPI, RedisOperations, LocalFanout, BaseChannelLayer):
     """ASGI 1.0 channel layer on one or more Redis servers (shards).
 
     ``hosts``: list of ``redis://``/``rediss://``/``unix://`` URLs, ``(host, port)``
@@ -107,9 +66,11 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
     ``None`` means ``redis://127.0.0.1:6379/0``.  ``prefix`` starts every key, so
     several layers can share a Redis.  ``blocking_timeout``: seconds a blocking
     receive waits.  ``reply_spin_us``: microseconds to poll for a reply before
-    sleeping until it comes (``0``: off; see :mod:`._redis_spin`).  Other
-    keywords are connection keywords for every host (e.g.
-    ``socket_connect_timeout=2``).
+    sleeping until it comes (``0``: off; see :mod:`.spin`).
+    ``command_timeout``: seconds a call may wait for Redis before the shard
+    counts as unreachable (:class:`ChannelLayerConnectionError`); a blocking
+    receive waits ``blocking_timeout`` longer.  Other keywords are connection
+    keywords for every host (e.g. ``socket_connect_timeout=2``).
     """
 
     def __init__(
@@ -122,6 +83,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         channel_capacity: dict[str, int] | None = None,
         blocking_timeout: float = 1,
         reply_spin_us: float = 100,
+        command_timeout: float = 5,
         **kwargs: Any,
     ) -> None:
         super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
@@ -130,6 +92,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
                 f"prefix must be 1-40 ASCII letters, digits, '_', '.' or '-'; got {prefix!r:.60}"
             )
         _positive_number("blocking_timeout", blocking_timeout)
+        _positive_number("command_timeout", command_timeout)
         if isinstance(reply_spin_us, bool) or not isinstance(reply_spin_us, (int, float)) or not 0 <= reply_spin_us <= 10_000:
             raise ValueError(
                 f"reply_spin_us must be a number of microseconds from 0 (off) to 10000; got {reply_spin_us!r}"
@@ -139,7 +102,7 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
             raise TypeError(
                 f"RedisChannelLayer got unexpected keyword(s) {', '.join(sorted(unknown))}; "
                 "it takes hosts, prefix, expiry, group_expiry, capacity, channel_capacity, "
-                "blocking_timeout, reply_spin_us and redis-py connection keywords"
+                "blocking_timeout, reply_spin_us, command_timeout and redis-py connection keywords"
             )
         self.hosts: list[RedisHost] = [
             RedisHost(host.kind, {**kwargs, **host.kwargs}) if kwargs else host for host in parse_hosts(hosts)
@@ -147,20 +110,17 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
         self.prefix = prefix
         self.blocking_timeout = blocking_timeout
         self.reply_spin_us = reply_spin_us
+        self.command_timeout = command_timeout
         self.keys = scripts.Keys(prefix)
         self._shard_count = len(self.hosts)
-        self._socket_timeout = blocking_timeout + 10
         self._expiry_ms = int(self.expiry * 1000)
         # A list outlives its newest message by one expiry, so that an
         # expired, unread message can still be seen (and its members dropped).
         self._list_ttl_ms = 2 * self._expiry_ms + 1000
-        self._sync = SyncIO(self.hosts, self._socket_timeout, reply_spin_us)
+        self._sync = SyncIO(self.hosts, reply_spin_us, command_timeout, blocking_timeout)
         self._init_async()
+        self._init_fanout()
         self._rotation = itertools.count()
-        # Inbox prefix -> (expires ms, channel, encoded message, or the decoded
-        # one when copying it is enough) this process took from a group
-        # envelope and has not handed out yet.
-        self._local: dict[str, deque[tuple[int, str, bytes | dict]]] = {}
         self._names_cache: dict[tuple, list[str]] = {}
         self._routes: dict[str, _Route] = {}
 
@@ -246,325 +206,3 @@ class RedisChannelLayer(AsyncLayerAPI, BaseChannelLayer):
     def close(self) -> None:
         """Close the sync connection pools (they reopen if the layer is used again)."""
         self._sync.close()
-
-    ### Placement ###
-
-    def _home_shard(self, name: str) -> int | None:
-        """Shard of a ``!``/``?`` channel (by its stored name); None for a normal channel."""
-        if self._shard_count == 1:
-            return 0
-        if "!" in name or "?" in name:
-            return zlib.crc32(self.non_local_name(name).encode()) % self._shard_count
-        return None
-
-    def _group_shard(self, group: str) -> int:
-        return zlib.crc32(group.encode()) % self._shard_count
-
-    def _route(self, channel: str) -> _Route:
-        """Validate ``channel`` and say where its sends go, remembered per stored name.
-
-        A normal channel's capacity is divided over the shards: shard ``i`` holds
-        ``capacity // n``, plus one for the first ``capacity % n`` shards, so the
-        shares add up to exactly ``capacity``.
-        """
-        route = self._routes.get(channel)
-        if route is not None:
-            return route
-        self.valid_channel_name(channel)
-        name = self.non_local_name(channel)
-        route = self._routes.get(name)
-        if route is not None:  # another channel of a known ``!`` inbox
-            return route
-        capacity = self.get_capacity(channel)
-        home = self._home_shard(channel)
-        if home is not None:
-            shares: tuple[tuple[int, int], ...] = ((home, capacity),)
-        else:
-            count = self._shard_count
-            shares = tuple((shard, capacity // count + (1 if shard < capacity % count else 0)) for shard in range(count))
-        target = None if "!" in name else scripts.pack_target(name)
-        list_key, stats_key = self.keys.channel(name), self.keys.channel_stats(name)
-        counters = (packed(("HINCRBY", stats_key, "count", 1)), packed(("HINCRBY", self.keys.stats, "count", 1)))
-        if "!" in name or "?" in name:  # names made per process or request: their keys expire
-            expiry = (packed(("PEXPIRE", list_key, self._list_ttl_ms)), packed(("PEXPIRE", stats_key, _STATS_TTL_MS)))
-            after_push = (expiry[0], counters[0], expiry[1], counters[1])
-        else:
-            after_push = counters
-        route = _Route(name, (list_key, stats_key), home, shares, target, after_push)
-        # ``?`` names are single-use: remembering them would only evict useful ones.
-        if "?" not in name and len(self._routes) < 10_000:
-            self._routes[name] = route
-        return route
-
-    def _send_targets(self, route: _Route) -> tuple[tuple[int, int], ...]:
-        """``(shard, capacity there)`` to try in order: a normal channel starts on
-        the next shard in rotation and falls back to the others when that one is full."""
-        if route.home is not None or self._shard_count == 1:
-            return route.shares
-        start = next(self._rotation) % self._shard_count
-        return tuple(share for share in route.shares[start:] + route.shares[:start] if share[1] > 0)
-
-    def _receive_plan(self, names: list[str]) -> list[tuple[int, list[str]]]:
-        """``(shard, list keys in priority order)`` for a receive on ``names``."""
-        count = self._shard_count
-        start = next(self._rotation) % count
-        plan = []
-        for shard in ((start + step) % count for step in range(count)):
-            keys = [self.keys.channel(name) for name in names if self._home_shard(name) in (None, shard)]
-            if keys:
-                plan.append((shard, keys))
-        return plan
-
-    def _push(self, shard: int, now: int, items: list[tuple[tuple[str, str], bytes, int, bool, bool]]) -> Call:
-        """The PUSH script for ``(route keys, envelope, capacity, count_full, check_dead)`` items."""
-        keys: list[str] = [self.keys.stats]
-        args: list[Any] = [now, self._list_ttl_ms, _STATS_TTL_MS]
-        for route_keys, envelope, capacity, count_full, check_dead in items:
-            keys += route_keys
-            args += [envelope, capacity, 1 if count_full else 0, 1 if check_dead else 0]
-        return script_call(shard, scripts.PUSH, keys, args)
-
-    ### Operations (generators of Redis requests; see _redis_io) ###
-
-    def _op_send(self, channel: str, message: dict) -> Op:
-        route = self._route(channel)
-        now = _now_ms()
-        target = route.target if channel == route.name and route.target is not None else scripts.pack_target(channel)
-        envelope = scripts.pack_packed(now + self._expiry_ms, target, self.serialize(message))
-        targets = self._send_targets(route)
-        error = None
-        last = len(targets) - 1
-        for index, (shard, capacity) in enumerate(targets):
-            try:
-                replies = yield [Call(shard, ("RPUSH", route.keys[0], envelope))] + [
-                    Call(shard, command) for command in route.after_push
-                ]
-                if replies[0] <= capacity:
-                    return None
-                keys = (*route.keys, self.keys.stats)
-                (status,) = yield [script_call(shard, scripts.TAKE_BACK, keys, (envelope, capacity, now, int(index == last)))]
-            except ChannelLayerConnectionError as exc:  # a normal channel has other shards
-                error = exc
-                continue
-            if status == 0:
-                return None
-        if error is not None:
-            raise error
-        raise ChannelFull(channel)
-
-    def _valid_receive_names(self, channels: Iterable[str]) -> list[str]:
-        """``valid_receive_channels``, remembered: a receive loop asks for the same list each time."""
-        key = tuple(channels) if isinstance(channels, (list, tuple)) else None
-        names = self._names_cache.get(key) if key is not None else None
-        if names is None:
-            names = self.valid_receive_channels(channels)
-            if key is not None and len(self._names_cache) < 1000:
-                self._names_cache[key] = names
-        return names
-
-    def _op_receive(self, channels: Iterable[str], block: bool) -> Op:
-        names = self._valid_receive_names(channels)
-        local = self._take_local(names)
-        if local is not None:
-            return local
-        plan = self._receive_plan(names)
-        deadline = time.monotonic() + self.blocking_timeout
-        while True:
-            got = None
-            if block:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None, None
-                got = yield BlockingPop(plan, remaining)
-            else:
-                now = _now_ms()
-                error = None
-                for shard, keys in plan:
-                    try:
-                        if len(keys) == 1:  # a plain LPOP costs less than a script
-                            (reply,) = yield [Call(shard, ("LPOP", keys[0]))]
-                            if reply:
-                                got = (shard, keys[0], reply)
-                                break
-                            continue
-                        (reply,) = yield [script_call(shard, scripts.POP, keys, (now,))]
-                    except ChannelLayerConnectionError as exc:  # the other shards may have one
-                        error = exc
-                        continue
-                    if reply:
-                        got = (shard, keys[int(reply[0]) - 1], reply[1])
-                        break
-                if got is None:
-                    if error is not None:
-                        raise error
-                    return None, None
-            if got is not None:
-                result = self._open_envelope(got[1], got[2])
-                if result is not None:
-                    return result
-
-    def _op_group_add(self, group: str, channel: str) -> Op:
-        self.valid_group_name(group)
-        self.valid_channel_name(channel)
-        group_ms = int(self.group_expiry * 1000)
-        args = (channel, _now_ms() + group_ms, group_ms)
-        keys = (self.keys.group(group), self.keys.group_members(group))
-        yield [script_call(self._group_shard(group), scripts.GROUP_ADD, keys, args)]
-
-    def _op_group_discard(self, group: str, channel: str) -> Op:
-        self.valid_group_name(group)
-        self.valid_channel_name(channel)
-        yield self._group_remove(group, [channel])
-
-    def _op_group_channels(self, group: str) -> Op:
-        self.valid_group_name(group)
-        (packed_flat,) = yield [self._members_call(group)]
-        return [member for _, joined in _members_by_stored_name(packed_flat) for member in joined.split("\n")]
-
-    def _members_call(self, group: str) -> Call:
-        keys = (self.keys.group(group), self.keys.group_members(group))
-        return script_call(self._group_shard(group), scripts.GROUP_MEMBERS, keys, (_now_ms(), int(self.group_expiry * 1000)))
-
-    def _group_remove(self, group: str, channels: list[str]) -> list[Call]:
-        """ZREM ``channels`` and drop the group's members cache, in one round trip."""
-        shard = self._group_shard(group)
-        return [Call(shard, ("ZREM", self.keys.group(group), *channels)), Call(shard, ("DEL", self.keys.group_members(group)))]
-
-    def _op_send_group(self, group: str, message: dict) -> Op:
-        self.valid_group_name(group)
-        data = self.serialize(message)
-        (packed_flat,) = yield [self._members_call(group)]
-        by_name = dict(_members_by_stored_name(packed_flat))
-        if not by_name:
-            return None
-        now = _now_ms()
-        expires = now + self._expiry_ms
-        # Each pending item: stored name, its route, envelope, remaining (shard, capacity) tries.
-        pending = []
-        for name, joined in by_name.items():
-            route = self._route(name)
-            pending.append((name, route, scripts.pack(expires, joined, data), self._send_targets(route)))
-        dead: list[str] = []
-        while pending:
-            by_shard: dict[int, list[tuple[str, _Route, bytes, tuple[tuple[int, int], ...]]]] = {}
-            for item in pending:
-                if item[3]:
-                    by_shard.setdefault(item[3][0][0], []).append(item)
-            if not by_shard:
-                break
-            shards = list(by_shard)
-            calls = [
-                self._push(shard, now, [(route.keys, env, tries[0][1], len(tries) == 1, True) for _, route, env, tries in by_shard[shard]])
-                for shard in shards
-            ]
-            replies = yield calls
-            pending = []
-            for shard, statuses in zip(shards, replies):
-                for (name, route, envelope, tries), status in zip(by_shard[shard], statuses):
-                    if status == 2:
-                        dead.append(name)
-                    elif status == 1 and len(tries) > 1:
-                        pending.append((name, route, envelope, tries[1:]))
-        if dead:
-            # Their oldest message expired unread: nobody reads them any more.
-            gone = [member for name in dead for member in by_name[name].split("\n")]
-            yield self._group_remove(group, gone)
-        return None
-
-    def _op_flush(self) -> Op:
-        self._local.clear()
-        yield [script_call(shard, scripts.FLUSH, (), (self.keys.pattern,)) for shard in range(self._shard_count)]
-
-    def _op_global_statistics(self) -> Op:
-        replies = yield [Call(shard, ("HMGET", self.keys.stats, "count", "full")) for shard in range(self._shard_count)]
-        return {
-            "messages_count": sum(int(reply[0] or 0) for reply in replies),
-            "channel_full_count": sum(int(reply[1] or 0) for reply in replies),
-        }
-
-    def _op_channel_statistics(self, channel: str) -> Op:
-        route = self._route(channel)
-        shards = range(self._shard_count) if route.home is None else [route.home]
-        now = _now_ms()
-        replies = yield [script_call(shard, scripts.STATS, route.keys, (now,)) for shard in shards]
-        oldest = [reply[3] for reply in replies if reply[3] >= 0]
-        max_age = 0.0
-        if oldest:
-            max_age = max(0.0, (now - (min(oldest) - self.expiry * 1000)) / 1000)
-        return {
-            "messages_count": sum(reply[0] for reply in replies),
-            "messages_pending": sum(reply[2] for reply in replies),
-            "messages_max_age": max_age,
-            "channel_full_count": sum(reply[1] for reply in replies),
-        }
-
-    def _op_heartbeat(self, worker_id: str, info: dict, ttl: float) -> Op:
-        if not isinstance(worker_id, str) or not worker_id:
-            raise TypeError(f"worker_id must be a non-empty str; got {worker_id!r:.60}")
-        envelope = scripts.pack(_now_ms() + int(ttl * 1000), worker_id, self.serialize(info))
-        yield [Call(0, ("HSET", self.keys.heartbeats, worker_id, envelope))]
-
-    def _op_heartbeats(self) -> Op:
-        (stored,) = yield [Call(0, ("HGETALL", self.keys.heartbeats))]
-        now = _now_ms()
-        beats, stale = {}, []
-        for worker_id, envelope in (stored or {}).items():
-            expires, _, data = scripts.unpack(envelope)
-            if expires <= now:
-                stale.append(worker_id)
-            else:
-                beats[worker_id.decode()] = self.deserialize(data)
-        if stale:
-            yield [Call(0, ("HDEL", self.keys.heartbeats, *stale))]
-        return beats
-
-    ### Local hand-out of group envelopes ###
-
-    def _open_envelope(self, key: bytes, envelope: bytes) -> tuple[str, dict] | None:
-        """``(channel, message)`` from a popped envelope; ``None`` if it expired.
-
-        A group envelope for an inbox names several channels: the first gets
-        the message now, the others are kept for this process's next receives.
-        """
-        expires, target, data = scripts.unpack(envelope)
-        if expires <= _now_ms():
-            return None
-        if "\n" in target:
-            first, rest = target.split("\n", 1)
-            # Every member gets its own message.  When all its values are
-            # immutable, a dict copy is one: much cheaper than decoding again.
-            message = self.deserialize(data)
-            if all(type(value) in _IMMUTABLE for value in message.values()):
-                data = message  # kept unread, as the pattern for copies
-                message = message.copy()
-            queue = self._local.setdefault(self.non_local_name(first), deque())
-            queue.extend((expires, channel, data) for channel in rest.split("\n"))
-            return first, message
-        return target, self.deserialize(data)
-
-    def _from_local(self, channels: Iterable[str]) -> tuple[Iterable[str], tuple[str, dict] | None]:
-        """A message this process already holds for ``channels`` (the receive fast path).
-
-        Returns ``channels`` too, as a list when it was an iterator: the
-        receive reads it again when nothing is held.
-        """
-        if type(channels) is not list and type(channels) is not tuple and not isinstance(channels, str):
-            channels = list(channels)
-        return channels, self._take_local(self._names_cache.get(tuple(channels)) or self._valid_receive_names(channels))
-
-    def _take_local(self, names: list[str]) -> tuple[str, dict] | None:
-        # deque.popleft and dict.get are atomic: no lock on this hot path.
-        # An emptied queue stays (one per inbox this process reads).
-        local = self._local
-        for name in names:
-            queue = local.get(name)
-            if queue:
-                now = time.time() * 1000
-                while queue:
-                    try:
-                        expires, channel, data = queue.popleft()
-                    except IndexError:  # another thread took the last one
-                        break
-                    if expires > now:
-                        return channel, data.copy() if type(data) is dict else self.deserialize(data)
-        return None

@@ -37,14 +37,11 @@ import asyncio
 import os
 import ssl
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
-try:
-    from redis._parsers.hiredis import NOT_ENOUGH_DATA
-except ImportError:  # another redis-py layout: the I/O then never asks to spin
-    NOT_ENOUGH_DATA = object()
+from .transport import NOT_ENOUGH_DATA
 
-__all__ = ["ReplySpin", "NOT_ENOUGH_DATA"]
+__all__ = ["ReplySpin"]
 
 # Replies in a row that missed the window before spinning pauses, and for how long.
 _MISSES_TO_PAUSE = 16
@@ -157,10 +154,10 @@ class ReplySpin:
         finally:
             self.busy = False
 
-    async def aread(self, parser: Any) -> None:
-        """``await parser.read_from_socket()``, the loop polling rather than sleeping for at most the budget."""
+    async def aread(self, read: Callable[[], Awaitable[Any]]) -> None:
+        """``await read()`` (the transport's read of more bytes), the loop polling rather than sleeping for at most the budget."""
         if not self._may_spin():
-            await parser.read_from_socket()
+            await read()
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.budget
@@ -174,7 +171,7 @@ class ReplySpin:
         self.busy = True
         handle = loop.call_soon(poll)
         try:
-            await parser.read_from_socket()
+            await read()
         finally:
             self.busy = False
             hit = handle is not None

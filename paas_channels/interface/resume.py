@@ -1,0 +1,108 @@
+"""The resume protocol between the browser client (``client.js``) and the interface (sans-IO).
+
+A client opts in with ``paas_channels=1`` in the WebSocket URL's query
+string, and tells where it stopped with ``paas_resume=group:epoch:offset,...``
+(the last history position it saw per group).  The interface passes the
+positions on in ``websocket.connect`` as ``"resume": {group: [epoch, offset]}``
+(present, maybe empty, only for a client that opted in), and a connect
+consumer's ``Group(name).add(message.reply_channel)`` joins with them
+(``layer.group_join``).
+
+What the opted-in client receives (a plain client sees exactly what it did
+before: the frames as sent, no notices):
+
+* a message to a history group: one text frame ``"\\x1e" + JSON position +
+  "\\n" + text``; for bytes, the frame ``"\\x1e" + JSON position`` (with
+  ``"binary": true``) and then the binary frame;
+* a join's notice: ``"\\x1e" + JSON {group, epoch, offset, recovered}``;
+* any other text frame as sent, unless it starts with ``"\\x1e"``: then it is
+  prefixed with ``"\\x1e{}\\n"`` so the client never mistakes it for a position.
+
+JSON never contains a raw newline, so the first ``"\\n"`` ends the header.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+__all__ = ["MARK", "frames", "opted_in", "resume_positions"]
+
+#: First character of every frame the protocol adds (ASCII record separator).
+MARK = "\x1e"
+_ESCAPE = MARK + "{}\n"
+_OPT_IN = "paas_channels"
+_RESUME = "paas_resume"
+_GROUP = re.compile(r"^[a-zA-Z\d\-_.]{1,99}$")
+_EPOCH = re.compile(r"^[a-zA-Z\d]{1,40}$")
+_MAX_POSITIONS = 100
+_META_KEYS = ("group", "epoch", "offset", "replayed", "recovered")
+
+
+def _query(scope: dict) -> list[tuple[str, str]]:
+    raw = scope.get("query_string") or b""
+    try:
+        return parse_qsl(raw.decode("latin1"), keep_blank_values=True)
+    except ValueError:
+        return []
+
+
+def opted_in(scope: dict) -> bool:
+    """Whether the client speaks the resume protocol (``paas_channels=1`` in the query string)."""
+    return any(name == _OPT_IN and value == "1" for name, value in _query(scope))
+
+
+def resume_positions(scope: dict) -> dict[str, list[Any]]:
+    """``{group: [epoch, offset]}`` from ``paas_resume``; malformed entries are left out.
+
+    What a client sends is not trusted: names and epochs must look like the
+    layer's, offsets are whole numbers, and at most 100 groups are read.
+    """
+    positions: dict[str, list[Any]] = {}
+    for name, value in _query(scope):
+        if name != _RESUME:
+            continue
+        for item in value.split(","):
+            parts = item.split(":")
+            if len(parts) != 3 or len(positions) >= _MAX_POSITIONS:
+                continue
+            group, epoch, offset = parts
+            if _GROUP.match(group) and _EPOCH.match(epoch) and offset.isdigit() and len(offset) < 16:
+                positions[group] = [epoch, int(offset)]
+    return positions
+
+
+def frames(reply: dict, opted: bool) -> list[dict]:
+    """The ``websocket.send`` events for the data of one reply (text/bytes and ``history``).
+
+    For a client that did not opt in the position is dropped and a notice
+    sends nothing.
+    """
+    meta = reply.get("history")
+    text = reply.get("text")
+    data = reply.get("bytes")
+    if not opted:
+        if text is not None:
+            return [{"type": "websocket.send", "text": text}]
+        if data is not None:
+            return [{"type": "websocket.send", "bytes": data}]
+        return []
+    if not isinstance(meta, dict):
+        if text is not None:
+            return [{"type": "websocket.send", "text": _ESCAPE + text if text.startswith(MARK) else text}]
+        if data is not None:
+            return [{"type": "websocket.send", "bytes": data}]
+        return []
+    header = {key: meta[key] for key in _META_KEYS if key in meta}
+    if text is not None:
+        return [{"type": "websocket.send", "text": MARK + _json(header) + "\n" + text}]
+    if data is not None:
+        return [{"type": "websocket.send", "text": MARK + _json({**header, "binary": True})},
+                {"type": "websocket.send", "bytes": data}]
+    return [{"type": "websocket.send", "text": MARK + _json(header)}]
+
+
+def _json(value: dict) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,145 @@
+"""Resume through the interface: real ``run web`` and ``run worker`` on a private Redis.
+
+A client speaking the resume protocol (``?paas_channels=1``, as ``client.js``
+does) gets a join notice, each history message with its position, and on a
+reconnect with ``paas_resume`` what it missed, replayed before the live ones;
+a plain WebSocket client on the same group sees exactly the frames sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import pytest
+from websockets.sync.client import connect
+
+from paas_channels.layers import RedisChannelLayer
+from paas_channels.testing import free_port, wait_for_port
+
+from .support import ROOT, RedisServer, ServerProcess, write_project
+
+pytestmark = pytest.mark.redis
+
+HISTORY = {"room-*": {"size": 50, "ttl": 300}}
+
+SETTINGS = f'''
+from pathlib import Path
+from paas_channels.conf import configure
+BASE_DIR = Path(__file__).resolve().parent.parent
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "paas_channels"]
+ROOT_URLCONF = "resumeproj.urls"
+configure(globals(), routing="resumeproj.routing.channel_routing")
+CHANNEL_LAYERS["default"]["CONFIG"]["history"] = {HISTORY!r}
+'''
+
+ROUTING = '''
+from paas_channels import Group
+from paas_channels.consumers import WebsocketConsumer
+from paas_channels.routing import route_class
+
+
+class Room(WebsocketConsumer):
+    groups = ["room-1"]
+
+    def connect(self, message, **kwargs):
+        message.reply_channel.send({"accept": True})
+        if self.recovered.get("room-1") is False:
+            self.send(text="consumer: not recovered")
+
+    def receive(self, text=None, bytes=None, **kwargs):
+        Group("room-1").send({"text": text})
+
+
+channel_routing = [route_class(Room, path=r"^/room/$")]
+'''
+
+MARK = "\x1e"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    project = write_project(tmp_path_factory.mktemp("resume"), "resumeproj", SETTINGS, ROUTING)
+    with contextlib.ExitStack() as cleanup:
+        redis = RedisServer().start()
+        cleanup.callback(redis.close)
+        env = {"DJANGO_SETTINGS_MODULE": "resumeproj.settings", "REDIS_URL": redis.url, "SECRET_KEY": "s" * 60,
+               "PYTHONPATH": f"{project}{os.pathsep}{ROOT}"}
+        port = free_port()
+        web = ServerProcess(["run", "web", "--bind", "127.0.0.1", "--port", str(port)], env=env, cwd=project)
+        cleanup.callback(web.close)
+        worker = ServerProcess(["run", "worker", "--threads", "2"], env=env, cwd=project)
+        cleanup.callback(worker.close)
+        web.start()
+        worker.start()
+        wait_for_port(port, timeout=30, process=web.process)
+        worker.wait_for_output("consuming", timeout=30)
+        layer = RedisChannelLayer(hosts=[redis.url], history=HISTORY)  # senders share the history settings
+        cleanup.callback(layer.close)
+        yield {"ws": f"ws://127.0.0.1:{port}", "layer": layer}
+
+
+def parse(frame):
+    """``(position or None, data)`` of a frame of the resume protocol."""
+    if isinstance(frame, str) and frame.startswith(MARK):
+        header, _, data = frame[1:].partition("\n")
+        return json.loads(header), (data if _ else None)
+    return None, frame
+
+
+def test_plain_client_sees_the_frames_as_sent(stack):
+    layer = stack["layer"]
+    with connect(f"{stack['ws']}/room/", open_timeout=20) as ws:
+        ws.send("hello from plain")  # the consumer joined: this comes back through the group
+        assert ws.recv(timeout=20) == "hello from plain"
+        layer.send_group("room-1", {"text": MARK + "looks like a position"})
+        layer.send_group("room-1", {"bytes": b"\x00\x01"})
+        layer.send_group("room-1", {"text": "after"})
+        assert ws.recv(timeout=20) == MARK + "looks like a position"
+        assert ws.recv(timeout=20) == b"\x00\x01"
+        assert ws.recv(timeout=20) == "after"
+
+
+def test_resume_replays_what_was_missed_then_live(stack):
+    layer = stack["layer"]
+    with connect(f"{stack['ws']}/room/?paas_channels=1", open_timeout=20) as ws:
+        notice, data = parse(ws.recv(timeout=20))
+        assert data is None and notice["group"] == "room-1" and notice["recovered"] is None
+        epoch, joined_at = notice["epoch"], notice["offset"]
+        ws.send("one")
+        meta, data = parse(ws.recv(timeout=20))
+        assert data == "one" and meta == {"group": "room-1", "epoch": epoch, "offset": joined_at + 1}
+        layer.send_group("room-1", {"text": MARK + "app text"})
+        meta, data = parse(ws.recv(timeout=20))
+        assert data == MARK + "app text" and meta["offset"] == joined_at + 2
+        layer.send_group("room-1", {"bytes": b"\x02"})
+        meta, data = parse(ws.recv(timeout=20))
+        assert meta["binary"] is True and meta["offset"] == joined_at + 3 and data is None
+        assert ws.recv(timeout=20) == b"\x02"
+    seen = joined_at + 3
+    for n in range(3):  # while the client is away
+        layer.send_group("room-1", {"text": f"missed {n}"})
+    with connect(f"{stack['ws']}/room/?paas_channels=1&paas_resume=room-1:{epoch}:{seen}", open_timeout=20) as ws:
+        notice, _ = parse(ws.recv(timeout=20))
+        assert notice == {"group": "room-1", "epoch": epoch, "offset": seen + 3, "recovered": True}
+        replayed = [parse(ws.recv(timeout=20)) for _ in range(3)]
+        assert [(meta["offset"], meta.get("replayed"), data) for meta, data in replayed] == [
+            (seen + 1, True, "missed 0"), (seen + 2, True, "missed 1"), (seen + 3, True, "missed 2")]
+        layer.send_group("room-1", {"text": "live"})
+        meta, data = parse(ws.recv(timeout=20))
+        assert (meta["offset"], "replayed" in meta, data) == (seen + 4, False, "live")
+
+
+def test_a_lost_history_is_told_to_client_and_consumer(stack):
+    with connect(f"{stack['ws']}/room/?paas_channels=1&paas_resume=room-1:gone0epoch:5", open_timeout=20) as ws:
+        notice, _ = parse(ws.recv(timeout=20))
+        assert notice["recovered"] is False and notice["group"] == "room-1"
+        assert ws.recv(timeout=20) == "consumer: not recovered"
+
+
+def test_malformed_resume_positions_are_ignored(stack):
+    query = "paas_channels=1&paas_resume=room-1:bad%20epoch:1,room-1:x:-3,nogroup,%zz"
+    with connect(f"{stack['ws']}/room/?{query}", open_timeout=20) as ws:
+        notice, _ = parse(ws.recv(timeout=20))
+        assert notice["recovered"] is None  # no valid position: a fresh join

@@ -8,11 +8,16 @@ a plain WebSocket client on the same group sees exactly the frames sent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import time
 
+import httpx
 import pytest
+from websockets.asyncio.client import connect as aconnect
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from paas_channels.layers import RedisChannelLayer
@@ -77,7 +82,7 @@ def stack(tmp_path_factory):
         worker.wait_for_output("consuming", timeout=30)
         layer = RedisChannelLayer(hosts=[redis.url], history=HISTORY)  # senders share the history settings
         cleanup.callback(layer.close)
-        yield {"ws": f"ws://127.0.0.1:{port}", "layer": layer}
+        yield {"ws": f"ws://127.0.0.1:{port}", "layer": layer, "env": env, "project": project}
 
 
 def parse(frame):
@@ -143,3 +148,49 @@ def test_malformed_resume_positions_are_ignored(stack):
     with connect(f"{stack['ws']}/room/?{query}", open_timeout=20) as ws:
         notice, _ = parse(ws.recv(timeout=20))
         assert notice["recovered"] is None  # no valid position: a fresh join
+
+
+def test_client_js_is_served_by_the_interface(stack):
+    import paas_channels
+
+    url = stack["ws"].replace("ws://", "http://") + "/.paas-channels/client.js"
+    response = httpx.get(url, timeout=20)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/javascript")
+    assert f'version: "{paas_channels.__version__}"' in response.text and "PaasChannels" in response.text
+    again = httpx.get(url, headers={"if-none-match": response.headers["etag"]}, timeout=20)
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_sigterm_spreads_the_closes_over_the_drain_window(stack):
+    """--ws-drain 2: the 1012 closes of 20 sockets arrive over about 2 s, not in one instant."""
+    port = free_port()
+    web = ServerProcess(["run", "web", "--bind", "127.0.0.1", "--port", str(port), "--ws-drain", "2"],
+                        env=stack["env"], cwd=stack["project"])
+    web.start()
+    try:
+        wait_for_port(port, timeout=30, process=web.process)
+
+        async def main():
+            sockets = [await aconnect(f"ws://127.0.0.1:{port}/room/", open_timeout=20) for _ in range(20)]
+            for ws in sockets:  # every one accepted and in the group
+                await ws.send("ready")
+                await ws.recv()
+            closes = []
+
+            async def wait_close(ws):
+                with contextlib.suppress(ConnectionClosed):
+                    while True:
+                        await ws.recv()
+                closes.append((time.monotonic(), ws.close_code))
+
+            waiting = [asyncio.ensure_future(wait_close(ws)) for ws in sockets]
+            web.signal()
+            await asyncio.wait_for(asyncio.gather(*waiting), 30)
+            return sorted(closes)
+
+        closes = asyncio.run(main())
+        assert [code for _, code in closes] == [1012] * 20
+        assert closes[-1][0] - closes[0][0] >= 1.5  # spread over the window (a busy machine only spreads more)
+        assert web.wait(30) == 0
+    finally:
+        web.close()

@@ -83,6 +83,16 @@ def _positive_float(value: str | float) -> float:
     return number
 
 
+def _non_negative_float(value: str | float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds; got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"expected 0 or a positive number of seconds; got {value!r}")
+    return number
+
+
 def _port(value: str | int) -> int:
     number = _int(value)
     if not 0 <= number <= 65535:
@@ -152,6 +162,10 @@ OPTIONS: tuple[Option, ...] = (
            "with --http direct: a path regex still sent through the layer (repeatable; ROUTING's non-view "
            "http.request routes are added)",
            default=(), env="PAAS_CHANNELS_LONG_POLL_PATHS", repeatable=True, modes=frozenset({"web", "combined"})),
+    Option("ws_drain", ("--ws-drain",),
+           "seconds over which SIGTERM closes the WebSockets (1012), so their reconnects reach the new "
+           "processes spread out, not all at once; at most half of --graceful-timeout; 0: all at once",
+           default=5.0, env="PAAS_CHANNELS_WS_DRAIN", type=_non_negative_float, modes=frozenset({"web", "combined"})),
     Option("graceful_timeout", ("--graceful-timeout",),
            "seconds to finish in-flight work after SIGTERM (under Heroku's 30 s)", default=25.0,
            env="PAAS_CHANNELS_GRACEFUL_TIMEOUT", type=_positive_float),

@@ -23,12 +23,22 @@ JSON never contains a raw newline, so the first ``"\\n"`` ends the header.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-__all__ = ["MARK", "frames", "opted_in", "resume_positions"]
+from .. import __version__
+from .asgi import Scope, Send
+
+__all__ = ["CLIENT_PATH", "MARK", "client_js", "frames", "opted_in", "resume_positions", "serve_client_js"]
+
+#: The browser client, answered by the interface itself (no worker hop), so it
+#: is always the version of the server that speaks to it.
+CLIENT_PATH = "/.paas-channels/client.js"
 
 #: First character of every frame the protocol adds (ASCII record separator).
 MARK = "\x1e"
@@ -106,3 +116,28 @@ def frames(reply: dict, opted: bool) -> list[dict]:
 
 def _json(value: dict) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=1)
+def client_js() -> tuple[bytes, bytes]:
+    """``(the client's source with this version in it, its ETag)``."""
+    source = (Path(__file__).with_name("client.js")).read_text(encoding="utf-8")
+    body = source.replace("__PAAS_CHANNELS_VERSION__", __version__).encode("utf-8")
+    return body, b'"' + hashlib.sha256(body).hexdigest()[:20].encode() + b'"'
+
+
+async def serve_client_js(scope: Scope, send: Send) -> None:
+    """Answer ``GET``/``HEAD`` of :data:`CLIENT_PATH`: revalidated on every load (``no-cache``), 304 when unchanged."""
+    body, etag = client_js()
+    headers = [
+        (b"content-type", b"text/javascript; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"etag", etag),
+    ]
+    if any(name == b"if-none-match" and etag in value for name, value in scope.get("headers", ())):
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})

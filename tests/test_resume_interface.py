@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 
 import httpx
@@ -23,54 +22,23 @@ from websockets.sync.client import connect
 from paas_channels.layers import RedisChannelLayer
 from paas_channels.testing import free_port, wait_for_port
 
-from .support import ROOT, RedisServer, ServerProcess, write_project
+from .resume_support import make_project, project_env
+from .support import RedisServer, ServerProcess
 
 pytestmark = pytest.mark.redis
 
 HISTORY = {"room-*": {"size": 50, "ttl": 300}}
-
-SETTINGS = f'''
-from pathlib import Path
-from paas_channels.conf import configure
-BASE_DIR = Path(__file__).resolve().parent.parent
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "paas_channels"]
-ROOT_URLCONF = "resumeproj.urls"
-configure(globals(), routing="resumeproj.routing.channel_routing")
-CHANNEL_LAYERS["default"]["CONFIG"]["history"] = {HISTORY!r}
-'''
-
-ROUTING = '''
-from paas_channels import Group
-from paas_channels.consumers import WebsocketConsumer
-from paas_channels.routing import route_class
-
-
-class Room(WebsocketConsumer):
-    groups = ["room-1"]
-
-    def connect(self, message, **kwargs):
-        message.reply_channel.send({"accept": True})
-        if self.recovered.get("room-1") is False:
-            self.send(text="consumer: not recovered")
-
-    def receive(self, text=None, bytes=None, **kwargs):
-        Group("room-1").send({"text": text})
-
-
-channel_routing = [route_class(Room, path=r"^/room/$")]
-'''
 
 MARK = "\x1e"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    project = write_project(tmp_path_factory.mktemp("resume"), "resumeproj", SETTINGS, ROUTING)
+    project = make_project(tmp_path_factory.mktemp("resume"))
     with contextlib.ExitStack() as cleanup:
         redis = RedisServer().start()
         cleanup.callback(redis.close)
-        env = {"DJANGO_SETTINGS_MODULE": "resumeproj.settings", "REDIS_URL": redis.url, "SECRET_KEY": "s" * 60,
-               "PYTHONPATH": f"{project}{os.pathsep}{ROOT}"}
+        env = project_env(project, redis.url, ROOM_HISTORY_SIZE="50")
         port = free_port()
         web = ServerProcess(["run", "web", "--bind", "127.0.0.1", "--port", str(port)], env=env, cwd=project)
         cleanup.callback(web.close)

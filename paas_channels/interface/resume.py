@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl
 from .. import __version__
 from .asgi import Scope, Send
 
-__all__ = ["CLIENT_PATH", "MARK", "client_js", "frames", "opted_in", "resume_positions", "serve_client_js"]
+__all__ = ["CLIENT_PATH", "ClientState", "MARK", "client_js", "frames", "opted_in", "resume_positions", "serve_client_js"]
 
 #: The browser client, answered by the interface itself (no worker hop), so it
 #: is always the version of the server that speaks to it.
@@ -141,3 +141,93 @@ async def serve_client_js(scope: Scope, send: Send) -> None:
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})
+
+
+class ClientState:
+    """The client's side of the protocol, without I/O: what ``client.js`` does, in Python.
+
+    ``query()`` is what to add to the URL of the next connection; ``feed(frame)``
+    takes each frame received and returns the ``(data, meta)`` to hand to the
+    application, each message once and in order per group; ``recoveries``
+    lists ``(group, ok)`` from the join notices of resumed connections.
+    For Python clients (tests, benchmarks, a service) speaking to the server
+    the way the browser does.
+    """
+
+    def __init__(self) -> None:
+        self.positions: dict[str, list[Any]] = {}  # group -> [epoch, last offset handed out]
+        self.recoveries: list[tuple[str, bool]] = []
+        self._pending: dict[str, dict[int, tuple[Any, dict]]] = {}
+        self._binary_meta: dict | None = None
+
+    def query(self) -> str:
+        resume = ",".join(f"{group}:{epoch}:{offset}" for group, (epoch, offset) in self.positions.items())
+        return f"{_OPT_IN}=1" + (f"&{_RESUME}={resume}" if resume else "")
+
+    def connection_lost(self) -> None:
+        """A half-received binary message is gone with its connection."""
+        self._binary_meta = None
+
+    def feed(self, frame: str | bytes) -> list[tuple[Any, dict]]:
+        if self._binary_meta is not None:
+            meta, self._binary_meta = self._binary_meta, None
+            return self._history(meta, frame)
+        if not isinstance(frame, str) or not frame.startswith(MARK):
+            return [(frame, dict(_PLAIN))]
+        header_text, newline, body = frame[1:].partition("\n")
+        header = json.loads(header_text)
+        data = body if newline else None
+        if not header.get("group"):
+            return [(data, dict(_PLAIN))]
+        if "recovered" in header:
+            return self._notice(header)
+        if header.get("binary"):
+            self._binary_meta = header
+            return []
+        return self._history(header, data)
+
+    def skip_gaps(self) -> list[tuple[Any, dict]]:
+        """Give up waiting for missing offsets (``client.js`` does after ``gapTimeout``)."""
+        out = []
+        for group, pending in self._pending.items():
+            if pending:
+                self.positions[group][1] = min(pending) - 1
+                out += self._drain(group)
+        return out
+
+    def _notice(self, notice: dict) -> list[tuple[Any, dict]]:
+        group = notice["group"]
+        position = self.positions.get(group)
+        if notice["recovered"] is False or position is None or position[0] != notice["epoch"]:
+            self.positions[group] = [notice["epoch"], notice["offset"]]
+        if notice["recovered"] is not None:
+            self.recoveries.append((group, notice["recovered"]))
+        return self._drain(group)
+
+    def _history(self, meta: dict, data: Any) -> list[tuple[Any, dict]]:
+        group = meta["group"]
+        position = self.positions.get(group)
+        if position is None or position[0] != meta["epoch"]:
+            self._pending[group] = {}
+            position = self.positions[group] = [meta["epoch"], meta["offset"] - 1]
+        if meta["offset"] > position[1]:
+            self._pending.setdefault(group, {})[meta["offset"]] = (data, meta)
+        return self._drain(group)
+
+    def _drain(self, group: str) -> list[tuple[Any, dict]]:
+        position = self.positions[group]
+        pending = self._pending.get(group)
+        if not pending:
+            return []
+        for offset in [offset for offset in pending if offset <= position[1]]:
+            del pending[offset]
+        out = []
+        while position[1] + 1 in pending:
+            position[1] += 1
+            data, meta = pending.pop(position[1])
+            out.append((data, {"group": group, "epoch": meta["epoch"], "offset": meta["offset"],
+                               "replayed": bool(meta.get("replayed"))}))
+        return out
+
+
+_PLAIN = {"group": None, "epoch": None, "offset": None, "replayed": False}

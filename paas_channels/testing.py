@@ -114,9 +114,11 @@ class ResumingClient:
     soon, with jitter, after 1012 and with jittered exponential backoff after
     anything else; ``messages`` holds what was handed out, ``recoveries``
     the ``(group, ok)`` of each resumed join, ``connects`` the connections made.
+    A gap that stays ``gap_timeout`` seconds is filled by reconnecting at once
+    (the resume replays it), then skipped if it stays again (``gap_resumes``).
     """
 
-    def __init__(self, url: Callable[[], str]) -> None:
+    def __init__(self, url: Callable[[], str], gap_timeout: float = 1.5) -> None:
         # Here, not at the top: importing the interface package loads Django's
         # settings machinery, which the other helpers here never need.
         from .interface.resume import ClientState
@@ -125,7 +127,10 @@ class ResumingClient:
         self.state = ClientState()
         self.messages: list[tuple[object, dict]] = []
         self.connects = 0
+        self.gap_resumes = 0
+        self.gap_timeout = gap_timeout
         self.socket = None
+        self._resumed_for_gap = False
 
     @property
     def recoveries(self) -> list[tuple[str, bool]]:
@@ -140,10 +145,12 @@ class ResumingClient:
         while not stop.is_set():
             code = None
             base = self.url()
+            watch = None
             try:
                 async with connect(f"{base}{'&' if '?' in base else '?'}{self.state.query()}", open_timeout=10,
                                    max_queue=None) as socket:
                     self.socket, self.connects, attempt = socket, self.connects + 1, 0
+                    watch = asyncio.ensure_future(self._watch_gaps(socket))
                     try:
                         async for frame in socket:
                             self.messages += self.state.feed(frame)
@@ -155,14 +162,39 @@ class ResumingClient:
             finally:
                 self.socket = None
                 self.state.connection_lost()
+                if watch is not None:
+                    watch.cancel()
             if stop.is_set():
                 return
+            if watch is not None and not watch.cancelled() and watch.done():
+                continue  # closed to fill a gap: resume at once
             delay = random.uniform(0.05, 1.0) if code == 1012 and attempt == 0 else random.uniform(0, min(5.0, 0.25 * 2 ** attempt))
             attempt += 1
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except asyncio.TimeoutError:
                 pass
+
+    async def _watch_gaps(self, socket) -> None:
+        """Close ``socket`` (to resume) when a gap stays; skip it when it stays after a resume."""
+        loop = asyncio.get_running_loop()
+        since = None
+        while True:
+            await asyncio.sleep(0.25)
+            if not self.state.waiting():
+                since, self._resumed_for_gap = None, False
+                continue
+            since = since or loop.time()
+            if loop.time() - since < self.gap_timeout:
+                continue
+            if self._resumed_for_gap:
+                self.messages += self.state.skip_gaps()
+                since, self._resumed_for_gap = None, False
+                continue
+            self._resumed_for_gap = True
+            self.gap_resumes += 1
+            await socket.close()
+            return
 
     async def close(self) -> None:
         if self.socket is not None:

@@ -19,15 +19,14 @@ GROUP = "room-1"
 
 SETTINGS = '''
 import os
+from tests.resume_support import layer_config as HISTORY_CONFIG
 from pathlib import Path
 from paas_channels.conf import configure
 BASE_DIR = Path(__file__).resolve().parent.parent
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "paas_channels"]
 ROOT_URLCONF = "resumeproj.urls"
 configure(globals(), routing="resumeproj.routing.channel_routing")
-CHANNEL_LAYERS["default"]["CONFIG"]["history"] = {
-    "room-*": {"size": int(os.environ.get("ROOM_HISTORY_SIZE", "500")), "ttl": 300},
-}
+CHANNEL_LAYERS["default"]["CONFIG"].update(HISTORY_CONFIG(int(os.environ.get("ROOM_HISTORY_SIZE", "500"))))
 '''
 
 ROUTING = '''
@@ -70,6 +69,16 @@ window.conn = PaasChannels.connect("/room/", {
 
 urlpatterns = [path("", lambda request: HttpResponse(PAGE))]
 '''
+
+
+def layer_config(history_size: int = 500) -> dict:
+    """The layer CONFIG every process of the project uses (and the test's own senders).
+
+    A web process's inbox is one channel for all its connections: a reconnect
+    storm (accepts, joins with their replays) must not fill it, or group
+    messages to it are skipped.
+    """
+    return {"history": {"room-*": {"size": history_size, "ttl": 300}}, "channel_capacity": {"interface.*": 5000}}
 
 
 def make_project(root: Path) -> Path:

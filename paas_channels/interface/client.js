@@ -34,6 +34,8 @@
     this.positions = {};
     this._pending = {}; // group -> {offset: [data, meta]} that came before their turn
     this._gapTimers = {};
+    this._gapResumed = {};
+    this._resumeNow = false;
     this._outbox = [];
     this._attempt = 0;
     this._closed = false;
@@ -104,7 +106,10 @@
   Connection.prototype._reconnect = function (code) {
     var self = this;
     var delay;
-    if (code === RESTART && this._attempt === 0) {
+    if (this._resumeNow) { // closed by us to fill a gap
+      this._resumeNow = false;
+      delay = 0;
+    } else if (code === RESTART && this._attempt === 0) {
       delay = 50 + Math.random() * (this.options.restartJitter || 1000); // the server restarts: soon, spread
     } else {
       var base = this.options.backoff || 250;
@@ -188,17 +193,27 @@
     var self = this;
     var waiting = false;
     for (key in pending) { waiting = true; break; }
-    clearTimeout(this._gapTimers[group]);
-    delete this._gapTimers[group];
-    if (waiting) {
+    if (!waiting) {
+      clearTimeout(this._gapTimers[group]);
+      delete this._gapTimers[group];
+      delete this._gapResumed[group];
+    } else if (!this._gapTimers[group]) {
       // A later message came first (several senders, or shards): wait a moment
-      // for the one before it, then go on without it.
+      // for the one before it.  Still missing (lost on the way: a full inbox),
+      // reconnect at once so the resume replays it; missing after that, go on.
       this._gapTimers[group] = setTimeout(function () {
         delete self._gapTimers[group];
+        if (!self._gapResumed[group] && self._socket) {
+          self._gapResumed[group] = true;
+          self._resumeNow = true;
+          self._socket.close(1000);
+          return;
+        }
+        delete self._gapResumed[group];
         var first = null;
         for (var k in pending) if (first === null || +k < first) first = +k;
         if (first !== null) { position.offset = first - 1; self._drain(group); }
-      }, this.options.gapTimeout || 2000);
+      }, this.options.gapTimeout || 1500);
     }
   };
 

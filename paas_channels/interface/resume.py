@@ -186,6 +186,15 @@ class ClientState:
             return []
         return self._history(header, data)
 
+    def waiting(self) -> bool:
+        """Whether a later message came and an earlier one has not (yet).
+
+        A gap that stays means a message was lost on the way (a full inbox,
+        an expired message): ``client.js`` then reconnects at once, and the
+        resume fills it from the history.
+        """
+        return any(self._pending.values())
+
     def skip_gaps(self) -> list[tuple[Any, dict]]:
         """Give up waiting for missing offsets (``client.js`` does after ``gapTimeout``)."""
         out = []

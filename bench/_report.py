@@ -53,6 +53,8 @@ def targets(results: dict) -> list[dict]:
     add("memory", "memory per idle WebSocket <= 1x Channels 4", _get(s, "memory", "ratios", "per_connection"), 1, False)
     add("deploy", "rolling deploy: 0 WebSockets dropped", _get(s, "deploy", "websockets_dropped"), 0, False, unit="count")
     add("deploy", "rolling deploy: 0 HTTP requests failed", _get(s, "deploy", "http_failed"), 0, False, unit="count")
+    add("deploy", "full deploy (web and worker replaced): 0 messages lost by clients",
+        _get(s, "deploy", "full_deploy", "ours", "lost"), 0, False, unit="count")
     return rows
 
 
@@ -166,6 +168,16 @@ def markdown(results: dict) -> str:
         lines.append(f"| 5 deploy | {what}: HTTP requests failed | {d['http_failed']}/{d['http_requests']:,} "
                      f"(after it, {d['group_delivered_after_deploy']:,} of the open WebSockets got a group message) | "
                      f"none | — | — |")
+        full = d.get("full_deploy")
+        if full:
+            ours, bare, peer = full["ours"], full["ours_no_drain"], full["channels4"]
+            what = f"full deploy (web and worker replaced), {ours['clients']} clients, {ours['rate']:.0f} msg/s"
+            lines.append(f"| 5 deploy | {what}: messages lost by clients | {ours['lost']:,}/{ours['expected']:,} "
+                         f"({ours['duplicates']} duplicates) | Channels 4 + reconnecting client | "
+                         f"{peer['lost']:,}/{peer['expected']:,} | — |")
+            lines.append(f"| 5 deploy | {what}: reconnects/s on the new web, busiest second | "
+                         f"{ours['reconnect_peak_per_s']} (slow drain {ours['ws_drain']:g} s); "
+                         f"{bare['reconnect_peak_per_s']} without | Channels 4 | {peer['reconnect_peak_per_s']} | — |")
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
     for row in results["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
@@ -176,6 +188,8 @@ def markdown(results: dict) -> str:
         notes.append(f"Broadcast peer: {s['broadcast']['peer_config']}.")
     if "deploy" in s:
         notes.append(f"Deploy: {s['deploy']['peer_note']}.")
+        if s["deploy"].get("full_deploy"):
+            notes.append(f"Full deploy: {s['deploy']['full_deploy']['peer_note']}.")
     if "http" in s:
         notes.append(f"HTTP load generator: {s['http']['generator']}; every server runs the example project's settings "
                      "(Django's default middleware plus WhiteNoise, DEBUG off) and the same sync view; the "

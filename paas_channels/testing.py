@@ -127,6 +127,7 @@ class ResumingClient:
         self.state = ClientState()
         self.messages: list[tuple[object, dict]] = []
         self.connects = 0
+        self.connected_at: list[float] = []  # time.monotonic() of each connection made
         self.gap_resumes = 0
         self.gap_timeout = gap_timeout
         self.socket = None
@@ -150,6 +151,7 @@ class ResumingClient:
                 async with connect(f"{base}{'&' if '?' in base else '?'}{self.state.query()}", open_timeout=10,
                                    max_queue=None) as socket:
                     self.socket, self.connects, attempt = socket, self.connects + 1, 0
+                    self.connected_at.append(time.monotonic())
                     watch = asyncio.ensure_future(self._watch_gaps(socket))
                     try:
                         async for frame in socket:

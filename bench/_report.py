@@ -174,10 +174,11 @@ def markdown(results: dict) -> str:
             what = f"full deploy (web and worker replaced), {ours['clients']} clients, {ours['rate']:.0f} msg/s"
             lines.append(f"| 5 deploy | {what}: messages lost by clients | {ours['lost']:,}/{ours['expected']:,} "
                          f"({ours['duplicates']} duplicates) | Channels 4 + reconnecting client | "
-                         f"{peer['lost']:,}/{peer['expected']:,} | — |")
-            lines.append(f"| 5 deploy | {what}: reconnects/s on the new web, busiest second | "
-                         f"{ours['reconnect_peak_per_s']} (slow drain {ours['ws_drain']:g} s); "
-                         f"{bare['reconnect_peak_per_s']} without | Channels 4 | {peer['reconnect_peak_per_s']} | — |")
+                         f"{peer['lost']:,}/{peer['expected']:,} ({peer['lost_before_deploy']:,} before the deploy) | — |")
+            lines.append(f"| 5 deploy | {what}: reconnects/s on the new web, busiest second (connections refused "
+                         f"or failed) | {ours['reconnect_peak_per_s']} ({ours['failed_connects']}) with the slow drain "
+                         f"({ours['ws_drain']:g} s); {bare['reconnect_peak_per_s']} ({bare['failed_connects']}) without "
+                         f"| Channels 4 | {peer['reconnect_peak_per_s']} ({peer['failed_connects']}) | — |")
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
     for row in results["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]

@@ -191,10 +191,10 @@ async def _publish(kind: str, redis_url: str, rate: float, sent: list[int], enou
         layer = RedisChannelLayer(hosts=[redis_url], **LAYER_CONFIG)
         send, close = (lambda n: layer.asend_group(FULL_GROUP, {"text": str(n)})), layer.aclose
     else:
-        from bench.project.settings_channels4_roomy import PEER_CAPACITY
+        from bench.project.settings_channels4_roomy import PEER_CAPACITY, peer_hosts
         from channels_redis.core import RedisChannelLayer as PeerLayer
 
-        peer = PeerLayer(hosts=[redis_url], capacity=PEER_CAPACITY)
+        peer = PeerLayer(hosts=peer_hosts(redis_url), capacity=PEER_CAPACITY)
         send, close = (lambda n: peer.group_send(FULL_GROUP, {"type": "bench.message", "text": str(n)})), peer.close_pools
     try:
         start = loop.time()
@@ -238,6 +238,7 @@ async def _full_side(kind: str, workdir: Path, clients: int, rate: float, drain:
         while len(sent) < 2 * rate:
             await asyncio.sleep(0.02)
         deployed_at = time.monotonic()
+        sent_before_deploy = len(sent)
         new = _Release(kind, workdir, redis.url, 2, drain)
         await asyncio.to_thread(new.wait_ready, 2)
         target["port"] = new.port  # the router: new connections go to the new release
@@ -266,17 +267,22 @@ async def _full_side(kind: str, workdir: Path, clients: int, rate: float, drain:
                 await asyncio.to_thread(lambda r=release: [proc.terminate() for proc in r.procs])
         redis.close()
     expected = [str(n) for n in range(messages)]
-    lost = duplicates = disordered = 0
+    lost = lost_before = duplicates = disordered = 0
     for client in pool:
         got = [data for data, meta in client.messages if isinstance(data, str) and data.isdigit()]
         distinct = set(got)
         lost += sum(1 for text in expected if text not in distinct)
+        lost_before += sum(1 for text in expected[:sent_before_deploy] if text not in distinct)
         duplicates += len(got) - len(distinct)
         disordered += int([int(text) for text in got] != sorted(int(text) for text in distinct))
     reconnects = [at for client in pool for at in client.connected_at if at >= moved_at]
     result = {
         "kind": kind, "ws_drain": drain if kind == "ours" else None, "clients": clients, "messages": messages,
         "rate": rate, "expected": clients * messages, "lost": lost, "duplicates": duplicates,
+        # Of the lost ones, those sent before the deploy began (the server not keeping up, not the deploy).
+        "lost_before_deploy": lost_before, "messages_before_deploy": sent_before_deploy,
+        # Connections that could not be made (e.g. 403: websocket.connect full during the reconnect burst).
+        "failed_connects": sum(len(c.failures) for c in pool),
         "clients_out_of_order": disordered,
         "clients_told_not_recovered": sum(1 for c in pool if any(not ok for _, ok in c.recoveries)),
         "clients_reconnected": sum(1 for c in pool if c.connects >= 2), "gap_resumes": sum(c.gap_resumes for c in pool),
@@ -284,8 +290,9 @@ async def _full_side(kind: str, workdir: Path, clients: int, rate: float, drain:
         "reconnect_spread_s": round(max(reconnects) - min(reconnects), 2) if reconnects else None,
         "new_release_s": round(moved_at - deployed_at, 2), "old_exit_codes": codes,
     }
-    log(f"   {kind}{' drain ' + str(drain) + ' s' if kind == 'ours' else ''}: lost {lost:,}/{clients * messages:,}, "
-        f"{duplicates} duplicates, reconnect peak {result['reconnect_peak_per_s']}/s on the new web")
+    log(f"   {kind}{' drain ' + str(drain) + ' s' if kind == 'ours' else ''}: lost {lost:,}/{clients * messages:,} "
+        f"({lost_before:,} of them before the deploy), {duplicates} duplicates, reconnect peak "
+        f"{result['reconnect_peak_per_s']}/s on the new web, {result['failed_connects']} connections refused or failed")
     return result
 
 
@@ -300,8 +307,9 @@ def run_full(workdir: Path, clients: int, rate: float, drain: float = 2.0, log=p
     return {
         "label": "full deploy (web and worker replaced): messages lost by clients",
         **sides,
-        "peer_note": "Channels 4 + channels_redis (capacity 5000, as this project's web inbox here: its default "
-                     "100 would skip group messages to 200 connections of one process, deploy or not) with a client "
+        "peer_note": "Channels 4 + channels_redis (capacity 5000, as this project's web inbox here, and 1000 Redis "
+                     "connections: with the defaults, 100 and 100, it loses most messages to 200 connections of one "
+                     "process before any deploy) with a client "
                      "that reconnects the same way (jittered, soon after a close); it has no history, so what is "
                      "sent while a client reconnects is lost",
     }

@@ -129,6 +129,7 @@ class ResumingClient:
         self.connects = 0
         self.connected_at: list[float] = []  # time.monotonic() of each connection made
         self.gap_resumes = 0
+        self.failures: list[str] = []  # why connections could not be made (exception names)
         self.gap_timeout = gap_timeout
         self.socket = None
         self._resumed_for_gap = False
@@ -159,8 +160,8 @@ class ResumingClient:
                     except ConnectionClosed:
                         pass
                     code = socket.close_code
-            except (OSError, InvalidHandshake, asyncio.TimeoutError):
-                pass
+            except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+                self.failures.append(type(exc).__name__)
             finally:
                 self.socket = None
                 self.state.connection_lost()

@@ -95,6 +95,8 @@ _EXCHANGE, _WAIT, _DISCARD = 0, 1, 2
 # Error replies that mean the server cannot serve now (redis-py's ConnectionError
 # kinds: BusyLoadingError for -LOADING, "max number of clients reached"), or by prefix.
 _UNAVAILABLE_PREFIXES = ("MASTERDOWN", "TRYAGAIN")
+# A stalled server may still run a command it did not answer in time: never re-sent.
+_TIMEOUTS = (TimeoutError, redis.exceptions.TimeoutError)
 
 
 def _blpop(keys: Sequence[str], timeout: float) -> tuple:
@@ -139,14 +141,37 @@ class _Driver:
         A connection error is thrown into the operation, which may go on
         with another shard (a normal channel lives on all of them).
         """
+        transport, spin, timeout = self.transport, self.spin, self.command_timeout
         try:
             request = next(op)
             while True:
                 try:
-                    if type(request) is list:
-                        reply = yield from self._calls(request, held)
-                    else:
+                    if type(request) is not list:
                         reply = yield from self._blocking_pop(request, held)
+                    else:
+                        # The hot path, inlined (a generator per level costs more
+                        # than the rest): one shard, a pooled connection, no error.
+                        shard = request[0].shard
+                        for call in request:
+                            if call.shard != shard:
+                                reply = yield from self._calls(request, held)
+                                break
+                        else:
+                            conn, reused = transport.acquire(shard)
+                            held.append(conn)
+                            payload = pack([call.command for call in request])
+                            (reply,) = yield (_EXCHANGE, [(shard, conn, payload, len(request))], spin, timeout)
+                            held.remove(conn)
+                            if type(reply) is not list:  # the connection failed
+                                if not reused or isinstance(reply, _TIMEOUTS):
+                                    raise self._connection_error(shard, reply)
+                                reply = yield from self._calls(request, held)  # stale: once more, on a new one
+                            else:
+                                transport.release(shard, conn)
+                                for item in reply:
+                                    if isinstance(item, Exception):  # rare: a script to re-send, or a failure
+                                        yield from self._settle([(shard, request)], [reply], held)
+                                        break
                 except ChannelLayerConnectionError as exc:
                     request = op.throw(exc)
                     continue
@@ -165,14 +190,15 @@ class _Driver:
         """
         spin = self.spin if blocking is None else None
         timeout = self.command_timeout + (blocking or 0)
+        transport = self.transport
         payloads = [(shard, pack(commands), len(commands)) for shard, commands in work]
         results: list[Any] = [None] * len(payloads)
-        todo = range(len(payloads))
+        todo: Sequence[int] = range(len(payloads))
         for attempt in (0, 1):
             batch, reused = [], []
             for index in todo:
                 shard, payload, count = payloads[index]
-                conn, was_reused = self.transport.acquire(shard, fresh=attempt > 0)
+                conn, was_reused = transport.acquire(shard, fresh=attempt > 0)
                 held.append(conn)
                 batch.append((shard, conn, payload, count))
                 reused.append(was_reused)
@@ -181,10 +207,10 @@ class _Driver:
             for index, (shard, conn, _, _), was_reused, outcome in zip(todo, batch, reused, outcomes):
                 held.remove(conn)
                 if type(outcome) is list:
-                    self.transport.release(shard, conn)
+                    transport.release(shard, conn)
                     results[index] = outcome
-                elif was_reused and attempt == 0:
-                    retry.append(index)
+                elif was_reused and attempt == 0 and not isinstance(outcome, _TIMEOUTS):
+                    retry.append(index)  # stale (Redis restarted since): it never saw the command
                 elif failure is None:
                     failure = self._connection_error(shard, outcome)
             if failure is not None:
@@ -197,21 +223,25 @@ class _Driver:
     def _calls(self, calls: list[Call], held: list[Any]) -> Generator[tuple, Any, list[Any]]:
         """Replies to ``calls`` in order, one round trip per shard; an error reply raises."""
         shard = calls[0].shard
-        if all(call.shard == shard for call in calls):  # the common case: one shard, replies in order
-            groups, order = [(shard, calls)], None
-        else:
-            by_shard: dict[int, list[int]] = {}
-            for index, call in enumerate(calls):
-                by_shard.setdefault(call.shard, []).append(index)
-            order = list(by_shard.values())
-            groups = [(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items()]
-        results = yield from self._round_trips([(shard, [call.command for call in group]) for shard, group in groups], held)
-        if any(isinstance(reply, Exception) for replies in results for reply in replies):
-            yield from self._settle(groups, results, held)  # rare: a script to re-send, or a failure
-        if order is None:
+        for call in calls:
+            if call.shard != shard:
+                break
+        else:  # the common case: one shard, replies in order
+            results = yield from self._round_trips([(shard, [call.command for call in calls])], held)
+            for reply in results[0]:
+                if isinstance(reply, Exception):  # rare: a script to re-send, or a failure
+                    yield from self._settle([(shard, calls)], results, held)
+                    break
             return results[0]
+        by_shard: dict[int, list[int]] = {}
+        for index, call in enumerate(calls):
+            by_shard.setdefault(call.shard, []).append(index)
+        groups = [(shard, [calls[i] for i in indexes]) for shard, indexes in by_shard.items()]
+        results = yield from self._round_trips([(shard, [call.command for call in group]) for shard, group in groups], held)
+        if any(isinstance(reply, Exception) for shard_replies in results for reply in shard_replies):
+            yield from self._settle(groups, results, held)
         replies: list[Any] = [None] * len(calls)
-        for indexes, shard_replies in zip(order, results):
+        for indexes, shard_replies in zip(by_shard.values(), results):
             for index, reply in zip(indexes, shard_replies):
                 replies[index] = reply
         return replies

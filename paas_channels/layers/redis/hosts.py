@@ -56,7 +56,11 @@ class RedisHost:
     """One Redis server: transport kind (``tcp``, ``ssl``, ``unix``) and connection keywords."""
 
     kind: str
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        # The keywords may hold a password: shown only where the host is.
+        return f"RedisHost({self.kind!r}, {self.describe()!r})"
 
     def describe(self) -> str:
         """Where this host is, for messages: ``host:port`` or the socket path; never a password."""

@@ -22,6 +22,7 @@ A group send stores ONE message per member inbox naming its local targets
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from typing import Any, Iterable, NamedTuple
@@ -35,7 +36,10 @@ from ..history import HistoryRule, valid_since
 
 __all__ = ["RedisOperations"]
 
-# Statistics of a ``!``/``?`` channel are kept this long after its last send.
+logger = logging.getLogger(__name__)
+
+# Statistics of a ``!`` inbox are kept this long after its last send; a
+# ``?`` channel's (single-use: one per request body) as long as its list.
 _STATS_TTL_MS = 86_400_000
 
 
@@ -69,6 +73,18 @@ def _field_pairs(reply: Any) -> Iterable[tuple[bytes, bytes]]:
 
 class RedisOperations:
     """Mixin for :class:`~.layer.RedisChannelLayer`: where names live and what each call asks of Redis."""
+
+    _bad_heartbeats_logged = False
+
+    def _bad_heartbeat(self, worker_id: Any, exc: Exception) -> None:
+        """Log the first unreadable heartbeat entry (once per layer: a health check reads them every few seconds)."""
+        if not self._bad_heartbeats_logged:
+            self._bad_heartbeats_logged = True
+            logger.warning(
+                "dropping unreadable heartbeat entry %r from %s (expected one written by a worker; got %s: %s); "
+                "further ones are dropped silently",
+                worker_id[:80], self.keys.heartbeats, type(exc).__name__, str(exc)[:200],
+            )
 
     ### Placement ###
 
@@ -109,7 +125,8 @@ class RedisOperations:
         list_key, stats_key = self.keys.channel(name), self.keys.channel_stats(name)
         counters = (packed(("HINCRBY", stats_key, "count", 1)), packed(("HINCRBY", self.keys.stats, "count", 1)))
         if "!" in name or "?" in name:  # names made per process or request: their keys expire
-            expiry = (packed(("PEXPIRE", list_key, self._list_ttl_ms)), packed(("PEXPIRE", stats_key, _STATS_TTL_MS)))
+            stats_ttl = self._list_ttl_ms if "?" in name else _STATS_TTL_MS
+            expiry = (packed(("PEXPIRE", list_key, self._list_ttl_ms)), packed(("PEXPIRE", stats_key, stats_ttl)))
             after_push = (expiry[0], counters[0], expiry[1], counters[1])
         else:
             after_push = counters
@@ -147,17 +164,20 @@ class RedisOperations:
             args += [envelope, capacity, 1 if count_full else 0, 1 if check_dead else 0]
         return script_call(shard, scripts.PUSH, keys, args)
 
-    ### Operations (generators of Redis requests; see _redis_io) ###
+    ### Operations (generators of Redis requests, run by .drivers) ###
 
     def _op_send(self, channel: str, message: dict) -> Op:
         route = self._route(channel)
-        now = _now_ms()
         target = route.target if channel == route.name and route.target is not None else scripts.pack_target(channel)
-        envelope = scripts.pack_packed(now + self._expiry_ms, target, self.serialize(message))
+        data = self.serialize(message)
         targets = self._send_targets(route)
         error = None
         last = len(targets) - 1
         for index, (shard, capacity) in enumerate(targets):
+            # Expiry from now, at each try: a try that first waited on a stalled
+            # shard must not store a message that has already expired.
+            now = _now_ms()
+            envelope = scripts.pack_packed(now + self._expiry_ms, target, data)
             try:
                 replies = yield [Call(shard, ("RPUSH", route.keys[0], envelope))] + [
                     Call(shard, command) for command in route.after_push
@@ -313,16 +333,17 @@ class RedisOperations:
         by_name = dict(_members_by_stored_name(packed_flat))
         if not by_name:
             return None
-        now = _now_ms()
-        expires = now + self._expiry_ms
-        # Each pending item: stored name, its route, envelope, remaining (shard, capacity) tries.
+        # Each pending item: stored name, its route, its members (the envelope's
+        # target), remaining (shard, capacity) tries.
         pending = []
         for name, joined in by_name.items():
             route = self._route(name)
-            pending.append((name, route, scripts.pack(expires, joined + position, data), self._send_targets(route)))
+            pending.append((name, route, joined + position, self._send_targets(route)))
         dead: list[str] = []
         while pending:
-            by_shard: dict[int, list[tuple[str, _Route, bytes, tuple[tuple[int, int], ...]]]] = {}
+            now = _now_ms()  # each round's envelopes expire from when they are sent
+            expires = now + self._expiry_ms
+            by_shard: dict[int, list[tuple[str, _Route, str, tuple[tuple[int, int], ...]]]] = {}
             for item in pending:
                 if item[3]:
                     by_shard.setdefault(item[3][0][0], []).append(item)
@@ -330,17 +351,20 @@ class RedisOperations:
                 break
             shards = list(by_shard)
             calls = [
-                self._push(shard, now, [(route.keys, env, tries[0][1], len(tries) == 1, True) for _, route, env, tries in by_shard[shard]])
+                self._push(shard, now, [
+                    (route.keys, scripts.pack(expires, joined, data), tries[0][1], len(tries) == 1, True)
+                    for _, route, joined, tries in by_shard[shard]
+                ])
                 for shard in shards
             ]
             replies = yield calls
             pending = []
             for shard, statuses in zip(shards, replies):
-                for (name, route, envelope, tries), status in zip(by_shard[shard], statuses):
+                for (name, route, joined, tries), status in zip(by_shard[shard], statuses):
                     if status == 2:
                         dead.append(name)
                     elif status == 1 and len(tries) > 1:
-                        pending.append((name, route, envelope, tries[1:]))
+                        pending.append((name, route, joined, tries[1:]))
         if dead:
             # Their oldest message expired unread: nobody reads them any more.
             gone = [member for name in dead for member in by_name[name].split("\n")]
@@ -385,11 +409,16 @@ class RedisOperations:
         now = _now_ms()
         beats, stale = {}, []
         for worker_id, envelope in _field_pairs(stored):
-            expires, _, data = scripts.unpack(envelope)
-            if expires <= now:
-                stale.append(worker_id)
-            else:
-                beats[worker_id.decode()] = self.deserialize(data)
+            try:
+                expires, _, data = scripts.unpack(envelope)
+                if expires > now:
+                    beats[worker_id.decode()] = self.deserialize(data)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - anything in Redis may be garbage
+                # One bad entry (written by hand, or by another program) must
+                # not make every health check and boot probe fail: drop it.
+                self._bad_heartbeat(worker_id, exc)
+            stale.append(worker_id)
         if stale:
             yield [Call(0, ("HDEL", self.keys.heartbeats, *stale))]
         return beats

@@ -147,7 +147,8 @@ end
 #: message expired unread: nobody reads it; nothing stored).
 #: Pushes first and takes the message back when that went over capacity
 #: (nothing runs between the two): the common case costs no LLEN.
-#: Only ``!``/``?`` keys expire (see :data:`TAKE_BACK`).
+#: Only ``!``/``?`` keys expire (see :data:`TAKE_BACK`); a ``?`` channel's
+#: statistics with its list (list ttl), a ``!`` inbox's after the stats ttl.
 PUSH = Script("push", _TRIM + """
 local now = tonumber(ARGV[1])
 local statuses = {}
@@ -155,6 +156,7 @@ for i = 2, #KEYS, 2 do
   local key, stats = KEYS[i], KEYS[i + 1]
   local a = (i - 2) * 2 + 4
   local volatile = string.find(key, '[!?]')
+  local single = string.find(key, '?', 1, true)  -- a ? channel's stats live as long as its list
   local status = 0
   local n = ARGV[a + 3] == '1' and redis.call('LLEN', key) or 0
   if n > 0 and expired_head(key, now) then  -- LLEN first: a live inbox is empty
@@ -174,13 +176,13 @@ for i = 2, #KEYS, 2 do
     if status == 1 then
       if ARGV[a + 2] == '1' then
         redis.call('HINCRBY', stats, 'full', 1)
-        if volatile then redis.call('PEXPIRE', stats, ARGV[3]) end
+        if volatile then redis.call('PEXPIRE', stats, single and ARGV[2] or ARGV[3]) end
         redis.call('HINCRBY', KEYS[1], 'full', 1)
       end
     else
       if volatile then redis.call('PEXPIRE', key, ARGV[2]) end
       redis.call('HINCRBY', stats, 'count', 1)
-      if volatile then redis.call('PEXPIRE', stats, ARGV[3]) end
+      if volatile then redis.call('PEXPIRE', stats, single and ARGV[2] or ARGV[3]) end
       redis.call('HINCRBY', KEYS[1], 'count', 1)
     end
   end

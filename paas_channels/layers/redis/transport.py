@@ -310,32 +310,35 @@ class AsyncTransport(_Connections):
                     outcomes[index] = await self._broken(shard, conn, exc, timeout)
         watchdog = self.watchdog
         for index, (shard, conn, _, count) in enumerate(batch):
-            if outcomes[index] is None:
-                try:
-                    outcomes[index] = await self._read(loop, conn, count, spin, deadline)
-                except CONNECTION_ERRORS as exc:
-                    if watchdog.done(conn):  # the watchdog closed it: say why
-                        exc = TimeoutError(f"no reply within {timeout:g} s")
-                    outcomes[index] = await self._broken(shard, conn, exc, timeout)
-                else:
+            if outcomes[index] is not None:
+                continue
+            # Inlined (not a coroutine per read): this is the hot path of every call.
+            watched = False
+            try:
+                parser = conn._parser
+                reader = parser._reader
+                if reader is None:
+                    raise redis.exceptions.ConnectionError("connection closed")
+                replies = []
+                for _ in range(count):
+                    reply = reader.gets()
+                    if reply is NOT_ENOUGH_DATA:
+                        if not watched:
+                            watchdog.watch(loop, conn, deadline)
+                            watched = True
+                        while reply is NOT_ENOUGH_DATA:
+                            await (parser.read_from_socket() if spin is None else spin.aread(parser.read_from_socket))
+                            reply = reader.gets()
+                    replies.append(reply)
+                outcomes[index] = replies
+            except CONNECTION_ERRORS as exc:
+                if watched and watchdog.done(conn):  # the watchdog closed it: say why
+                    exc = TimeoutError(f"no reply within {timeout:g} s")
+                outcomes[index] = await self._broken(shard, conn, exc, timeout)
+            else:
+                if watched:
                     watchdog.done(conn)
         return outcomes
-
-    async def _read(self, loop: asyncio.AbstractEventLoop, conn: Any, count: int, spin: Any, deadline: float) -> list[Any]:
-        parser = conn._parser
-        reader = parser._reader
-        if reader is None:
-            raise redis.exceptions.ConnectionError("connection closed")
-        replies = []
-        for _ in range(count):
-            reply = reader.gets()
-            if reply is NOT_ENOUGH_DATA:
-                self.watchdog.watch(loop, conn, deadline)
-                while reply is NOT_ENOUGH_DATA:
-                    await (parser.read_from_socket() if spin is None else spin.aread(parser.read_from_socket))
-                    reply = reader.gets()
-            replies.append(reply)
-        return replies
 
     async def _broken(self, shard: int, conn: Any, exc: BaseException, timeout: float) -> BaseException:
         if isinstance(exc, TimeoutError) and not str(exc):  # asyncio.timeout's is blank

@@ -67,3 +67,8 @@ LOGOUT_REDIRECT_URL = "/"
 
 # CHANNEL_LAYERS, DATABASES, ALLOWED_HOSTS, static files and logging from the environment.
 configure(globals(), routing="example_project.routing.channel_routing")
+# Chat rooms keep their last 100 messages for 5 minutes: a page open through a deploy (web
+# processes included) gets what it missed when it reconnects (static/paas_demo/chat.js).
+# A web process's inbox serves all its connections: room for a reconnect storm.
+CHANNEL_LAYERS["default"]["CONFIG"].setdefault("history", {"chat-*": {"size": 100, "ttl": 300}})
+CHANNEL_LAYERS["default"]["CONFIG"].setdefault("channel_capacity", {"interface.*": 2000})

@@ -12,10 +12,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from paas_channels.layers import RedisChannelLayer
+
 from .support import ROOT, write_project
 
 PACKAGE = "resumeproj"
 GROUP = "room-1"
+#: The project's processes sign their layer messages with keys from it (and drop unsigned ones).
+SECRET_KEY = "s" * 60
 
 SETTINGS = '''
 import os
@@ -88,5 +92,13 @@ def make_project(root: Path) -> Path:
 
 
 def project_env(project: Path, redis_url: str, **extra: str) -> dict[str, str]:
-    return {"DJANGO_SETTINGS_MODULE": f"{PACKAGE}.settings", "REDIS_URL": redis_url, "SECRET_KEY": "s" * 60,
+    return {"DJANGO_SETTINGS_MODULE": f"{PACKAGE}.settings", "REDIS_URL": redis_url, "SECRET_KEY": SECRET_KEY,
             "PYTHONPATH": f"{project}{os.pathsep}{ROOT}", **extra}
+
+
+def sender_layer(redis_url: str, **config) -> RedisChannelLayer:
+    """A layer for the tests to send with and read from: keyed as the processes' layers are
+    (from their SECRET_KEY), else they drop its messages as unsigned and it cannot read theirs."""
+    layer = RedisChannelLayer(hosts=[redis_url], **config)
+    layer.use_keys([SECRET_KEY])
+    return layer

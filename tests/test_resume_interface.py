@@ -19,10 +19,9 @@ from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from paas_channels.layers import RedisChannelLayer
 from paas_channels.testing import free_port, wait_for_port
 
-from .resume_support import make_project, project_env
+from .resume_support import make_project, project_env, sender_layer
 from .support import RedisServer, ServerProcess
 
 pytestmark = pytest.mark.redis
@@ -48,7 +47,7 @@ def stack(tmp_path_factory):
         worker.start()
         wait_for_port(port, timeout=30, process=web.process)
         worker.wait_for_output("consuming", timeout=30)
-        layer = RedisChannelLayer(hosts=[redis.url], history=HISTORY)  # senders share the history settings
+        layer = sender_layer(redis.url, history=HISTORY)  # senders share the history settings
         cleanup.callback(layer.close)
         yield {"ws": f"ws://127.0.0.1:{port}", "layer": layer, "env": env, "project": project}
 

@@ -20,11 +20,10 @@ import contextlib
 
 import pytest
 
-from paas_channels.layers import RedisChannelLayer
 from paas_channels.testing import ResumingClient, TcpRouter
 
 from .interface_support import scrubbed_environ
-from .resume_support import GROUP, layer_config, make_project, project_env
+from .resume_support import GROUP, layer_config, make_project, project_env, sender_layer
 from .support import RedisServer, ServerProcess, free_port, wait_for_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -97,7 +96,7 @@ async def _deploy(tmp_path, history_size: int, preboot: bool):
         await asyncio.to_thread(old.start)
         new = Release(env, project)
         cleanup.callback(new.close)
-        layer = RedisChannelLayer(hosts=[redis.url], **layer_config(history_size))
+        layer = sender_layer(redis.url, **layer_config(history_size))
         router = await TcpRouter(old.port).start()
         clients = [ResumingClient(lambda: f"ws://127.0.0.1:{router.target}/room/") for _ in range(CLIENTS)]
         stop = asyncio.Event()

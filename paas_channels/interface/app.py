@@ -236,7 +236,14 @@ class InterfaceApplication:
         # A blocking receive answers within the layer's blocking timeout; past that plus the
         # call deadline the layer is frozen, and the receive is abandoned and tried afresh.
         receive_timeout = float(getattr(self.layer, "blocking_timeout", 1.0)) + self.layer_timeout
+        task = asyncio.current_task()
         while True:
+            # Python 3.11's wait_for returns a receive that completed as the task was
+            # cancelled and swallows the cancellation: with a busy inbox (a group's messages
+            # for every connection are handed out with no I/O) the shutdown's cancel was lost
+            # and it waited for this loop forever.  A cancel asked for ends the loop here.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             try:
                 channel, message = await asyncio.wait_for(self.layer.areceive([self.inbox], block=True),
                                                           receive_timeout)

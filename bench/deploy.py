@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 
 from bench import http as http_bench
-from bench._procs import Clients, Deployment, Proc, base_env
+from bench._procs import SECRET_KEY, Clients, Deployment, Proc, base_env
 from paas_channels.testing import RedisServer, ResumingClient, free_port, wait_for_port
 
 HTTP_CHUNK_SECONDS = 1.0
@@ -189,6 +189,7 @@ async def _publish(kind: str, redis_url: str, rate: float, sent: list[int], enou
         from paas_channels.layers.redis import RedisChannelLayer
 
         layer = RedisChannelLayer(hosts=[redis_url], **LAYER_CONFIG)
+        layer.use_keys([SECRET_KEY])  # as the servers' get_channel_layer() does: unsigned messages are dropped
         send, close = (lambda n: layer.asend_group(FULL_GROUP, {"text": str(n)})), layer.aclose
     else:
         from bench.project.settings_channels4_roomy import PEER_CAPACITY, peer_hosts

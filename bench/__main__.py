@@ -14,7 +14,10 @@ Scenarios, each run against this project and its peer in the same run:
    deliveries and latency (vs Daphne + Channels 4 + channels_redis);
 4. ``memory``: web-process RSS per open idle WebSocket (vs Daphne + Channels 4);
 5. ``deploy``: every worker replaced while WebSockets are open and HTTP flows:
-   dropped connections and failed requests (absolute target: zero and zero);
+   dropped connections and failed requests (absolute target: zero and zero); then a
+   full deploy (web and worker replaced): messages lost by resuming clients (target:
+   zero; vs Channels 4 with a reconnecting client) and the reconnect peak on the new
+   web with and without the slow drain;
 6. ``dyno``: every core of a dyno: combined with ``WEB_CONCURRENCY=2`` (a
    supervisor, two processes, IPC layer) vs ``gunicorn -w 2``: requests/s,
    p99 at a fixed rate, idle memory of every process.
@@ -55,7 +58,8 @@ PROFILES: dict[str, dict] = {
         "http": {"duration": 10.0, "rate": 300.0, "rounds": 2, "only": None, "warmup": 300},
         "broadcast": {"clients": 2000, "broadcasts": 20, "interval": 1.0, "client_processes": 2},
         "memory": {"connections": 1000, "client_processes": 1, "settle": 2.0},
-        "deploy": {"connections": 1000, "rate": 100.0, "client_processes": 1},
+        "deploy": {"connections": 1000, "rate": 100.0, "client_processes": 1,
+                   "full_clients": 200, "full_rate": 20.0, "full_drain": 2.0},
         "dyno": {"duration": 10.0, "rate": 300.0, "rounds": 2, "warmup": 300, "only": None},
     },
     "quick": {
@@ -65,7 +69,8 @@ PROFILES: dict[str, dict] = {
                  "warmup": 50},
         "broadcast": {"clients": 300, "broadcasts": 10, "interval": 0.3, "client_processes": 1},
         "memory": {"connections": 300, "client_processes": 1, "settle": 1.0},
-        "deploy": {"connections": 200, "rate": 100.0, "client_processes": 1},
+        "deploy": {"connections": 200, "rate": 100.0, "client_processes": 1,
+                   "full_clients": 100, "full_rate": 20.0, "full_drain": 1.0},
         "dyno": {"duration": 3.0, "rate": 300.0, "rounds": 1, "warmup": 100, "only": None},
     },
     "tiny": {
@@ -75,7 +80,8 @@ PROFILES: dict[str, dict] = {
                  "warmup": 10},
         "broadcast": {"clients": 20, "broadcasts": 3, "interval": 0.2, "client_processes": 1},
         "memory": {"connections": 20, "client_processes": 1, "settle": 0.3},
-        "deploy": {"connections": 20, "rate": 50.0, "client_processes": 1},
+        "deploy": {"connections": 20, "rate": 50.0, "client_processes": 1,
+                   "full_clients": 10, "full_rate": 20.0, "full_drain": 0.5},
         "dyno": {"duration": 1.0, "rate": 50.0, "rounds": 1, "warmup": 10, "only": ["combined", "gunicorn"]},
     },
 }
@@ -173,6 +179,8 @@ def _run_one(name: str, size: dict, workdir: Path) -> dict:
         outcome = dyno.run(size["duration"], size["rate"], size["rounds"], size["warmup"], size["only"], log=log)
     else:
         outcome = deploy.run(workdir, size["connections"], size["rate"], size["client_processes"], log=log)
+        outcome["full_deploy"] = deploy.run_full(workdir, size["full_clients"], size["full_rate"], size["full_drain"],
+                                                 log=log)
     return outcome
 
 

@@ -60,6 +60,8 @@ def targets(results: dict) -> list[dict]:
         "<= 2x gunicorn -w 2", dyno.get("combined_vs_gunicorn_p99_at_rate"), 2, False)
     add("dyno", "dyno: idle memory of every process <= 0.5 of a 512 MB Standard-1X",
         dyno.get("combined_memory_of_dyno"), 0.5, False, unit="fraction")
+    add("deploy", "full deploy (web and worker replaced): 0 messages lost by clients",
+        _get(s, "deploy", "full_deploy", "ours", "lost"), 0, False, unit="count")
     return rows
 
 
@@ -173,6 +175,17 @@ def markdown(results: dict) -> str:
         lines.append(f"| 5 deploy | {what}: HTTP requests failed | {d['http_failed']}/{d['http_requests']:,} "
                      f"(after it, {d['group_delivered_after_deploy']:,} of the open WebSockets got a group message) | "
                      f"none | — | — |")
+        full = d.get("full_deploy")
+        if full:
+            ours, bare, peer = full["ours"], full["ours_no_drain"], full["channels4"]
+            what = f"full deploy (web and worker replaced), {ours['clients']} clients, {ours['rate']:.0f} msg/s"
+            lines.append(f"| 5 deploy | {what}: messages lost by clients | {ours['lost']:,}/{ours['expected']:,} "
+                         f"({ours['duplicates']} duplicates) | Channels 4 + reconnecting client | "
+                         f"{peer['lost']:,}/{peer['expected']:,} ({peer['lost_before_deploy']:,} before the deploy) | — |")
+            lines.append(f"| 5 deploy | {what}: reconnects/s on the new web, busiest second (connections refused "
+                         f"or failed) | {ours['reconnect_peak_per_s']} ({ours['failed_connects']}) with the slow drain "
+                         f"({ours['ws_drain']:g} s); {bare['reconnect_peak_per_s']} ({bare['failed_connects']}) without "
+                         f"| Channels 4 | {peer['reconnect_peak_per_s']} ({peer['failed_connects']}) | — |")
     if "dyno" in s:
         dyno = s["dyno"]["results"]
         rate = s["dyno"]["rate"]
@@ -202,6 +215,8 @@ def markdown(results: dict) -> str:
         notes.append(f"Broadcast peer: {s['broadcast']['peer_config']}.")
     if "deploy" in s:
         notes.append(f"Deploy: {s['deploy']['peer_note']}.")
+        if s["deploy"].get("full_deploy"):
+            notes.append(f"Full deploy: {s['deploy']['full_deploy']['peer_note']}.")
     if "http" in s:
         notes.append(f"HTTP load generator: {s['http']['generator']}; every server runs the example project's settings "
                      "(Django's default middleware plus WhiteNoise, DEBUG off) and the same sync view; the "

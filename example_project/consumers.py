@@ -84,7 +84,8 @@ class ChatConsumer(JsonWebsocketConsumer):
             name = display_name(message.user)
         message.channel_session["name"] = name
         message.reply_channel.send({"accept": True})
-        self.group_send_json(f"chat-{room}", {"system": f"{name} joined {room}"})
+        if not message.get("resume"):  # a page coming back after a deploy did not join again
+            self.group_send_json(f"chat-{room}", {"system": f"{name} joined {room}"})
 
     def receive_json(self, content, room: str = "lobby", **kwargs) -> None:
         text = str(content.get("text", "")).strip()[:1000] if isinstance(content, dict) else ""
@@ -94,7 +95,8 @@ class ChatConsumer(JsonWebsocketConsumer):
             self.group_send_json(f"chat-{room}", said.as_json())
 
     def disconnect(self, message: Message, room: str = "lobby", **kwargs) -> None:
-        self.group_send_json(f"chat-{room}", {"system": f"{self._name()} left {room}"})
+        if message.get("code") != 1012:  # a server restart (deploy): the page comes straight back
+            self.group_send_json(f"chat-{room}", {"system": f"{self._name()} left {room}"})
 
     def _name(self) -> str:
         # Set at connect; the fallback covers a connection older than this code.

@@ -90,7 +90,9 @@ class WebsocketConsumer(BaseConsumer):
     """One WebSocket conversation, handled across messages and workers.
 
     ``groups``: group names the connection joins on connect and leaves on
-    disconnect (or override ``connection_groups(**kwargs)``).  ``http_user``:
+    disconnect (or override ``connection_groups(**kwargs)``); a client that
+    resumes gets what it missed in them first, and ``self.recovered`` (in
+    ``connect``) says per group whether it could (``False``: it could not).  ``http_user``:
     ``self.message.user`` is the user of the HTTP session cookie, kept in the
     channel session for later messages.  ``strict_ordering``: run messages in
     their ``order`` (slight ordering, connect first, is always on).
@@ -125,8 +127,12 @@ class WebsocketConsumer(BaseConsumer):
     ### Raw handlers: bookkeeping, then the user-facing methods ###
 
     def raw_connect(self, message: Message, **kwargs: Any) -> None:
-        for group in self.connection_groups(**kwargs):
-            Group(group, channel_layer=message.channel_layer).add(message.reply_channel)
+        # {group: False} where a resuming client could not be given what it
+        # missed (history too short or lost), True where it was, None: no history.
+        self.recovered = {
+            group: Group(group, channel_layer=message.channel_layer).add(message.reply_channel)
+            for group in self.connection_groups(**kwargs)
+        }
         self.connect(message, **kwargs)
 
     def raw_receive(self, message: Message, **kwargs: Any) -> None:

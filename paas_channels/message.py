@@ -139,6 +139,9 @@ class Channel:
         self.name = BaseChannelLayer.valid_channel_name(name)
         self.alias = alias
         self._layer = channel_layer
+        #: ``{group: [epoch, offset]}`` on the reply channel of a connect from a
+        #: resuming client: what ``Group.add`` resumes from (None: a plain add).
+        self.resume: dict | None = None
 
     @property
     def channel_layer(self) -> BaseChannelLayer:
@@ -174,9 +177,22 @@ class Group:
     def channel_layer(self) -> BaseChannelLayer:
         return _layer_for(self.alias, self._layer)
 
-    def add(self, channel: Channel | str) -> None:
-        """Add a channel (a ``Channel`` or its name); takes effect at once."""
-        self.channel_layer.group_add(self.name, _channel_name(channel))
+    def add(self, channel: Channel | str) -> bool | None:
+        """Add a channel (a ``Channel`` or its name); takes effect at once.
+
+        The reply channel of a ``websocket.connect`` from a client that resumes
+        (``client.js``) joins with its last position: for a group with history
+        it first gets what it missed.  Returns ``False`` when the history no
+        longer covers the gap (the client is told ``recovered: false``),
+        ``True`` when nothing was lost, ``None`` for a plain add.
+        """
+        resume = getattr(channel, "resume", None)
+        if resume is None:
+            self.channel_layer.group_add(self.name, _channel_name(channel))
+            return None
+        position = resume.get(self.name)
+        since = (position[0], position[1]) if position else None
+        return self.channel_layer.group_join(self.name, _channel_name(channel), since=since)
 
     def discard(self, channel: Channel | str) -> None:
         """Remove a channel from the group; a no-op if it is not a member."""
@@ -214,6 +230,10 @@ class Message:
         self.channel = Channel(channel_name, alias=alias, channel_layer=channel_layer)
         reply = content.get("reply_channel")
         self.reply_channel = Channel(reply, alias=alias, channel_layer=channel_layer) if reply else None
+        resume = content.get("resume")
+        if self.reply_channel is not None and isinstance(resume, dict) and channel_name == "websocket.connect":
+            # {group: [epoch, offset]} from the interface: Group.add resumes with it.
+            self.reply_channel.resume = resume
 
     def __getitem__(self, key: str) -> Any:
         return self.content[key]

@@ -42,6 +42,9 @@ def test_bench_tiny_runs_every_scenario_against_its_peer(tmp_path: Path) -> None
             assert _number(s["layer"][side][key]) and s["layer"][side][key] > 0
         assert _number(s["layer"]["ratios"][f"sync_{key}"])
 
+    rabbitmq = s["layer-rabbitmq"]["ratios"]  # vs channels_rabbitmq on the broker at 127.0.0.1:5672
+    assert rabbitmq and all(_number(value) and value > 0 for value in rabbitmq.values()), rabbitmq
+
     http = s["http"]["results"]
     assert {"combined", "split_1", "daphne_asgi", "gunicorn"} <= set(http)
     for name, result in http.items():

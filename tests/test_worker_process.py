@@ -46,6 +46,19 @@ def pending(stack, channel):
     return stack.layer.channel_statistics(channel)["messages_pending"]
 
 
+def from_group(message, group):
+    """A message sent to ``group`` (a chat-* group, which keeps history), without its history
+    position, and that position's offset: the position is checked to name the group, an epoch
+    and an int offset."""
+    assert message is not None, f"no message from {group}"
+    message = dict(message)
+    position = message.pop("history", None)
+    assert isinstance(position, dict) and position.keys() == {"epoch", "group", "offset"}, position
+    assert position["group"] == group and isinstance(position["epoch"], str) and position["epoch"], position
+    assert isinstance(position["offset"], int) and not isinstance(position["offset"], bool), position
+    return message, position["offset"]
+
+
 def busy(stack):
     """Consumers running now, as the workers' heartbeats say (sent whenever a worker turns busy)."""
     return sum(int(info.get("busy", 0)) for info in stack.layer.heartbeats().values())
@@ -68,21 +81,24 @@ def test_routing_filters_named_groups_and_include(stack):
     # delivered, so a notice from a concurrent connect may come first (the interface
     # takes any frame as an implicit accept); nothing promises accept-first then.
     joined_a = {"text": '{"system": "anonymous joined a"}'}
+    # chat-* groups keep history (example_project/settings.py): each group message carries
+    # its position, the group's next offset.
     a1 = client.ws_connect("/ws/chat/a/")
     assert client.next_for(a1) == {"accept": True}
-    assert client.next_for(a1) == joined_a
+    message, first = from_group(client.next_for(a1), "chat-a")
+    assert message == joined_a
     a2 = client.ws_connect("/ws/chat/a/")
     assert client.next_for(a2) == {"accept": True}
-    assert client.next_for(a2) == joined_a
-    assert client.next_for(a1) == joined_a  # a1 was in chat-a already
+    assert from_group(client.next_for(a2), "chat-a") == (joined_a, first + 1)
+    assert from_group(client.next_for(a1), "chat-a") == (joined_a, first + 1)  # a1 was in chat-a already
     b1 = client.ws_connect("/ws/chat/b/")
     assert client.next_for(b1) == {"accept": True}
-    assert client.next_for(b1) == {"text": '{"system": "anonymous joined b"}'}
+    assert from_group(client.next_for(b1), "chat-b")[0] == {"text": '{"system": "anonymous joined b"}'}
     assert sorted(stack.layer.group_channels("chat-a")) == sorted([a1, a2])
     assert stack.layer.group_channels("chat-b") == [b1]
     client.ws_send(a1, "/ws/chat/a/", 1, '{"text": "hi room a"}')
-    expected = {"text": '{"user": "anonymous", "text": "hi room a", "room": "a"}'}
-    assert client.next_for(a1) == expected and client.next_for(a2) == expected
+    expected = ({"text": '{"user": "anonymous", "text": "hi room a", "room": "a"}'}, first + 2)
+    assert from_group(client.next_for(a1), "chat-a") == expected and from_group(client.next_for(a2), "chat-a") == expected
     assert client.next_for(b1, timeout=0.5) is None
     # Disconnect leaves the group.
     client.ws_disconnect(a2, "/ws/chat/a/", 1)

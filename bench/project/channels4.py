@@ -20,6 +20,13 @@ class JoinConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=event["text"])
 
 
+class RoomConsumer(AsyncWebsocketConsumer):
+    groups = ["room"]
+
+    async def bench_message(self, event: dict) -> None:
+        await self.send(text_data=event["text"])
+
+
 class IdleConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         await self.accept()
@@ -29,6 +36,7 @@ application = ProtocolTypeRouter({
     "http": django_asgi_app,
     "websocket": URLRouter([
         path("ws/bench/", JoinConsumer.as_asgi()),
+        path("ws/room/", RoomConsumer.as_asgi()),
         path("ws/idle/", IdleConsumer.as_asgi()),
     ]),
 })

@@ -104,6 +104,14 @@ def _byte_size(value: str | int) -> int:
     if number < 0:
         raise ValueError(f"expected 0 (no limit) or a positive size; got {value!r}")
     return number * _SIZE_UNITS[unit]
+def _non_negative_float(value: str | float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds; got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"expected 0 or a positive number of seconds; got {value!r}")
+    return number
 
 
 def _port(value: str | int) -> int:
@@ -200,6 +208,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("no_access_log", ("--no-access-log",),
            "no access log (else one line per HTTP request: method, path, status, bytes, duration, X-Request-ID)",
            default=False, env="PAAS_CHANNELS_NO_ACCESS_LOG", type=parse_bool, flag_only=True, modes=_WEB),
+    Option("ws_drain", ("--ws-drain",),
+           "seconds over which SIGTERM closes the WebSockets (1012), so their reconnects reach the new "
+           "processes spread out, not all at once; at most half of --graceful-timeout; 0: all at once",
+           default=5.0, env="PAAS_CHANNELS_WS_DRAIN", type=_non_negative_float, modes=frozenset({"web", "combined"})),
     Option("graceful_timeout", ("--graceful-timeout",),
            "seconds to finish in-flight work after SIGTERM (under Heroku's 30 s)", default=25.0,
            env="PAAS_CHANNELS_GRACEFUL_TIMEOUT", type=_positive_float),

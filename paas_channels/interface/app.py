@@ -8,8 +8,8 @@ restarts workers only and WebSockets stay up.
 One process owns one **inbox**, a process-specific channel ``interface.<host>.<random>!``;
 each connection's reply channel is the inbox plus a suffix.  ONE task receives
 on the inbox and hands each message to its connection: no per-connection
-polling of the layer.  Static files and a health endpoint are answered here,
-without a worker hop.
+polling of the layer.  Static files, a health endpoint and the browser
+client (``/.paas-channels/client.js``) are answered here, without a worker hop.
 
 Public pieces (combined mode reuses them on a shared layer):
 :class:`InterfaceApplication` (an ASGI 3 app built from a layer and the config),
@@ -40,6 +40,7 @@ from ..runtime.access import AccessLog
 from .asgi import LayerUnavailable, Receive, Scope, Send, send_plain
 from .daphne import serve_daphne
 from .http import HttpConnection
+from .resume import CLIENT_PATH, serve_client_js
 from .static import StaticFiles
 from .websocket import WebSocketConnection
 
@@ -135,6 +136,9 @@ class InterfaceApplication:
             raise ValueError(f"unsupported ASGI scope type {scope['type']!r}; expected 'http' or 'websocket'")
 
     async def _http(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        if path == CLIENT_PATH:
+            await serve_client_js(scope, send)
+            return
         if self.static is not None:
             entry = self.static.lookup(path)
             if entry is not None:
@@ -232,7 +236,14 @@ class InterfaceApplication:
         # A blocking receive answers within the layer's blocking timeout; past that plus the
         # call deadline the layer is frozen, and the receive is abandoned and tried afresh.
         receive_timeout = float(getattr(self.layer, "blocking_timeout", 1.0)) + self.layer_timeout
+        task = asyncio.current_task()
         while True:
+            # Python 3.11's wait_for returns a receive that completed as the task was
+            # cancelled and swallows the cancellation: with a busy inbox (a group's messages
+            # for every connection are handed out with no I/O) the shutdown's cancel was lost
+            # and it waited for this loop forever.  A cancel asked for ends the loop here.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             try:
                 channel, message = await asyncio.wait_for(self.layer.areceive([self.inbox], block=True),
                                                           receive_timeout)
@@ -347,23 +358,22 @@ class InterfaceApplication:
     ### Shutdown ###
 
     async def shutdown(self, timeout: float) -> int:
-        """Close WebSockets with 1012, let HTTP responses finish within ``timeout``; return how many were cut.
+        """Close WebSockets with 1012 (spread over ``--ws-drain``), let HTTP responses finish within
+        ``timeout``; return how many were cut.
 
         New requests get 503 and new WebSockets 403 from now on.  The inbox
         loop runs until the end so replies to in-flight requests still arrive.
         """
         self.closing = True
+        started = time.monotonic()
         websockets = list(self._websockets.values())
-        logger.info("shutting down: closing %d WebSocket(s) with 1012, waiting up to %g s for %d HTTP response(s)",
-                    len(websockets), timeout, self._http_active)
-        for websocket in websockets:
-            try:
-                await websocket.close_for_restart()
-            except Exception:  # the connection is already gone
-                logger.debug("closing %s failed", websocket.reply_channel, exc_info=True)
+        window = min(float(getattr(self.config, "ws_drain", 0.0) or 0.0), timeout / 2)
+        logger.info("shutting down: closing %d WebSocket(s) with 1012 over %g s, waiting up to %g s for %d HTTP "
+                    "response(s)", len(websockets), window, timeout, self._http_active)
+        await self._close_websockets(websockets, window)
         self._check_idle()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout - (time.monotonic() - started)))
             cut = 0
         except asyncio.TimeoutError:
             cut = self._http_active + len(self._websockets)
@@ -378,6 +388,27 @@ class InterfaceApplication:
             except Exception as exc:  # noqa: BLE001 - the process is stopping anyway
                 logger.debug("last heartbeat not sent: %s", exc)
         return cut
+
+    async def _close_websockets(self, websockets: list[WebSocketConnection], window: float) -> None:
+        """Close with 1012, spread evenly over ``window`` seconds (the slow drain).
+
+        Every client reconnects at once when told to; spread out, the new
+        processes get a stream of reconnects (and their joins and replays)
+        instead of a whole process's worth in one instant.  Open sockets go on
+        receiving until their turn.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        count = len(websockets)
+        for index, websocket in enumerate(websockets):
+            if window > 0 and count > 1:
+                delay = start + window * index / count - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            try:
+                await websocket.close_for_restart()
+            except Exception:  # the connection is already gone
+                logger.debug("closing %s failed", websocket.reply_channel, exc_info=True)
 
     def _check_idle(self) -> None:
         if self._http_active == 0 and not self._websockets:

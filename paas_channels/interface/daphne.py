@@ -64,7 +64,8 @@ TESTED_DAPHNE = "4.2"
 
 def _check_internals() -> None:
     """Fail at import, naming what is missing, rather than mid-request on another Daphne."""
-    missing = [name for name in ("sendCloseFrame", "serverClose") if not hasattr(WebSocketProtocol, name)]
+    missing = [name for name in ("sendCloseFrame", "serverClose", "serverSend", "STATE_CLOSING")
+               if not hasattr(WebSocketProtocol, name)]
     if "parsePOSTFormSubmission" not in inspect.signature(twisted_http.Request.__init__).parameters:
         missing.append("twisted.web.http.Request(parsePOSTFormSubmission=)")
     missing += [f"WebRequest.{name}" for name in ("gotLength", "handleContentChunk", "requestReceived")
@@ -103,7 +104,18 @@ _MAX_WS_MESSAGE = 1024 * 1024 - 64 * 1024
 
 
 class _WebSocketProtocol(WebSocketProtocol):
-    """Daphne's protocol, also able to close with the server codes 1012 (restart) and 1013 (try later)."""
+    """Daphne's protocol, also able to close with the server codes 1012 (restart) and 1013 (try later),
+    and dropping frames once the closing handshake has begun."""
+
+    def serverSend(self, content: str | bytes, binary: bool = False) -> None:
+        # A client's close frame starts the closing handshake at once, but Daphne tells the
+        # application (websocket.disconnect) only when the TCP connection is gone: a group
+        # message arriving in between made autobahn raise Disconnected and killed the relay.
+        # The client said it is going: the frame is dropped, as Daphne drops replies after.
+        if self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
+            logger.debug("frame for closing WebSocket %s dropped", self.client_addr)
+            return
+        super().serverSend(content, binary)
 
     def serverClose(self, code: int | None = None) -> None:
         if code in _SERVER_CLOSE_CODES:

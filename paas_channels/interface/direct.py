@@ -30,6 +30,7 @@ from ..layers import channel_layer_settings
 from ..routing import Route, Router
 from ..runtime.wsgi import static_files, wsgi_application
 from .app import HEALTH_PATH
+from .resume import CLIENT_PATH
 from .asgi import Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class HybridApplication:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root):] or "/"
-        if path == HEALTH_PATH or any(pattern.match(path) for pattern in self.patterns):
+        if path in (HEALTH_PATH, CLIENT_PATH) or any(pattern.match(path) for pattern in self.patterns):
             return True
         static = getattr(self.interface, "static", None)
         return static is not None and static.lookup(path) is not None

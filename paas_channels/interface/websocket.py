@@ -20,6 +20,7 @@ from django.http.request import validate_host
 
 from ..layers import ChannelFull
 from .asgi import LayerUnavailable, Receive, Relay, Send, scope_fields
+from .resume import frames, opted_in, resume_positions
 
 logger = logging.getLogger(__name__)
 # How long a disconnect waits for room on a full websocket.disconnect channel.
@@ -31,7 +32,7 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 
-_REPLY_KEYS = frozenset({"accept", "subprotocol", "text", "bytes", "close"})
+_REPLY_KEYS = frozenset({"accept", "subprotocol", "text", "bytes", "close", "history"})
 
 
 def origin_allowed(headers: Iterable[tuple[bytes, bytes]], patterns: Iterable[str]) -> tuple[bool, str | None]:
@@ -78,6 +79,11 @@ class WebSocketConnection:
         self.order = 0
         self.reply_channel: str | None = None
         self.subprotocol = choose_subprotocol(list(scope.get("subprotocols") or ()), app.config.ws_protocols)
+        # A client speaking the resume protocol (client.js, see .resume) gets
+        # history positions and join notices; any other client never does.
+        self.resumes = opted_in(scope)
+        # History replies that came before the consumer accepted: sent once it does.
+        self._held: list[dict] = []
 
     async def run(self) -> None:
         """Handshake, then relay both ways until either side closes."""
@@ -130,7 +136,8 @@ class WebSocketConnection:
 
     async def _relay(self) -> None:
         try:
-            await self.app.asend("websocket.connect", self._message())
+            resume = {"resume": resume_positions(self.scope)} if self.resumes else {}
+            await self.app.asend("websocket.connect", self._message(**resume))
         except (ChannelFull, LayerUnavailable) as exc:
             why = "is full" if isinstance(exc, ChannelFull) else "cannot be reached"
             logger.warning("websocket.connect %s: refusing the WebSocket %s (403)", why, self.scope["path"])
@@ -214,18 +221,29 @@ class WebSocketConnection:
             return
         data = reply.get("text") if reply.get("text") is not None else reply.get("bytes")
         close = reply.get("close")
+        history = reply.get("history") is not None
         if not self.accepted:
             if reply.get("accept") is False or (close and not reply.get("accept") and data is None):
                 self.closed = True
+                self._held = []
                 await self.send({"type": "websocket.close"})  # before accept: HTTP 403
+                return
+            if history and not reply.get("accept"):
+                # A join in the connect consumer comes before its (deferred)
+                # accept: its notice and replay must not accept the socket.
+                self._held.append(reply)
                 return
             if reply.get("accept") or data is not None:
                 self.accepted = True
                 await self.send({"type": "websocket.accept",
                                  "subprotocol": reply.get("subprotocol") or self.subprotocol})
-        if data is not None:
-            key = "text" if "text" in reply and reply["text"] is not None else "bytes"
-            await self.send({"type": "websocket.send", key: data})
+                held, self._held = self._held, []
+                for earlier in held:
+                    for event in frames(earlier, self.resumes):
+                        await self.send(event)
+        if data is not None or history:
+            for event in frames(reply, self.resumes):
+                await self.send(event)
         if close:
             code = CLOSE_NORMAL if close is True else close
             if not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999):
@@ -247,5 +265,7 @@ def _valid_reply(reply: Any) -> bool:
         return False
     text, data = reply.get("text"), reply.get("bytes")
     if text is not None and data is not None:
+        return False
+    if reply.get("history") is not None and not isinstance(reply["history"], dict):
         return False
     return (text is None or isinstance(text, str)) and (data is None or isinstance(data, bytes))

@@ -33,6 +33,7 @@ from typing import Any, Iterable
 import msgpack
 
 from ..logs import RateLimitedLog
+from .history import HistoryRules
 
 __all__ = [
     "BaseChannelLayer",
@@ -410,6 +411,29 @@ class BaseChannelLayer:
             return _unpack(payload)
         except Exception as exc:  # garbage, or over the decoding limits
             return self._reject(f"not decodable ({type(exc).__name__}: {str(exc)[:80]})")
+
+    ### Group history (opt-in; see layers/history.py) ###
+
+    #: ``CONFIG["history"]`` checked; a layer that keeps history (its
+    #: ``extensions`` name ``"history"``) sets its own from its CONFIG.
+    history: HistoryRules = HistoryRules(None)
+
+    def group_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
+        """``group_add``, and for a history group, the join's notice and what ``channel`` missed.
+
+        On a layer that keeps history, for a group that has it: puts on
+        ``channel`` a notice (``{"history": {..., "recovered"}}``) and then the
+        messages after ``since`` (``(epoch, offset)`` last seen), atomically
+        with the membership.  Returns ``True`` (nothing lost), ``False`` (the
+        history no longer covers the gap: nothing replayed) or ``None`` (no
+        history for this group; a plain ``group_add``).
+        """
+        self.group_add(group, channel)
+        return None
+
+    async def agroup_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
+        await self.agroup_add(group, channel)
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} expiry={self.expiry} capacity={self.capacity}>"

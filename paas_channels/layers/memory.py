@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any, Iterable
 
 from .base import BaseChannelLayer, ChannelFull
+from .history import HistoryRule, HistoryRules, covers, message_meta, notice_meta, valid_since
 
 __all__ = ["InMemoryChannelLayer"]
 
@@ -34,6 +35,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
     """
 
     reach = "process"
+    extensions = [*BaseChannelLayer.extensions, "history"]
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         capacity: int = 100,
         channel_capacity: dict[str, int] | None = None,
         blocking_timeout: float = 1.0,
+        history: dict[str, dict] | None = None,
     ) -> None:
         super().__init__(
             expiry=expiry,
@@ -50,6 +53,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
             channel_capacity=channel_capacity,
         )
         self.blocking_timeout = blocking_timeout
+        self.history = HistoryRules(history)
+        # Group -> its history (groups matching CONFIG["history"] only).
+        self._histories: dict[str, _History] = {}
         self._lock = threading.Lock()
         # Stored name -> receivers blocked on it, oldest first.
         self._waiters: dict[str, list[_Waiter]] = {}
@@ -140,10 +146,44 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         self.valid_group_name(group)
         data = self.serialize(message)
+        rule = self.history.for_group(group)
         with self._lock:
             self._expire_locked()
+            if rule is not None:
+                # The offset is taken under the lock: members get offsets in order.
+                history = self._history_locked(group, rule)
+                history.latest += 1
+                history.entries.append((time.monotonic(), history.latest, data))
+                while len(history.entries) > rule.size:
+                    history.entries.popleft()
+                data = self.serialize({**message, "history": message_meta(group, history.epoch, history.latest)})
             for channel in list(self._groups.get(group, ())):
                 self._send_locked(channel, data, raise_full=False)
+
+    def group_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
+        """``group_add`` plus, for a history group, the notice and replay (see the base class), in one step."""
+        self.valid_group_name(group)
+        self.valid_channel_name(channel)
+        since = valid_since(since)
+        rule = self.history.for_group(group)
+        if rule is None:
+            self.group_add(group, channel)
+            return None
+        with self._lock:
+            self._groups.setdefault(group, {})[channel] = time.monotonic() + self.group_expiry
+            history = self._history_locked(group, rule)
+            first = history.entries[0][1] if history.entries else history.latest + 1
+            recovered = covers(since, history.epoch, history.latest, first)
+            notice = {"history": notice_meta(group, history.epoch, history.latest, recovered)}
+            # A join's notice and replay are bounded by the history size, not the channel's capacity.
+            self._send_locked(channel, self.serialize(notice), raise_full=False, bounded=False)
+            if recovered:
+                for _, offset, data in history.entries:
+                    if offset > since[1]:
+                        meta = message_meta(group, history.epoch, offset, replayed=True)
+                        replay = self.serialize({**self.deserialize(data), "history": meta})
+                        self._send_locked(channel, replay, raise_full=False, bounded=False)
+        return recovered is not False
 
     ### Flush, statistics, close ###
 
@@ -152,6 +192,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         with self._lock:
             self._channels.clear()
             self._groups.clear()
+            self._histories.clear()  # the next message starts a new epoch
             self._heartbeats.clear()
             self._reset_statistics()
 
@@ -240,6 +281,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
     async def asend_group(self, group: str, message: dict) -> None:
         self.send_group(group, message)
 
+    async def agroup_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
+        return self.group_join(group, channel, since)
+
     async def aflush(self) -> None:
         self.flush()
 
@@ -266,14 +310,24 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._per_channel_count: dict[str, int] = {}
         self._per_channel_full: dict[str, int] = {}
 
-    def _send_locked(self, channel: str, data: bytes, raise_full: bool) -> None:
+    def _history_locked(self, group: str, rule: HistoryRule) -> _History:
+        """``group``'s history with entries older than its ttl dropped; a new epoch if it has none."""
+        history = self._histories.get(group)
+        if history is None:
+            history = self._histories[group] = _History(self.random_suffix(8))
+        oldest = time.monotonic() - rule.ttl
+        while history.entries and history.entries[0][0] <= oldest:
+            history.entries.popleft()
+        return history
+
+    def _send_locked(self, channel: str, data: bytes, raise_full: bool, bounded: bool = True) -> None:
         key = self.non_local_name(channel)
         now = time.monotonic()
         self._expire_channel_locked(key, now)
         queue = self._channels.get(key)
         if queue is None:
             queue = self._channels[key] = deque()
-        if len(queue) >= self.get_capacity(channel):
+        if bounded and len(queue) >= self.get_capacity(channel):
             self._channel_full_count += 1
             self._per_channel_full[key] = self._per_channel_full.get(key, 0) + 1
             if raise_full:
@@ -377,6 +431,17 @@ class InMemoryChannelLayer(BaseChannelLayer):
             members = self._groups[group]
             if members.pop(channel, None) is not None and not members:
                 del self._groups[group]
+
+
+class _History:
+    """One group's history: its epoch, last offset and ``(stored at, offset, message)`` entries."""
+
+    __slots__ = ("epoch", "latest", "entries")
+
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+        self.latest = 0
+        self.entries: deque[tuple[float, int, bytes]] = deque()
 
 
 class _Waiter:

@@ -1,6 +1,7 @@
-// The chat page's client: JSON frames to /ws/chat/<room>/, every message of the room shown;
-// pictures posted with fetch() and shown when the worker's thumbnail arrives on the socket;
-// notifications from the /live/ long-poll.
+// The chat page's client: JSON frames to /ws/chat/<room>/ through PaasChannels (client.js), every
+// message of the room shown once and in order, also across a deploy (the room keeps a history the
+// client resumes from; when it could not, the page says so); pictures posted with fetch() and shown
+// when the worker's thumbnail arrives on the socket; notifications from the /live/ long-poll.
 (function () {
   "use strict";
   var room = document.currentScript.getAttribute("data-room");
@@ -34,19 +35,26 @@
     document.getElementById("pictures").appendChild(figure);
     show(message.user + " shared " + message.picture, "sys");
   }
-  var socket = window.paasChannels.connect("/ws/chat/" + room + "/", function (data) {
-    var message = JSON.parse(data);
-    if (message.id !== undefined) { settled[message.id] = message; settle(); }
-    if (message.system) { show(message.system, "sys"); }
-    else if (message.thumbnail) { showPicture(message); }
-    else { show(message.user + ": " + message.text, "in"); }
-  }, function (text) { show(text, "sys"); });
+  var socket = PaasChannels.connect("/ws/chat/" + room + "/", {
+    onmessage: function (data) {
+      var message = JSON.parse(data);
+      if (message.id !== undefined) { settled[message.id] = message; settle(); }
+      if (message.system) { show(message.system, "sys"); }
+      else if (message.thumbnail) { showPicture(message); }
+      else { show(message.user + ": " + message.text, "in"); }
+    },
+    onclose: function (event) { show("closed (" + event.code + "), reconnecting", "sys"); },
+    onrecover: function (ok) {
+      // The server kept too little of the room's history for the time away: lines may be missing.
+      if (!ok) { show("some messages could not be recovered after reconnecting: reload the page to see them", "sys lost"); }
+    }
+  });
 
   document.getElementById("send").addEventListener("submit", function (event) {
     event.preventDefault();
     var input = document.getElementById("text");
-    if (input.value && socket.current().readyState === WebSocket.OPEN) {
-      socket.current().send(JSON.stringify({ text: input.value }));
+    if (input.value) {
+      socket.send(JSON.stringify({ text: input.value }));  // queued while reconnecting
       input.value = "";
     }
   });

@@ -39,6 +39,9 @@ class AsyncLayerAPI:
     async def agroup_add(self, group: str, channel: str) -> None:
         return await (await self._async_io()).run(self._op_group_add(group, channel))
 
+    async def agroup_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
+        return await (await self._async_io()).run(self._op_group_join(group, channel, since))
+
     async def agroup_discard(self, group: str, channel: str) -> None:
         return await (await self._async_io()).run(self._op_group_discard(group, channel))
 

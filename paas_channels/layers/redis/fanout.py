@@ -4,6 +4,11 @@ A group send stores ONE envelope per member inbox (``name!``) naming every
 member channel of that inbox.  Whoever pops it gives the message to the first
 and keeps the others here, for the next receives on those channels: no Redis
 round trip for them.  A message held here still expires with its envelope.
+
+A history group's envelope carries its position after the member names
+(``members group epoch offset``): every member's message gets its own
+``"history"`` dict.  A join's envelope holds the join's notice and the
+replayed messages, handed out in order before anything newer.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections import deque
 from typing import Iterable
 
 from . import scripts
+from ..history import message_meta, notice_meta
 
 __all__ = ["LocalFanout"]
 
@@ -38,6 +44,8 @@ class LocalFanout:
         expires, target, data = scripts.unpack(envelope)
         if expires <= time.time() * 1000:
             return None
+        if " " in target:
+            return self._open_history(expires, target, data)
         if "\n" in target:
             first, rest = target.split("\n", 1)
             # Every member gets its own message.  When all its values are
@@ -50,6 +58,33 @@ class LocalFanout:
             queue.extend((expires, channel, data) for channel in rest.split("\n"))
             return first, message
         return target, self.deserialize(data)
+
+    def _open_history(self, expires: int, target: str, data: bytes) -> tuple[str, dict]:
+        """A history group's message (one per member) or a join's notice and replay."""
+        parts = target.split(" ")
+        members, group, epoch, offset = parts[0].split("\n"), parts[1], parts[2], int(parts[3])
+        if len(parts) == 5:  # a join: notice first, then the replay, whose offsets end at ``offset``
+            recovered = {"1": True, "0": False}.get(parts[4])
+            encoded = scripts.blocks(data)
+            notice = self.deserialize(encoded[0])
+            notice["history"] = notice_meta(group, epoch, offset, recovered)
+            first = offset - len(encoded) + 2
+            held = [(expires, members[0], (block, message_meta(group, epoch, first + i, replayed=True)))
+                    for i, block in enumerate(encoded[1:])]
+            if held:
+                self._local.setdefault(self.non_local_name(members[0]), deque()).extend(held)
+            return members[0], notice
+        meta = message_meta(group, epoch, offset)
+        if len(members) > 1:
+            self._local.setdefault(self.non_local_name(members[0]), deque()).extend(
+                (expires, channel, (data, meta)) for channel in members[1:]
+            )
+        return members[0], self._with_history(data, meta)
+
+    def _with_history(self, data: bytes, meta: dict) -> dict:
+        message = self.deserialize(data)
+        message["history"] = dict(meta)
+        return message
 
     def _from_local(self, channels: Iterable[str]) -> tuple[Iterable[str], tuple[str, dict] | None]:
         """A message this process already holds for ``channels`` (the receive fast path).
@@ -75,5 +110,9 @@ class LocalFanout:
                     except IndexError:  # another thread took the last one
                         break
                     if expires > now:
-                        return channel, data.copy() if type(data) is dict else self.deserialize(data)
+                        if type(data) is dict:
+                            return channel, data.copy()
+                        if type(data) is tuple:  # a history group's message: (encoded, position)
+                            return channel, self._with_history(*data)
+                        return channel, self.deserialize(data)
         return None

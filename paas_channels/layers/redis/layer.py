@@ -27,6 +27,7 @@ from .fanout import LocalFanout
 from .hosts import RedisHost, hosts_from_env, parse_hosts, redact_url
 from .ops import RedisOperations, _Route
 from ..base import BaseChannelLayer, _positive_number
+from ..history import HistoryRules
 
 __all__ = ["ChannelLayerConnectionError", "RedisChannelLayer", "config_from_env", "redact_url"]
 
@@ -65,13 +66,17 @@ class RedisChannelLayer(AsyncLayerAPI, RedisOperations, LocalFanout, BaseChannel
     tuples or dicts of connection keywords (``{"address": url, "ssl_cert_reqs": None}``);
     ``None`` means ``redis://127.0.0.1:6379/0``.  ``prefix`` starts every key, so
     several layers can share a Redis.  ``blocking_timeout``: seconds a blocking
-    receive waits.  ``reply_spin_us``: microseconds to poll for a reply before
+    receive waits.  ``history``: ``{group glob: {"size": n, "ttl": s}}``, the
+    groups that keep their last messages for clients that resume
+    (:mod:`paas_channels.layers.history`).  ``reply_spin_us``: microseconds to poll for a reply before
     sleeping until it comes (``0``: off; see :mod:`.spin`).
     ``command_timeout``: seconds a call may wait for Redis before the shard
     counts as unreachable (:class:`ChannelLayerConnectionError`); a blocking
     receive waits ``blocking_timeout`` longer.  Other keywords are connection
     keywords for every host (e.g. ``socket_connect_timeout=2``).
     """
+
+    extensions = [*BaseChannelLayer.extensions, "history"]
 
     def __init__(
         self,
@@ -84,6 +89,7 @@ class RedisChannelLayer(AsyncLayerAPI, RedisOperations, LocalFanout, BaseChannel
         blocking_timeout: float = 1,
         reply_spin_us: float = 100,
         command_timeout: float = 5,
+        history: dict[str, dict] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
@@ -102,12 +108,13 @@ class RedisChannelLayer(AsyncLayerAPI, RedisOperations, LocalFanout, BaseChannel
             raise TypeError(
                 f"RedisChannelLayer got unexpected keyword(s) {', '.join(sorted(unknown))}; "
                 "it takes hosts, prefix, expiry, group_expiry, capacity, channel_capacity, "
-                "blocking_timeout, reply_spin_us, command_timeout and redis-py connection keywords"
+                "blocking_timeout, reply_spin_us, command_timeout, history and redis-py connection keywords"
             )
         self.hosts: list[RedisHost] = [
             RedisHost(host.kind, {**kwargs, **host.kwargs}) if kwargs else host for host in parse_hosts(hosts)
         ]
         self.prefix = prefix
+        self.history = HistoryRules(history)
         self.blocking_timeout = blocking_timeout
         self.reply_spin_us = reply_spin_us
         self.command_timeout = command_timeout
@@ -164,6 +171,10 @@ class RedisChannelLayer(AsyncLayerAPI, RedisOperations, LocalFanout, BaseChannel
     def group_add(self, group: str, channel: str) -> None:
         """Add ``channel`` to ``group`` for ``group_expiry`` seconds."""
         return self._sync.run(self._op_group_add(group, channel))
+
+    def group_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
+        """``group_add`` and, for a history group, the notice and what ``channel`` missed, in one step."""
+        return self._sync.run(self._op_group_join(group, channel, since))
 
     def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; a no-op if it is not a member."""

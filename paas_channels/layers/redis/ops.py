@@ -32,6 +32,7 @@ import msgpack
 from . import scripts
 from .drivers import BlockingPop, Call, ChannelLayerConnectionError, Op, packed, script_call
 from ..base import ChannelFull
+from ..history import HistoryRule, valid_since
 
 __all__ = ["RedisOperations"]
 
@@ -253,6 +254,53 @@ class RedisOperations:
         keys = (self.keys.group(group), self.keys.group_members(group))
         yield [script_call(self._group_shard(group), scripts.GROUP_ADD, keys, args)]
 
+    def _op_group_join(self, group: str, channel: str, since: tuple[str, int] | None) -> Op:
+        """``group_add`` and, for a history group, the join's envelope: one script on the group's shard.
+
+        The envelope is stored there too when the channel lives on that shard
+        (one server, or a normal channel); otherwise a second round trip
+        stores it on the channel's shard.
+        """
+        rule = self.history.for_group(group)
+        if rule is None:
+            self.valid_group_name(group)  # as group_add would, before the rule could be asked for
+            yield from self._op_group_add(group, channel)
+            return None
+        self.valid_channel_name(channel)
+        since = valid_since(since)
+        now = _now_ms()
+        group_ms = int(self.group_expiry * 1000)
+        shard = self._group_shard(group)
+        route = self._route(channel)
+        here = route.home is None or route.home == shard
+        keys = (
+            self.keys.group(group), self.keys.group_members(group), self.keys.history(group),
+            self.keys.history_meta(group), route.keys[0],
+        )
+        args = (
+            channel, now + group_ms, group_ms, now, self.random_suffix(8), int(rule.ttl * 1000),
+            self._history_meta_ms(rule), since[0] if since else "", since[1] if since else 0,
+            int(here), now + self._expiry_ms, self._list_ttl_ms, group, self.serialize({}),
+        )
+        reply = (yield [script_call(shard, scripts.GROUP_JOIN, keys, args)])[0]
+        if not here:
+            commands = [("RPUSH", route.keys[0], reply[1]), ("PEXPIRE", route.keys[0], self._list_ttl_ms)]
+            yield [Call(route.home, command) for command in commands]
+        return {b"1": True, b"0": False}.get(reply[0], True)
+
+    def _history_meta_ms(self, rule: HistoryRule) -> int:
+        # A history's epoch and offset outlive its messages: a client that saw
+        # nothing for a while still resumes (with nothing to replay).
+        return int(max(rule.ttl, self.group_expiry) * 1000)
+
+    def _history_send_call(self, group: str, rule: HistoryRule, data: bytes) -> Call:
+        keys = (self.keys.group(group), self.keys.group_members(group), self.keys.history(group), self.keys.history_meta(group))
+        args = (
+            _now_ms(), int(self.group_expiry * 1000), self.random_suffix(8), rule.size, int(rule.ttl * 1000),
+            data, self._history_meta_ms(rule),
+        )
+        return script_call(self._group_shard(group), scripts.HISTORY_SEND, keys, args)
+
     def _op_group_discard(self, group: str, channel: str) -> Op:
         self.valid_group_name(group)
         self.valid_channel_name(channel)
@@ -275,7 +323,13 @@ class RedisOperations:
     def _op_send_group(self, group: str, message: dict) -> Op:
         self.valid_group_name(group)
         data = self.serialize(message)
-        (packed_flat,) = yield [self._members_call(group)]
+        rule = self.history.for_group(group)
+        if rule is None:
+            (packed_flat,) = yield [self._members_call(group)]
+            position = ""
+        else:  # the group's next offset, then the same stores as any group send
+            ((epoch, offset, packed_flat),) = yield [self._history_send_call(group, rule, data)]
+            position = f" {group} {epoch.decode()} {offset}"
         by_name = dict(_members_by_stored_name(packed_flat))
         if not by_name:
             return None
@@ -284,7 +338,7 @@ class RedisOperations:
         pending = []
         for name, joined in by_name.items():
             route = self._route(name)
-            pending.append((name, route, joined, self._send_targets(route)))
+            pending.append((name, route, joined + position, self._send_targets(route)))
         dead: list[str] = []
         while pending:
             now = _now_ms()  # each round's envelopes expire from when they are sent

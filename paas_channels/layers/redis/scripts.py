@@ -11,13 +11,25 @@ Keys (``P`` is the layer's prefix; every key of a layer starts with ``P:``):
   :data:`GROUP_MEMBERS`);
 * ``P:s``          hash of this shard's global counters (``count``, ``full``);
 * ``P:s:<name>``   hash of one stored channel's counters on this shard;
-* ``P:hb``         hash of worker id -> envelope of heartbeat info (first shard).
+* ``P:hb``         hash of worker id -> envelope of heartbeat info (first shard);
+* ``P:h:<group>``  list: a history group's last messages, oldest first, each
+  ``13 digits of the time it was stored (ms)`` + the encoded message; their
+  offsets are consecutive, the last one's is ``latest`` (see :data:`HISTORY_SEND`);
+* ``P:hm:<group>`` hash: the history's ``epoch`` and ``latest`` offset.
 
 An envelope is ``13 ASCII digits of expiry (ms since the epoch)`` + ``8 hex
 digits: length of T`` + ``T`` (msgpack str: the full channel name, or for a
 group send to an inbox its member channels joined by newlines, which no name
 contains) + the msgpack message.  Lua
 reads only the first 13 bytes, so scripts stay cheap whatever the message.
+
+A message to a history group carries its position after the target, space
+separated (no name contains a space): ``members group epoch offset``.  A
+join's envelope (:data:`GROUP_JOIN`) names one channel and ends with the
+outcome, ``channel group epoch latest R`` (R: ``1`` recovered, ``0`` not,
+``-`` not asked); its message part is blocks of ``8 hex digits of length`` +
+encoded message: the notice, then the replayed messages, whose offsets end at
+``latest``.
 """
 
 from __future__ import annotations
@@ -27,7 +39,10 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-__all__ = ["Script", "pack_target", "pack_packed", "PUSH", "TAKE_BACK", "POP", "STATS", "GROUP_ADD", "GROUP_MEMBERS", "FLUSH", "Keys", "pack", "unpack"]
+__all__ = [
+    "Script", "pack_target", "pack_packed", "PUSH", "TAKE_BACK", "POP", "STATS", "GROUP_ADD", "GROUP_MEMBERS",
+    "GROUP_JOIN", "HISTORY_SEND", "FLUSH", "Keys", "pack", "unpack", "blocks",
+]
 
 _HEADER = 21  # 13 digits of expiry + 8 hex digits of target length
 
@@ -51,6 +66,16 @@ def unpack(envelope: bytes) -> tuple[int, str, bytes]:
     length = int(envelope[13:_HEADER], 16)
     target = msgpack.unpackb(envelope[_HEADER : _HEADER + length], raw=False)
     return int(envelope[:13]), target, envelope[_HEADER + length :]
+
+
+def blocks(data: bytes) -> list[bytes]:
+    """The encoded messages of a join envelope's message part (see :data:`GROUP_JOIN`)."""
+    out, pos, end = [], 0, len(data)
+    while pos < end:
+        length = int(data[pos : pos + 8], 16)
+        out.append(data[pos + 8 : pos + 8 + length])
+        pos += 8 + length
+    return out
 
 
 def expires_of(envelope: bytes) -> int:
@@ -89,6 +114,12 @@ class Keys:
 
     def group_members(self, name: str) -> str:
         return f"{self.prefix}:gm:{name}"
+
+    def history(self, name: str) -> str:
+        return f"{self.prefix}:h:{name}"
+
+    def history_meta(self, name: str) -> str:
+        return f"{self.prefix}:hm:{name}"
 
 
 # Expired messages sit at the head (all messages of a layer share one expiry),
@@ -227,14 +258,15 @@ return 1
 #: The grouping is kept (``P:gm:<group>``) until the membership changes:
 #: every group add, discard or expiry drops it, so a broadcast to a large,
 #: steady group does not group its members again.
-GROUP_MEMBERS = Script("group_members", """
-local removed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+_MEMBERS = """
+local function group_members(group, cache, now, cache_ttl)
+local removed = redis.call('ZREMRANGEBYSCORE', group, '-inf', now)
 if removed == 0 then
-  local cached = redis.call('GET', KEYS[2])
+  local cached = redis.call('GET', cache)
   if cached then return cached end
 end
 local order, groups = {}, {}
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+for _, member in ipairs(redis.call('ZRANGE', group, 0, -1)) do
   local bang = string.find(member, '!', 1, true)
   local name = member
   if bang then name = string.sub(member, 1, bang) end
@@ -252,8 +284,87 @@ for _, name in ipairs(order) do
   out[#out + 1] = table.concat(groups[name], '\\n')
 end
 local packed = cmsgpack.pack(out)
-if #out > 0 then redis.call('SET', KEYS[2], packed, 'PX', ARGV[2]) else redis.call('DEL', KEYS[2]) end
+if #out > 0 then redis.call('SET', cache, packed, 'PX', cache_ttl) else redis.call('DEL', cache) end
 return packed
+end
+"""
+GROUP_MEMBERS = Script("group_members", _MEMBERS + """
+return group_members(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+""")
+
+# A history's entries older than its ttl are at the head (stored in time order).
+_HISTORY = """
+local function trim_history(key, oldest)
+  while true do
+    local head = redis.call('LINDEX', key, 0)
+    if not head or tonumber(string.sub(head, 1, 13)) > oldest then return end
+    redis.call('LPOP', key)
+  end
+end
+local function history_meta(meta, epoch, meta_ttl)
+  redis.call('HSETNX', meta, 'epoch', epoch)
+  redis.call('PEXPIRE', meta, meta_ttl)
+  return redis.call('HGET', meta, 'epoch')
+end
+"""
+
+#: A send to a history group, first round trip (on the group's shard): take the
+#: group's next offset, keep the message in its history, and read the members
+#: as :data:`GROUP_MEMBERS` does; the envelopes are then stored by :data:`PUSH`.
+#: KEYS: group, members cache, history, history meta.  ARGV: now ms, cache ttl
+#: ms, epoch if the history has none, size, ttl ms, encoded message, meta ttl ms.
+#: Returns {epoch, offset, members as GROUP_MEMBERS returns them}.
+HISTORY_SEND = Script("history_send", _MEMBERS + _HISTORY + """
+local now = tonumber(ARGV[1])
+local epoch = history_meta(KEYS[4], ARGV[3], ARGV[7])
+local offset = redis.call('HINCRBY', KEYS[4], 'latest', 1)
+redis.call('RPUSH', KEYS[3], string.format('%013d', now) .. ARGV[6])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
+trim_history(KEYS[3], now - tonumber(ARGV[5]))
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
+return {epoch, offset, group_members(KEYS[1], KEYS[2], ARGV[1], ARGV[2])}
+""")
+
+#: Join a history group and, in the same step, make the join's envelope: the
+#: notice, then (when ``since`` is covered) every message after it.  When the
+#: joining channel's list is on this shard the envelope is stored here, so
+#: nothing sent to the group can come between the replay and the live
+#: messages; otherwise it is returned for the caller to store.
+#: KEYS: group, members cache, history, history meta, the channel's list.
+#: ARGV: member, membership expiry ms, group ttl ms, now ms, epoch if none,
+#: history ttl ms, meta ttl ms, since epoch ('' to not resume), since offset,
+#: store here 0/1, envelope expiry ms, list ttl ms, group name, encoded notice.
+#: Returns {R} (stored) or {R, envelope}; R is '1', '0' or '-'.
+GROUP_JOIN = Script("group_join", _HISTORY + """
+if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then redis.call('DEL', KEYS[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local now = tonumber(ARGV[4])
+local epoch = history_meta(KEYS[4], ARGV[5], ARGV[7])
+local latest = tonumber(redis.call('HGET', KEYS[4], 'latest') or '0')
+trim_history(KEYS[3], now - tonumber(ARGV[6]))
+local first = latest - redis.call('LLEN', KEYS[3]) + 1
+local blocks = {string.format('%08x', #ARGV[14]), ARGV[14]}
+local recovered = '-'
+if ARGV[8] ~= '' then
+  local since = tonumber(ARGV[9])
+  if ARGV[8] == epoch and since <= latest and since + 1 >= first then
+    recovered = '1'
+    for _, entry in ipairs(redis.call('LRANGE', KEYS[3], since + 1 - first, -1)) do
+      blocks[#blocks + 1] = string.format('%08x', #entry - 13)
+      blocks[#blocks + 1] = string.sub(entry, 14)
+    end
+  else
+    recovered = '0'
+  end
+end
+local target = cmsgpack.pack(ARGV[1] .. ' ' .. ARGV[13] .. ' ' .. epoch .. ' ' .. string.format('%d', latest) .. ' ' .. recovered)
+local envelope = string.format('%013d%08x', tonumber(ARGV[11]), #target) .. target .. table.concat(blocks)
+if ARGV[10] == '1' then
+  redis.call('RPUSH', KEYS[5], envelope)
+  if string.find(KEYS[5], '[!?]') then redis.call('PEXPIRE', KEYS[5], ARGV[12]) end
+  return {recovered}
+end
+return {recovered, envelope}
 """)
 
 #: ARGV: key pattern.  Unlinks every key of the layer on this shard.

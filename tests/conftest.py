@@ -32,8 +32,8 @@ def pytest_collection_modifyitems(items):
     """
     for item in items:
         callspec = getattr(item, "callspec", None)
-        backend = str(callspec.params.get("make_layer", "")) if callspec else ""
-        if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())) or backend.startswith("redis"):
+        backends = [str(callspec.params.get(name, "")) for name in ("make_layer", "hlayer")] if callspec else []
+        if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())) or any(b.startswith("redis") for b in backends):
             item.add_marker(pytest.mark.redis)
 
 

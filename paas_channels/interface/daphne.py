@@ -142,9 +142,10 @@ def _arm_header_deadline(channel: Any) -> None:
 
     def expire() -> None:
         channel._paas_header_timer = None
-        logger.info("a client sent no complete request headers within %g s (--header-timeout): connection cut",
-                    seconds)
+        # A connection upgraded to a WebSocket has handed its transport over: nothing to cut.
         if channel.transport is not None:
+            logger.info("a client sent no complete request headers within %g s (--header-timeout): connection cut",
+                        seconds)
             channel.transport.abortConnection()
 
     channel._paas_header_timer = reactor.callLater(seconds, expire)

@@ -101,6 +101,8 @@ class InterfaceApplication:
         self.agreement = _agreement(getattr(config, "layer", None) or "default")
         self.closing = False
         self.worker_count = 0
+        #: Channels the live workers read, from their heartbeats (None: not known).
+        self.consumed_channels: frozenset[str] | None = None
         #: This process's heartbeat (kind "web"); combined mode folds it into the worker's instead.
         self.publish_heartbeat = True
         self.process_id = f"web.{_host()}.{os.getpid()}.{BaseChannelLayer.random_suffix(6)}"
@@ -187,6 +189,10 @@ class InterfaceApplication:
         self._queues.pop(name, None)
         if self._websockets.pop(name, None) is not None:
             self._check_idle()
+
+    def unread(self, channel: str) -> bool:
+        """Whether workers are alive and none of them reads ``channel``: nothing will make room on it."""
+        return bool(self.worker_count) and self.consumed_channels is not None and channel not in self.consumed_channels
 
     def reply_queue(self, name: str) -> asyncio.Queue:
         return self._queues[name]
@@ -293,6 +299,7 @@ class InterfaceApplication:
                 if disagreement:
                     logger.warning("%s", disagreement)
                 count, _ = consuming_workers(beats)
+                self.consumed_channels = consumed_channels(beats)
                 if count:
                     if warned_at is not None:
                         logger.info("%d worker(s) alive again", count)
@@ -336,7 +343,7 @@ class InterfaceApplication:
             beats = await asyncio.wait_for(self.layer.aheartbeats(), self.layer_timeout)
             workers, loops = consuming_workers(beats)
             layer_state, status = "reachable", 200
-            self.worker_count = workers
+            self.worker_count, self.consumed_channels = workers, consumed_channels(beats)
         except Exception as exc:
             layer_state, workers, status = f"unreachable ({type(exc).__name__})", None, 503
         body = {
@@ -437,15 +444,30 @@ def consuming_workers(beats: dict[str, dict]) -> tuple[int, dict]:
     does not report ``loops`` (not serving yet) counts as whole.
     """
     workers = live = expected = 0
-    for info in beats.values():
-        if isinstance(info, RejectedMessage) or info.get("kind", "worker") == "web":  # web processes beat too
-            continue
+    for info in _worker_beats(beats):
         threads = _count(info.get("threads"))
         loops = _count(info.get("loops", threads))
         expected += threads
         live += min(loops, threads)
         workers += loops > 0
     return workers, {"live": live, "expected": expected, "lost": expected - live}
+
+
+def consumed_channels(beats: dict[str, dict]) -> frozenset[str] | None:
+    """The channels that workers with a live receive loop read (None if one does not say)."""
+    channels: set[str] = set()
+    for info in _worker_beats(beats):
+        if _count(info.get("loops", _count(info.get("threads")))) > 0:
+            if not isinstance(info.get("channels"), list):
+                return None
+            channels.update(channel for channel in info["channels"] if isinstance(channel, str))
+    return frozenset(channels)
+
+
+def _worker_beats(beats: dict[str, dict]) -> list[dict]:
+    """The workers' heartbeats: web processes beat too, and a rejected one is nobody's."""
+    return [info for info in beats.values()
+            if not isinstance(info, RejectedMessage) and info.get("kind", "worker") != "web"]
 
 
 def _count(value: object) -> int:

@@ -189,6 +189,9 @@ class WebSocketConnection:
         # A dropped disconnect leaves the connection in its groups until they
         # expire, so a full channel (thousands of clients leaving at once) is
         # waited out, as the workers drain it; the client is gone already.
+        # Unless no live worker reads the channel (ROUTING has no
+        # websocket.disconnect route): then nothing drains it, and waiting
+        # would only hold the connection (and a shutdown) open.
         message = self._message(code=code)
         deadline = time.monotonic() + _DISCONNECT_RETRY_SECONDS
         delay = 0.01
@@ -197,6 +200,10 @@ class WebSocketConnection:
                 await self.app.asend("websocket.disconnect", message)
                 return
             except ChannelFull:
+                if self.app.unread("websocket.disconnect"):
+                    logger.debug("websocket.disconnect is full and no worker consumes it: the disconnect of %s "
+                                 "was dropped", self.reply_channel)
+                    return
                 if time.monotonic() < deadline:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.25)

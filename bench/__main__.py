@@ -80,9 +80,12 @@ PROFILES: dict[str, dict] = {
                  "warmup": 10},
         "broadcast": {"clients": 20, "broadcasts": 3, "interval": 0.2, "client_processes": 1},
         "memory": {"connections": 20, "client_processes": 1, "settle": 0.3},
+        # The full deploy's messages: 0.5 s before it and after it (not 2 s), lost after 1 s of quiet (not 3 s).
         "deploy": {"connections": 20, "rate": 50.0, "client_processes": 1,
-                   "full_clients": 10, "full_rate": 20.0, "full_drain": 0.5},
-        "dyno": {"duration": 1.0, "rate": 50.0, "rounds": 1, "warmup": 10, "only": ["combined", "gunicorn"]},
+                   "full_clients": 10, "full_rate": 20.0, "full_drain": 0.5,
+                   "full_lead": 0.5, "full_tail": 0.5, "full_quiet": 1.0},
+        "dyno": {"duration": 1.0, "rate": 50.0, "rounds": 1, "warmup": 10, "only": ["combined", "gunicorn"],
+                 "settle": 0.3},
     },
 }
 
@@ -176,11 +179,13 @@ def _run_one(name: str, size: dict, workdir: Path) -> dict:
     elif name == "memory":
         outcome = memory.run(workdir, size["connections"], size["client_processes"], size["settle"], log=log)
     elif name == "dyno":
-        outcome = dyno.run(size["duration"], size["rate"], size["rounds"], size["warmup"], size["only"], log=log)
+        outcome = dyno.run(size["duration"], size["rate"], size["rounds"], size["warmup"], size["only"], log=log,
+                           settle=size.get("settle", 1.0))
     else:
         outcome = deploy.run(workdir, size["connections"], size["rate"], size["client_processes"], log=log)
+        pace = {key: size[f"full_{key}"] for key in ("lead", "tail", "quiet") if f"full_{key}" in size}
         outcome["full_deploy"] = deploy.run_full(workdir, size["full_clients"], size["full_rate"], size["full_drain"],
-                                                 log=log)
+                                                 log=log, **pace)
     return outcome
 
 

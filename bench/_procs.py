@@ -18,7 +18,15 @@ from pathlib import Path
 
 import httpx
 
-from paas_channels.testing import RedisServer, free_port, stop_process, wait_for_port
+from paas_channels.testing import (  # noqa: F401 - cpu_seconds, rss_kib: for the scenarios
+    RedisServer,
+    cpu_seconds,
+    free_port,
+    rss_kib,
+    stop_process,
+    stop_processes,
+    wait_for_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Daphne serving Django keeps non-daemon threads and may never exit on SIGTERM: wait this long, then kill.
@@ -66,20 +74,6 @@ class Proc:
     def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM and wait; SIGKILL the session when it does not exit in time.  Returns the exit code."""
         return stop_process(self.process, timeout)
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of one process, from /proc/<pid>/status (VmRSS, KiB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Deployment:
@@ -147,8 +141,7 @@ class Deployment:
         raise TimeoutError(f"the web process did not see {count} worker(s) within {timeout:.0f} s")
 
     def close(self) -> None:
-        for proc in [*self.workers, self.web]:
-            proc.terminate()
+        stop_processes([proc.process for proc in [*self.workers, self.web]], STOP_TIMEOUT)  # side by side
         self.redis.close()
 
 

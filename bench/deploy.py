@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 
 from bench import http as http_bench
-from bench._procs import SECRET_KEY, Clients, Deployment, Proc, base_env
+from bench._procs import SECRET_KEY, STOP_TIMEOUT, Clients, Deployment, Proc, base_env, stop_processes
 from paas_channels.testing import RedisServer, ResumingClient, free_port, wait_for_port
 
 HTTP_CHUNK_SECONDS = 1.0
@@ -211,8 +211,10 @@ async def _publish(kind: str, redis_url: str, rate: float, sent: list[int], enou
             layer.close()
 
 
-async def _full_side(kind: str, workdir: Path, clients: int, rate: float, drain: float, log) -> dict:
-    """One side: its release, ``clients`` in the group, messages from 2 s before the deploy to 2 s after it."""
+async def _full_side(kind: str, workdir: Path, clients: int, rate: float, drain: float, log,
+                     lead: float = 2.0, tail: float = 2.0, quiet: float = 3.0) -> dict:
+    """One side: its release, ``clients`` in the group, messages from ``lead`` s before the deploy to
+    ``tail`` s after it; then until every client has every message, or none came for ``quiet`` s."""
     redis = RedisServer().start()
     old = new = None
     stop = asyncio.Event()
@@ -236,7 +238,7 @@ async def _full_side(kind: str, workdir: Path, clients: int, rate: float, drain:
         sent: list[int] = []
         enough = asyncio.Event()
         publisher = asyncio.ensure_future(_publish(kind, redis.url, rate, sent, enough))
-        while len(sent) < 2 * rate:
+        while len(sent) < lead * rate:
             await asyncio.sleep(0.02)
         deployed_at = time.monotonic()
         sent_before_deploy = len(sent)
@@ -245,13 +247,13 @@ async def _full_side(kind: str, workdir: Path, clients: int, rate: float, drain:
         target["port"] = new.port  # the router: new connections go to the new release
         moved_at = time.monotonic()
         codes = await asyncio.to_thread(old.terminate)
-        await asyncio.sleep(2.0)  # messages after the deploy too
+        await asyncio.sleep(tail)  # messages after the deploy too
         enough.set()
         await publisher
         messages = len(sent)
-        # Until every client has every message, or nothing more arrives for 3 s.
+        # Until every client has every message, or nothing more arrives for ``quiet`` s.
         last, changed = -1, loop.time()
-        while loop.time() - changed < 3.0:
+        while loop.time() - changed < quiet:
             got = sum(len(client.messages) for client in pool)
             if got >= clients * messages:
                 break
@@ -263,9 +265,8 @@ async def _full_side(kind: str, workdir: Path, clients: int, rate: float, drain:
         await asyncio.gather(*(client.close() for client in pool), return_exceptions=True)
         if tasks:
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-        for release in (old, new):
-            if release is not None:
-                await asyncio.to_thread(lambda r=release: [proc.terminate() for proc in r.procs])
+        procs = [proc.process for release in (old, new) if release is not None for proc in release.procs]
+        await asyncio.to_thread(stop_processes, procs, STOP_TIMEOUT)  # side by side, as in Deployment.close
         redis.close()
     expected = [str(n) for n in range(messages)]
     lost = lost_before = duplicates = disordered = 0
@@ -297,13 +298,19 @@ async def _full_side(kind: str, workdir: Path, clients: int, rate: float, drain:
     return result
 
 
-def run_full(workdir: Path, clients: int, rate: float, drain: float = 2.0, log=print) -> dict:
-    """Full deploy, same load and run for each side: ours with the client (slow drain on and off), Channels 4."""
+def run_full(workdir: Path, clients: int, rate: float, drain: float = 2.0, log=print,
+             lead: float = 2.0, tail: float = 2.0, quiet: float = 3.0) -> dict:
+    """Full deploy, same load and run for each side: ours with the client (slow drain on and off), Channels 4.
+
+    ``lead``/``tail``: seconds of messages before and after the deploy; ``quiet``: how long no
+    message may arrive before a client's missing ones count as lost (see :func:`_full_side`).
+    """
     log(f"== full deploy (web and worker replaced): {clients} clients in one group, {rate:.0f} messages/s")
+    pace = {"lead": lead, "tail": tail, "quiet": quiet}
     sides = {
-        "ours": asyncio.run(_full_side("ours", workdir, clients, rate, drain, log)),
-        "ours_no_drain": asyncio.run(_full_side("ours", workdir, clients, rate, 0.0, log)),
-        "channels4": asyncio.run(_full_side("channels4", workdir, clients, rate, drain, log)),
+        "ours": asyncio.run(_full_side("ours", workdir, clients, rate, drain, log, **pace)),
+        "ours_no_drain": asyncio.run(_full_side("ours", workdir, clients, rate, 0.0, log, **pace)),
+        "channels4": asyncio.run(_full_side("channels4", workdir, clients, rate, drain, log, **pace)),
     }
     return {
         "label": "full deploy (web and worker replaced): messages lost by clients",

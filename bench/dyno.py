@@ -66,11 +66,11 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _idle_rss(setup: http.Setup, children: int) -> dict:
+def _idle_rss(setup: http.Setup, children: int, settle: float = 1.0) -> dict:
     """Resident memory of every process of ``setup`` once its ``children`` workers run (KiB each, MiB in all)."""
     root = setup.processes[0].pid
     wait_until(lambda: len(_tree(root)) >= children + 1, 30, interval=0.2)
-    time.sleep(1.0)  # idle: what the warm-up left behind has settled (not a synchronisation)
+    time.sleep(settle)  # idle: what the warm-up left behind has settled (not a synchronisation)
     per_process = {}
     for pid in _tree(root):
         try:
@@ -82,9 +82,9 @@ def _idle_rss(setup: http.Setup, children: int) -> dict:
 
 
 def run(duration: float = 10.0, rate: float = 300.0, rounds: int = 1, warmup: int = 300,
-        only: list[str] | None = None, log=print) -> dict:
+        only: list[str] | None = None, log=print, settle: float = 1.0) -> dict:
     """Each setup (those named in ``only``, else all) ``rounds`` times, interleaved; the best throughput and
-    best p99 of each count."""
+    best p99 of each count.  ``settle``: idle seconds before memory is read."""
     workdir = Path(tempfile.mkdtemp(prefix="paas-bench-dyno-"))
     (workdir / "paas_bench_settings.py").write_text(http._SETTINGS)
     (workdir / "paas_bench_urls.py").write_text(http._URLS)
@@ -103,7 +103,7 @@ def run(duration: float = 10.0, rate: float = 300.0, rounds: int = 1, warmup: in
                 setup.start(port, workdir)
                 try:
                     http._warm(url, warmup)
-                    memory = _idle_rss(setup, children=2)
+                    memory = _idle_rss(setup, children=2, settle=settle)
                     log(f"   idle: {memory['processes']} processes, {memory['total_mib']} MiB resident")
                     throughput = http.run_throughput(url, duration)
                     log(f"   {throughput['requests_per_s']:,.0f} requests/s, latency {throughput['latency_ms']}")

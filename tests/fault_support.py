@@ -24,8 +24,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from tests.interface_support import scrubbed_environ
-from tests.support import ROOT, RedisServer, ServerProcess, free_port, wait_for_port, write_project
+from tests.support import ROOT, RedisServer, ServerProcess, close_all, free_port, wait_for_port, write_project
 
 SETTINGS = '''
 from pathlib import Path
@@ -169,17 +171,34 @@ class FaultStack:
                 self.thaw_redis()
             except ProcessLookupError:
                 pass
-        for process in self.processes:
-            process.close()
+        close_all(self.processes)
         self.redis.close()
 
+    def __enter__(self) -> "FaultStack":
+        return self
 
-def rss_kb(pid: int) -> int:
-    """Resident memory of ``pid`` in KiB (Linux ``/proc``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def stack_fixture(scope: str = "function", worker: tuple[str, ...] = (), web: tuple[str, ...] = ()):
+    """A fault-suite module's ``stack`` fixture: a :class:`FaultStack` for each test (``scope``
+    ``"function"``: the test starts what it needs) or shared by the module, with ``run worker`` and
+    ``run web`` started with ``worker`` / ``web`` arguments when given; closed after it.
+
+    ``stack = stack_fixture("module", worker=("--threads", "4"), web=("--http-timeout", "10"))``
+    """
+    @pytest.fixture(scope=scope, name="stack")
+    def _stack(tmp_path_factory):
+        with FaultStack(tmp_path_factory.mktemp("faults")) as stack:
+            if worker:
+                stack.worker(*worker)
+            if web:
+                stack.web(*web)
+            yield stack
+
+    return _stack
+
 
 
 @dataclass

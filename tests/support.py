@@ -25,8 +25,10 @@ from typing import Sequence
 
 from paas_channels.testing import (  # noqa: F401 - re-exported for the tests
     RedisServer,
+    cpu_seconds,
     free_port,
     stop_process,
+    stop_processes,
     wait_for_port,
     wait_until,
 )
@@ -87,6 +89,48 @@ class ServerProcess:
         self.stop()
         self.log.close()
         os.unlink(self.log.name)
+
+
+class Script(ServerProcess):
+    """``python -c CODE ARGS...`` in its own session, output captured (see ``ServerProcess``)."""
+
+    def __init__(self, code: str, *args: str) -> None:
+        super().__init__([])
+        self.code, self.script_args = code, [str(arg) for arg in args]
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", self.code, *self.script_args]
+
+    def last_number(self, word: str) -> int:
+        """The number after the last ``word`` printed (0 before the first)."""
+        found = re.findall(rf"^{word} (\d+)$", self.output(), re.M)
+        return int(found[-1]) if found else 0
+
+
+def idle_cpu(processes: Sequence[ServerProcess], seconds: float) -> list[float]:
+    """The share of one core each of ``processes`` used while idling for ``seconds`` (from /proc).
+
+    Each must have printed ``ready``; the window opens a second later (past its imports
+    and first receive) and is what is measured, not a synchronisation.  Fails if one exited.
+    """
+    for process in processes:
+        process.wait_for_output("ready")
+    time.sleep(1.0)
+    started = [cpu_seconds(process.process.pid) for process in processes]
+    began = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - began
+    used = [cpu_seconds(process.process.pid) - start for process, start in zip(processes, started)]
+    assert all(process.process.poll() is None for process in processes), [p.output()[-2000:] for p in processes]
+    return [seconds_used / elapsed for seconds_used in used]
+
+
+def close_all(processes: "Sequence[ServerProcess]", timeout: float = 40.0) -> None:
+    """Close several ``ServerProcess``es, stopped together (SIGTERM to every one first), so their
+    drains overlap as when a platform stops a release, instead of one after the other."""
+    stop_processes([process.process for process in processes if process.process is not None], timeout)
+    for process in processes:
+        process.close()
 
 
 #: Variables of the test run (or of a developer's shell) that a platform would not set.

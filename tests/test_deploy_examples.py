@@ -99,8 +99,9 @@ def test_systemd_units_verify_and_their_commands_run_and_stop_on_sigterm(service
         wait_for_port(port, timeout=30, process=processes["web"].process)
         processes["worker"].wait_for_output(" consuming ", timeout=30)
         assert wait_until(lambda: _answers(port), timeout=20)
-        for name, process in processes.items():
+        for process in processes.values():  # both at once, as systemd stops a target's units
             process.signal(signal.SIGTERM)
+        for name, process in processes.items():
             assert process.wait(timeout=float(_ini(tmp_path / f"paas-channels-{name}.service")["Service"]
                                               ["TimeoutStopSec"])) == 0, process.output()[-3000:]
     finally:

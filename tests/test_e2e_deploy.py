@@ -24,7 +24,7 @@ from paas_channels.testing import ResumingClient, TcpRouter
 
 from .interface_support import scrubbed_environ
 from .resume_support import GROUP, layer_config, make_project, project_env, sender_layer
-from .support import RedisServer, ServerProcess, free_port, wait_for_port
+from .support import RedisServer, ServerProcess, close_all, free_port, wait_for_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -61,8 +61,7 @@ class Release:
         assert self.worker.wait(40) == 0, self.worker.output()[-3000:]
 
     def close(self) -> None:
-        self.web.close()
-        self.worker.close()
+        close_all([self.web, self.worker])
 
 
 async def _until(predicate, timeout: float, what: str, clients=(), logs=lambda: "") -> None:

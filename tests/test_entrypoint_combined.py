@@ -16,7 +16,7 @@ import websockets
 
 from paas_channels.testing import wait_until
 
-from .support import ROOT, RedisServer, ServerProcess, free_port, wait_for_port
+from .support import ROOT, RedisServer, ServerProcess, close_all, free_port, wait_for_port
 
 
 def _env(tmp_path, **extra):
@@ -41,8 +41,7 @@ def started():
         return process, f"http://127.0.0.1:{port}"
 
     yield start
-    for process in processes:
-        process.close()
+    close_all(processes)
 
 
 def test_no_mode_with_channel_layers_runs_combined_with_paas_channels_threads(tmp_path, started):

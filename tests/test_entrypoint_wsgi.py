@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from .support import ServerProcess, free_port, wait_for_port
+from .support import ServerProcess, close_all, free_port, wait_for_port
 
 VIEWS = '''
 import logging
@@ -83,8 +83,7 @@ def serve(fresh_project):
         return proc, f"http://127.0.0.1:{port}"
 
     yield start
-    for proc in started:
-        proc.close()
+    close_all(started)
 
 
 def test_no_mode_serves_a_fresh_project_as_wsgi_with_static_files(serve):

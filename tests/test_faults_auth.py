@@ -86,8 +86,7 @@ def test_get_channel_layer_keys_shared_layers_from_the_settings(caplog):
 
 @pytest.mark.redis
 def test_a_forged_request_on_redis_never_runs(tmp_path):
-    stack = FaultStack(tmp_path)
-    try:
+    with FaultStack(tmp_path) as stack:
         stack.worker("--threads", "1")
         stack.web("--http-timeout", "10")
         from paas_channels.layers.redis import RedisChannelLayer
@@ -106,5 +105,3 @@ def test_a_forged_request_on_redis_never_runs(tmp_path):
         assert wait_until(lambda: any(info.get("rejected") for info in keyed.heartbeats().values()), 10)
         attacker.close()
         keyed.close()
-    finally:
-        stack.close()

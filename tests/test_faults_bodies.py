@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from tests.fault_support import FaultStack, figure, rss_kb
+from paas_channels.testing import rss_kib
+from tests.fault_support import figure, stack_fixture
 
 pytestmark = pytest.mark.redis
 
@@ -19,15 +20,7 @@ UPLOAD = 100 * MB
 PIECE = b"x" * (64 * 1024)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = FaultStack(tmp_path_factory.mktemp("bodies"))
-    try:
-        stack.worker("--threads", "2")
-        stack.web("--http-timeout", "60", "--max-body-size", "150MB")
-        yield stack
-    finally:
-        stack.close()
+stack = stack_fixture("module", worker=("--threads", "2"), web=("--http-timeout", "60", "--max-body-size", "150MB"))
 
 
 def _raw(size):
@@ -49,19 +42,19 @@ class _PeakRss:
         self.pid, self.peak, self._stop = pid, 0, threading.Event()
 
     def __enter__(self):
-        self.before = rss_kb(self.pid)
+        self.before = rss_kib(self.pid)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self):
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, rss_kb(self.pid))
+            self.peak = max(self.peak, rss_kib(self.pid))
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss_kb(self.pid))
+        self.peak = max(self.peak, rss_kib(self.pid))
 
     @property
     def growth_mb(self):

@@ -17,7 +17,8 @@ import httpx
 import pytest
 import redis as redis_py
 
-from tests.fault_support import FaultStack, figure, rss_kb
+from paas_channels.testing import rss_kib
+from tests.fault_support import figure, stack_fixture
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -26,13 +27,7 @@ HTTP_CONNECTIONS = TOTAL * 4 // 10  # per round: two rounds
 WEBSOCKETS = TOTAL // 10
 
 
-@pytest.fixture
-def stack(tmp_path):
-    stack = FaultStack(tmp_path)
-    try:
-        yield stack
-    finally:
-        stack.close()
+stack = stack_fixture()
 
 
 async def _churn(port: int) -> None:
@@ -65,11 +60,11 @@ def test_churn_leaves_no_keys_and_no_growing_memory_behind(stack):
     web = stack.web("--http-timeout", "20")
     client = redis_py.Redis.from_url(stack.redis.url)
     asyncio.run(_churn_small(stack.port))  # warm-up: what every process allocates once
-    keys_before, rss = client.dbsize(), [rss_kb(web.process.pid)]
+    keys_before, rss = client.dbsize(), [rss_kib(web.process.pid)]
     started = time.monotonic()
     for _ in range(2):
         asyncio.run(_churn(stack.port))
-        rss.append(rss_kb(web.process.pid))
+        rss.append(rss_kib(web.process.pid))
     seconds = time.monotonic() - started
     keys_after = client.dbsize()
     persistent = sorted(key for key in client.keys("*") if client.pttl(key) < 0)

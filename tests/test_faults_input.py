@@ -14,20 +14,12 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from paas_channels.testing import wait_until
-from tests.fault_support import FaultStack, figure, open_websockets
+from tests.fault_support import figure, open_websockets, stack_fixture
 
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = FaultStack(tmp_path_factory.mktemp("input"))
-    try:
-        stack.worker("--threads", "4")
-        stack.web("--http-timeout", "10", "--header-timeout", "2")
-        yield stack
-    finally:
-        stack.close()
+stack = stack_fixture("module", worker=("--threads", "4"), web=("--http-timeout", "10", "--header-timeout", "2"))
 
 
 def _healthy(stack) -> bool:

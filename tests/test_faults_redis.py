@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.fault_support import FaultStack, Load, figure, open_websockets
+from tests.fault_support import FaultStack, Load, figure, open_websockets, stack_fixture
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -23,13 +23,7 @@ OUTAGE = float(os.environ.get("PAAS_FAULTS_OUTAGE", "8"))
 WEBSOCKETS = 200
 
 
-@pytest.fixture
-def stack(tmp_path):
-    stack = FaultStack(tmp_path)
-    try:
-        yield stack
-    finally:
-        stack.close()
+stack = stack_fixture()
 
 
 async def _outage(stack: FaultStack, kill: bool) -> tuple[Load, float, float, list]:

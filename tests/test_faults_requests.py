@@ -9,19 +9,13 @@ import threading
 import httpx
 import pytest
 
-from tests.fault_support import FaultStack
+from tests.fault_support import stack_fixture
 from paas_channels.testing import wait_until
 
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-def stack(tmp_path):
-    stack = FaultStack(tmp_path)
-    try:
-        yield stack
-    finally:
-        stack.close()
+stack = stack_fixture()
 
 
 def test_a_request_answered_503_is_never_run_later(stack):

@@ -8,14 +8,12 @@ asyncio loop on its inbox (``loop.add_reader``).  Their CPU time is read from
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
 from paas_channels.layers.ipc import IPCChannelLayer
-from tests.ipc_support import Script
-from tests.test_redis_idle import cpu_seconds
+from tests.support import Script, idle_cpu
 
 WORKER = """
 import sys
@@ -50,17 +48,8 @@ def test_idle_worker_and_interface_use_under_one_percent_cpu(tmp_path):
     procs = [Script(WORKER, prefix, tmp_path).start(), Script(INTERFACE, prefix, tmp_path).start()]
     layer = IPCChannelLayer(prefix=prefix, directory=tmp_path)
     try:
-        for proc in procs:
-            proc.wait_for_output("ready")
-        time.sleep(1.0)  # past imports and the first receive
-        started = [cpu_seconds(proc.process.pid) for proc in procs]
-        began = time.monotonic()
-        time.sleep(4.0)
-        elapsed = time.monotonic() - began
-        used = [cpu_seconds(proc.process.pid) - start for proc, start in zip(procs, started)]
-        assert all(proc.process.poll() is None for proc in procs), [proc.output()[-2000:] for proc in procs]
-        for name, seconds in zip(("worker", "interface"), used):
-            assert seconds / elapsed < 0.01, f"idle {name} used {seconds / elapsed:.1%} CPU"
+        for name, share in zip(("worker", "interface"), idle_cpu(procs, 4.0)):
+            assert share < 0.01, f"idle {name} used {share:.1%} CPU"
 
         # Both were live the whole time: each takes its message at once.
         layer.send("thumbnail", {"n": 1})

@@ -59,6 +59,9 @@ class Release:
     def wait(self) -> None:
         assert self.web.wait(40) == 0, self.web.output()[-3000:]
         assert self.worker.wait(40) == 0, self.worker.output()[-3000:]
+        # Every connection's application finished by itself: none held the shutdown until Daphne
+        # killed it (a disconnect waiting for room that no stopped worker would make).
+        assert "took too long to shut down" not in self.web.output(), self.web.output()[-3000:]
 
     def close(self) -> None:
         close_all([self.web, self.worker])

@@ -43,15 +43,18 @@ from .http import HttpConnection
 from .resume import CLIENT_PATH, serve_client_js
 from .static import StaticFiles
 from .websocket import WebSocketConnection
+from .workers import consumed_channels, consuming_workers
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HEALTH_PATH", "InterfaceApplication", "serve"]
+__all__ = ["HEALTH_PATH", "InterfaceApplication", "consuming_workers", "serve"]
 
 #: Answered in-process with layer reachability and the number of live workers.
 HEALTH_PATH = "/.paas-channels/health"
 #: How often the worker heartbeats are read, and how long none may be seen before a warning.
 WORKER_CHECK_INTERVAL = 5.0
+#: ... and how often while shutting down: whether any worker is left to make room for disconnects.
+_CLOSING_CHECK_INTERVAL = 0.5
 NO_WORKER_GRACE = 10.0
 _NO_WORKER_REPEAT = 300.0
 #: Pauses after a failed inbox receive (layer down): first and longest.  Short, because
@@ -116,6 +119,7 @@ class InterfaceApplication:
         # An outage fails every request: one line per kind of failure a minute, not one per request.
         self._problems = RateLimitedLog(logger)
         self._idle = asyncio.Event()
+        self._recheck = asyncio.Event()  # wakes the worker monitor (shutdown)
         self._idle.set()
 
     ### ASGI ###
@@ -191,8 +195,11 @@ class InterfaceApplication:
             self._check_idle()
 
     def unread(self, channel: str) -> bool:
-        """Whether workers are alive and none of them reads ``channel``: nothing will make room on it."""
-        return bool(self.worker_count) and self.consumed_channels is not None and channel not in self.consumed_channels
+        """Whether nothing will make room on ``channel``: workers are alive and none of them reads it, or
+        this process is shutting down and no worker is left (one that starts later comes too late)."""
+        if not self.worker_count:
+            return self.closing
+        return self.consumed_channels is not None and channel not in self.consumed_channels
 
     def reply_queue(self, name: str) -> asyncio.Queue:
         return self._queues[name]
@@ -313,7 +320,13 @@ class InterfaceApplication:
                     )
                     warned_at = now
                 self.worker_count = count
-            await asyncio.sleep(WORKER_CHECK_INTERVAL)
+            # Not wait_for: on Python 3.11 it can swallow the cancel that shutdown sends right after waking us.
+            woken = asyncio.ensure_future(self._recheck.wait())
+            try:
+                await asyncio.wait({woken}, timeout=_CLOSING_CHECK_INTERVAL if self.closing else WORKER_CHECK_INTERVAL)
+            finally:
+                woken.cancel()
+            self._recheck.clear()
 
     ### Heartbeat ###
 
@@ -372,6 +385,7 @@ class InterfaceApplication:
         loop runs until the end so replies to in-flight requests still arrive.
         """
         self.closing = True
+        self._recheck.set()
         started = time.monotonic()
         websockets = list(self._websockets.values())
         window = min(float(getattr(self.config, "ws_drain", 0.0) or 0.0), timeout / 2)
@@ -385,9 +399,7 @@ class InterfaceApplication:
         except asyncio.TimeoutError:
             cut = self._http_active + len(self._websockets)
             logger.warning("graceful timeout (%g s): %d connection(s) still open are cut", timeout, cut)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel(self._tasks)
         self._tasks = []
         if self.publish_heartbeat:
             try:
@@ -422,6 +434,15 @@ class InterfaceApplication:
             self._idle.set()
 
 
+async def _cancel(tasks: list[asyncio.Task]) -> None:
+    """Cancel ``tasks`` and wait until they ended; again for one that swallowed its cancel (Python
+    3.11's ``asyncio.wait_for`` does when what it awaited finished in that same moment)."""
+    while tasks := [task for task in tasks if not task.done()]:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=0.1)
+
+
 def _app_path(scope: Scope) -> str:
     """The request path below ``root_path`` (what routing, static files and health see)."""
     path = scope["path"]
@@ -436,42 +457,6 @@ def _agreement(alias: str) -> Agreement | None:
         return Agreement(settings_fingerprint(alias))
     except ConfigError:  # no such alias in settings.CHANNEL_LAYERS (a layer built by hand)
         return None
-def consuming_workers(beats: dict[str, dict]) -> tuple[int, dict]:
-    """Workers with at least one live receive loop, and ``{"live", "expected", "lost"}`` loop counts.
-
-    A worker heartbeats from its own thread, so a worker whose loops all died
-    still beats: counting heartbeats alone would call it alive.  A worker that
-    does not report ``loops`` (not serving yet) counts as whole.
-    """
-    workers = live = expected = 0
-    for info in _worker_beats(beats):
-        threads = _count(info.get("threads"))
-        loops = _count(info.get("loops", threads))
-        expected += threads
-        live += min(loops, threads)
-        workers += loops > 0
-    return workers, {"live": live, "expected": expected, "lost": expected - live}
-
-
-def consumed_channels(beats: dict[str, dict]) -> frozenset[str] | None:
-    """The channels that workers with a live receive loop read (None if one does not say)."""
-    channels: set[str] = set()
-    for info in _worker_beats(beats):
-        if _count(info.get("loops", _count(info.get("threads")))) > 0:
-            if not isinstance(info.get("channels"), list):
-                return None
-            channels.update(channel for channel in info["channels"] if isinstance(channel, str))
-    return frozenset(channels)
-
-
-def _worker_beats(beats: dict[str, dict]) -> list[dict]:
-    """The workers' heartbeats: web processes beat too, and a rejected one is nobody's."""
-    return [info for info in beats.values()
-            if not isinstance(info, RejectedMessage) and info.get("kind", "worker") != "web"]
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -189,9 +189,11 @@ class WebSocketConnection:
         # A dropped disconnect leaves the connection in its groups until they
         # expire, so a full channel (thousands of clients leaving at once) is
         # waited out, as the workers drain it; the client is gone already.
-        # Unless no live worker reads the channel (ROUTING has no
-        # websocket.disconnect route): then nothing drains it, and waiting
-        # would only hold the connection (and a shutdown) open.
+        # Unless nothing can drain it: no live worker reads the channel
+        # (ROUTING has no websocket.disconnect route), or this process is
+        # shutting down and no worker is left (web and worker stopped
+        # together); waiting would only hold the connection, and the
+        # shutdown, open until Daphne kills it.
         message = self._message(code=code)
         deadline = time.monotonic() + _DISCONNECT_RETRY_SECONDS
         delay = 0.01
@@ -201,8 +203,8 @@ class WebSocketConnection:
                 return
             except ChannelFull:
                 if self.app.unread("websocket.disconnect"):
-                    logger.debug("websocket.disconnect is full and no worker consumes it: the disconnect of %s "
-                                 "was dropped", self.reply_channel)
+                    logger.debug("websocket.disconnect is full and no worker will take from it: the disconnect "
+                                 "of %s was dropped", self.reply_channel)
                     return
                 if time.monotonic() < deadline:
                     await asyncio.sleep(delay)

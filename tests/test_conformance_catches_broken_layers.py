@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,15 +22,39 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def suite_runs():
+    """The conformance suite against every broken layer, all at once: in-memory layers, independent
+    subprocesses (most of each run is starting pytest and Django).  ``{case: CompletedProcess}``."""
+    running = {}
+    for broken, expected in CASES.items():
+        env = {**os.environ, "PAAS_CHANNELS_TEST_BACKEND": f"broken:{broken}"}
+        output = tempfile.TemporaryFile("w+")  # a file, not a pipe: no run waits for its reader
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_layer_conformance.py",
+             "-k", " or ".join(expected)],
+            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
+        )
+        running[broken] = process, output
+    try:
+        done = {}
+        for broken, (process, output) in running.items():
+            process.wait(timeout=120)
+            output.seek(0)
+            done[broken] = subprocess.CompletedProcess(process.args, process.returncode, output.read(), "")
+        return done
+    finally:
+        for process, output in running.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            output.close()
+
+
 @pytest.mark.parametrize("broken", sorted(CASES))
-def test_suite_fails_broken_layer(broken):
+def test_suite_fails_broken_layer(broken, suite_runs):
     expected = CASES[broken]
-    env = {**os.environ, "PAAS_CHANNELS_TEST_BACKEND": f"broken:{broken}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_layer_conformance.py",
-         "-k", " or ".join(expected)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
+    result = suite_runs[broken]
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     for name in expected:
         assert f"FAILED tests/test_layer_conformance.py::{name}" in result.stdout, result.stdout[-3000:]

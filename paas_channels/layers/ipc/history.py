@@ -87,13 +87,12 @@ class HistoryPlans:
         # nothing for a while still resumes (with nothing to replay).
         return max(rule.ttl, self.group_expiry)
 
-    def _decoded(self, data: bytes | tuple[bytes, str]) -> dict:
+    def _decoded(self, data: bytes | tuple[bytes, store.Position]) -> dict:
         """A stored message decoded; a history group's with its position as ``"history"``."""
         if type(data) is bytes:
             return self.deserialize(data)
         data, position = data
         message = self.deserialize(data)
         if type(message) is not RejectedMessage:  # nothing is added to what failed authentication
-            group, epoch, offset, *replayed = position.split(" ")
-            message["history"] = message_meta(group, epoch, int(offset), replayed=bool(replayed))
+            message["history"] = message_meta(*position)
         return message

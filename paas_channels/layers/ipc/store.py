@@ -92,8 +92,9 @@ _TAKE = (
 )
 
 #: A message as a receiver gets it: (full channel name, expires, encoded message), the
-#: encoded message of a history group being (encoded message, position: "group epoch offset[ r]").
-Item = tuple[str, float, "bytes | tuple[bytes, str]"]
+#: encoded message of a history group being (encoded message, (group, epoch, offset, replayed)).
+Position = tuple[str, str, int, bool]
+Item = tuple[str, float, "bytes | tuple[bytes, Position]"]
 
 
 ### Connections and transactions ###
@@ -199,7 +200,7 @@ def take(conn: sqlite3.Connection, now: float, key: str, limit: int) -> tuple[li
 
     Returns ``(live items in order, expired (key, channel column) pairs)``;
     group envelopes are opened into one item per target, a history group's
-    message as ``(channel, expires, (data, position))``.  The caller passes
+    message as ``(channel, expires, (data, (group, epoch, offset, replayed)))``.  The caller passes
     the expired ones to :func:`forget_expired`.
     """
     rows = conn.execute(_TAKE, (key, limit)).fetchall()
@@ -212,7 +213,9 @@ def take(conn: sqlite3.Connection, now: float, key: str, limit: int) -> tuple[li
             expired.append((key, targets))
         elif " " in targets:  # a history group's message: its position follows the members
             targets, _, position = targets.partition(" ")
-            items += [(channel, expires, (data, position)) for channel in targets.split("\n")]
+            group, epoch, offset, *replayed = position.split(" ")
+            held = (data, (group, epoch, int(offset), bool(replayed)))
+            items += [(channel, expires, held) for channel in targets.split("\n")]
         else:
             items += [(channel, expires, data) for channel in targets.split("\n")]
     return items, expired

@@ -24,17 +24,29 @@ from tests.layer_backends import LAYER_BACKENDS  # noqa: E402
 _REDIS_FIXTURES = {"redis_server", "redis_shard_servers", "own_redis_servers"}
 
 
-def pytest_collection_modifyitems(items):
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
     """Mark every test that needs Redis, so ``-m "not redis"`` is the quick subset without it.
 
     A test needs Redis when it uses a Redis fixture or runs on a Redis layer
     backend; modules whose own fixtures start Redis say so with ``pytestmark``.
+
+    Under pytest-xdist (pyproject's ``-n auto --dist loadgroup``) each module
+    runs whole on one worker (its module fixtures are made once, its tests keep
+    their order), and every module with a ``slow`` test runs on one worker
+    after the other: two real deploys, a bench run or faults under load never
+    share the machine's cores with each other, only with quick tests.
     """
+    grouped = getattr(config.option, "loadgroup", False)  # what xdist tells its workers for --dist loadgroup
+    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow") is not None}
     for item in items:
         callspec = getattr(item, "callspec", None)
         backends = [str(callspec.params.get(name, "")) for name in ("make_layer", "hlayer")] if callspec else []
         if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())) or any(b.startswith("redis") for b in backends):
             item.add_marker(pytest.mark.redis)
+        if grouped:
+            module = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group("slow" if module in slow_modules else module))
 
 
 @pytest.fixture(params=sorted(LAYER_BACKENDS))

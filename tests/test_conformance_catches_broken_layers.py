@@ -31,8 +31,8 @@ def suite_runs():
         env = {**os.environ, "PAAS_CHANNELS_TEST_BACKEND": f"broken:{broken}"}
         output = tempfile.TemporaryFile("w+")  # a file, not a pipe: no run waits for its reader
         process = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_layer_conformance.py",
-             "-k", " or ".join(expected)],
+            [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",  # -n 0: one process each
+             "tests/test_layer_conformance.py", "-k", " or ".join(expected)],
             cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
         )
         running[broken] = process, output
@@ -51,6 +51,7 @@ def suite_runs():
             output.close()
 
 
+@pytest.mark.slow  # six pytest runs (started at once): ~10 s
 @pytest.mark.parametrize("broken", sorted(CASES))
 def test_suite_fails_broken_layer(broken, suite_runs):
     expected = CASES[broken]

@@ -35,6 +35,8 @@ from PIL import Image
 
 from .support import ROOT, Honcho, RedisServer, Started, free_port, platform_environment, wait_for_port
 
+pytestmark = pytest.mark.slow  # a deployed project and a browser per mode: 10-20 s each
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

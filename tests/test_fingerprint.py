@@ -51,6 +51,7 @@ def test_disagreement_is_reported_once_per_process():
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 def test_web_worker_status_and_check_name_the_process_with_other_settings(tmp_path):
     redis = RedisServer().start()
     processes = []

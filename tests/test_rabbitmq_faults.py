@@ -20,7 +20,7 @@ from paas_channels.layers.rabbitmq import ChannelLayerConnectionError, RabbitMQC
 from paas_channels.testing import wait_until
 from tests.rabbitmq_node import RabbitMQNode
 
-pytestmark = pytest.mark.rabbitmq
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]  # a private node takes ~10 s to start
 
 PASSWORD = "s3cret-Pa55word"
 

@@ -65,6 +65,7 @@ def wait_for_status(project, redis_url, text, *args, timeout=30.0):
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 def test_status_shows_a_busy_worker_then_its_throughput(project):
     redis = RedisServer().start()
     release = project / "release"

@@ -130,6 +130,10 @@ class Worker:
             self._forced.set()
         self._beat_now.set()
 
+    def beat_soon(self) -> None:
+        """Publish the heartbeat now, not at the next interval (thread-safe)."""
+        self._beat_now.set()
+
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()

@@ -55,6 +55,8 @@ HEALTH_PATH = "/.paas-channels/health"
 WORKER_CHECK_INTERVAL = 5.0
 #: ... and how often while shutting down: whether any worker is left to make room for disconnects.
 _CLOSING_CHECK_INTERVAL = 0.5
+#: A change of the open WebSockets is published within this long (not at the next heartbeat), once per burst.
+_CONNECTIONS_BEAT_DELAY = 1.0
 NO_WORKER_GRACE = 10.0
 _NO_WORKER_REPEAT = 300.0
 #: Pauses after a failed inbox receive (layer down): first and longest.  Short, because
@@ -119,7 +121,11 @@ class InterfaceApplication:
         # An outage fails every request: one line per kind of failure a minute, not one per request.
         self._problems = RateLimitedLog(logger)
         self._idle = asyncio.Event()
-        self._recheck = asyncio.Event()  # wakes the worker monitor (shutdown)
+        self._recheck = asyncio.Event()  # wakes the worker monitor (shutdown, connections_changed)
+        #: Called when the open WebSockets changed (a second after the first change of a burst): publish
+        #: them soon (``paas-channels status``). Combined mode points it at its worker's heartbeat.
+        self.connections_changed: Callable[[], None] = self._recheck.set
+        self._connections_beat_due = False
         self._idle.set()
 
     ### ASGI ###
@@ -186,6 +192,7 @@ class InterfaceApplication:
         if websocket is not None:
             self._websockets[name] = websocket
             self._idle.clear()
+            self._connections_moved()
         return name
 
     def unregister(self, name: str) -> None:
@@ -193,6 +200,16 @@ class InterfaceApplication:
         self._queues.pop(name, None)
         if self._websockets.pop(name, None) is not None:
             self._check_idle()
+            self._connections_moved()
+
+    def _connections_moved(self) -> None:
+        if not self._connections_beat_due:
+            self._connections_beat_due = True
+            asyncio.get_running_loop().call_later(_CONNECTIONS_BEAT_DELAY, self._connections_beat)
+
+    def _connections_beat(self) -> None:
+        self._connections_beat_due = False
+        self.connections_changed()
 
     def unread(self, channel: str) -> bool:
         """Whether nothing will make room on ``channel``: workers are alive and none of them reads it, or

@@ -48,6 +48,7 @@ def _interface_app(layer: Any, config: Config, drain_started: list[float], worke
     interface.publish_heartbeat = False
     worker.kind = "combined"
     worker.extra_info = interface.connection_info
+    interface.connections_changed = worker.beat_soon
     shutdown = interface.shutdown
 
     async def timed_shutdown(timeout: float) -> int:

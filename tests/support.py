@@ -25,7 +25,6 @@ from typing import Sequence
 
 from paas_channels.testing import (  # noqa: F401 - re-exported for the tests
     RedisServer,
-    cpu_seconds,
     free_port,
     stop_process,
     stop_processes,
@@ -105,24 +104,6 @@ class Script(ServerProcess):
         """The number after the last ``word`` printed (0 before the first)."""
         found = re.findall(rf"^{word} (\d+)$", self.output(), re.M)
         return int(found[-1]) if found else 0
-
-
-def idle_cpu(processes: Sequence[ServerProcess], seconds: float) -> list[float]:
-    """The share of one core each of ``processes`` used while idling for ``seconds`` (from /proc).
-
-    Each must have printed ``ready``; the window opens a second later (past its imports
-    and first receive) and is what is measured, not a synchronisation.  Fails if one exited.
-    """
-    for process in processes:
-        process.wait_for_output("ready")
-    time.sleep(1.0)
-    started = [cpu_seconds(process.process.pid) for process in processes]
-    began = time.monotonic()
-    time.sleep(seconds)
-    elapsed = time.monotonic() - began
-    used = [cpu_seconds(process.process.pid) - start for process, start in zip(processes, started)]
-    assert all(process.process.poll() is None for process in processes), [p.output()[-2000:] for p in processes]
-    return [seconds_used / elapsed for seconds_used in used]
 
 
 def close_all(processes: "Sequence[ServerProcess]", timeout: float = 40.0) -> None:

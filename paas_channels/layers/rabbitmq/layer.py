@@ -391,10 +391,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
 
     def send_group(self, group: str, message: dict) -> None:
         """Send ``message`` to every member: one message per member inbox; never ``ChannelFull``.
-
-        A history group's message goes through the sequencer, which gives it
-        its offset and epoch (:mod:`.history`).
-        """
+        A history group's message goes through the sequencer (:mod:`.history`)."""
         self.valid_group_name(group)
         data = self.serialize(message)
         rule = self.history.for_group(group)
@@ -405,15 +402,12 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
 
     def group_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
         """``group_add`` and, for a history group, the notice and what ``channel`` missed, in the sequence."""
-        rule, args = self._join_args(group, channel, since)
-        if rule is None:
-            return self._run(self._group_add(group, channel))
-        return self._run(self._history.join(group, rule, *args), extra=1)
+        return self._run(self._join(group, channel, since), extra=1)
 
-    def _join_args(self, group: str, channel: str, since: Any) -> tuple[Any, tuple[str, tuple[str, int] | None]]:
+    def _join(self, group: str, channel: str, since: Any) -> Coroutine[Any, Any, bool | None]:
         self._group_args(group, channel)
-        since = valid_since(since)
-        return self.history.for_group(group), (channel, since)
+        since, rule = valid_since(since), self.history.for_group(group)
+        return self._group_add(group, channel) if rule is None else self._history.join(group, rule, channel, since)
 
     def flush(self) -> None:
         """Delete the queues this layer used, and every group and heartbeat of its prefix."""
@@ -486,10 +480,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         return await self._arun(self._send_group(group, data))
 
     async def agroup_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
-        rule, args = self._join_args(group, channel, since)
-        if rule is None:
-            return await self._arun(self._group_add(group, channel))
-        return await self._arun(self._history.join(group, rule, *args), extra=1)
+        return await self._arun(self._join(group, channel, since), extra=1)
 
     async def aflush(self) -> None:
         return await self._arun(self._flush())

@@ -324,17 +324,22 @@ def test_broker_restart_history_continues_then_a_lost_broker_starts_new_epochs(n
     assert message["history"]["offset"] == 1 and message["history"]["epoch"] not in (epoch, second)
 
 
+def leak_queues(node):
+    return {name for name in node.names("queues") if name.startswith("leak")}
+
+
 @pytest.mark.rabbitmq
 def test_history_objects_are_per_prefix_never_per_group(node, make):
     layer = make(url=node.url(), prefix="leak", expiry=1)
     layer.group_channels("room")  # the prefix's fixed objects
-    before = set(node.names("queues"))
+    before = leak_queues(node)
     inbox = "leak.in!"
     first = layer.new_channel(inbox)
     layer.group_join("chat-0", first)
     layer.group_discard("chat-0", first)
-    with_history = set(node.names("queues"))
-    assert with_history - before == {"leak::history", "leak::history-log", "leak:leak.in:i"}
+    with_history = leak_queues(node)
+    # The prefix's queue and stream, the inbox, and this process's reply queue.
+    assert with_history - before == {"leak::history", "leak::history-log", "leak:leak.in:i", layer._history.replies}
     received = len(drain(layer, [inbox]))
     for n in range(300):
         channel = layer.new_channel(inbox)
@@ -344,11 +349,11 @@ def test_history_objects_are_per_prefix_never_per_group(node, make):
         layer.group_discard(group, channel)
         received += len(drain(layer, [inbox]))  # (messages expire after 1 s)
     assert received == 601  # the first join's notice, then 300 notices and 300 messages
-    assert set(node.names("queues")) == with_history
+    assert leak_queues(node) == with_history
     other = make(url=node.url(), prefix="leak", expiry=1)  # a process comes and goes, sending
     other.send_group("chat-1", {"from": "o", "n": 0})
     other.close()
     layer.close()
-    # Only the prefix's history queue and stream stay (the inbox expires with its messages).
-    assert wait_until(lambda: set(node.names("queues")) == before | {"leak::history", "leak::history-log"},
-                      timeout=30), sorted(set(node.names("queues")) ^ before)
+    # Only the prefix's history queue and stream stay (inbox and reply queues expire after their process).
+    assert wait_until(lambda: leak_queues(node) == before | {"leak::history", "leak::history-log"},
+                      timeout=30), sorted(leak_queues(node) ^ before)

@@ -3,14 +3,16 @@
 Every message to a history group, every join of one and a flush go to the
 prefix's ONE sequencer (:mod:`.sequencer`) as requests on the queue
 ``<prefix>::history`` (``x-single-active-consumer``); the answer comes back
-by AMQP direct reply-to, after the sequencer numbered it, appended it to the
-history stream ``<prefix>::history-log`` and delivered it.  So a history
+on this process's reply queue ``<prefix>::reply.<origin>`` (gone 10 s after
+the process), after the sequencer numbered it, appended it to the history
+stream ``<prefix>::history-log`` and delivered it.  So a history
 send costs a hop more than a plain group send (measured in
 ``bench/rabbitmq_history.py``), and only history groups pay it.  The process
 that is the active sequencer skips the queue for its own requests.
 
 A history group's objects are per prefix, never per group: one queue, one
-stream (retention: the window, ``x-max-age``), and this process's channel.
+stream (retention: the window, ``x-max-age``), and per process a reply
+queue and a channel (:class:`~.histlink.Link`, the only AMQP calls of history).
 """
 
 from __future__ import annotations
@@ -21,22 +23,22 @@ import logging
 import math
 from typing import Any
 
-import aiormq.exceptions
 import msgpack
-from pamqp import commands as spec
 
 from ..history import HistoryRule
 from .connection import ChannelLayerConnectionError
 from .handout import now_ms
+from .histlink import Link, Precondition, Returned
 from .sequencer import Sequencer
 
 __all__ = ["HistoryClient"]
 
 logger = logging.getLogger(__name__)
 
-_REPLY_TO = "amq.rabbitmq.reply-to"
 #: The request queue: one active consumer at a time; gone when unused for a day.
 _QUEUE_ARGUMENTS = {"x-single-active-consumer": True, "x-expires": 86_400_000}
+_REPLY_ARGUMENTS = {"x-expires": 10_000}  # a process's answers: gone soon after the process
+_REPLY_PREFETCH = 1000
 _SEGMENT_BYTES = 2_000_000  # retention is per segment: small ones let old entries go
 
 
@@ -48,8 +50,9 @@ class HistoryClient:
         self.queue = f"{layer.prefix}::history"
         self.stream = f"{layer.prefix}::history-log"
         self.origin = layer._groups.state.origin
+        self.replies = f"{layer.prefix}::reply.{self.origin}"
         self.sequencer = Sequencer(self)
-        self._channel: Any = None
+        self._channel: Link | None = None
         self._lock: asyncio.Lock | None = None
         self._waiting: dict[str, asyncio.Future] = {}
         self._ids = itertools.count(1)
@@ -67,27 +70,27 @@ class HistoryClient:
 
     ### The channel ###
 
-    async def channel(self) -> Any:
-        """This process's history channel: replies come to it, its candidate consumer is on it."""
+    async def channel(self) -> Link:
+        """This process's history channel: its answers come to it, its candidate consumer is on it."""
         channel = self._channel
-        if channel is not None and not channel.is_closed:
+        if channel is not None and not channel.closed:
             return channel
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             channel = self._channel
-            if channel is None or channel.is_closed:
-                ops = await self.layer._broker.ops()
-                channel = await self._open(ops.connection)
+            if channel is None or channel.closed:
+                channel = await self._open(Link.connection_of(await self.layer._broker.ops()))
             return channel
 
-    async def _open(self, connection: Any) -> Any:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    async def _open(self, connection: Any) -> Link:
+        channel = await Link.open(connection)
         channel = await self._declare(connection, channel, self.queue, False, _QUEUE_ARGUMENTS)
         channel = await self._declare(connection, channel, self.stream, True, self._stream_arguments())
-        await channel.basic_consume(_REPLY_TO, self._on_reply, no_ack=True)
+        channel = await self._declare(connection, channel, self.replies, False, _REPLY_ARGUMENTS)
+        await channel.consume(self.replies, self._on_reply, _REPLY_PREFETCH, no_ack=True)
         await self.sequencer.stand(channel)
-        channel.closing.add_done_callback(lambda future: self._closed(channel, future))
+        channel.on_close(lambda error: self._closed(channel, error))
         self._channel, self.used = channel, True
         return channel
 
@@ -95,27 +98,26 @@ class HistoryClient:
         return {"x-queue-type": "stream", "x-max-age": f"{math.ceil(self.window)}s",
                 "x-stream-max-segment-size-bytes": _SEGMENT_BYTES}
 
-    async def _declare(self, connection: Any, channel: Any, name: str, durable: bool, arguments: dict) -> Any:
+    async def _declare(self, connection: Any, channel: Link, name: str, durable: bool, arguments: dict) -> Link:
         try:
-            await channel.queue_declare(name, durable=durable, arguments=arguments)
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            await channel.declare(name, durable=durable, arguments=arguments)
+        except Precondition as exc:
             # Declared by a process with other history settings (a longer ttl): use it as it is.
             logger.warning("%s exists with other arguments than this layer's (%s); using it as it is. "
                            "Every process of a prefix should have the same CONFIG['history']", name, exc)
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await channel.queue_declare(name, passive=True)
+            channel = await Link.open(connection)
+            await channel.declare(name, passive=True)
         return channel
 
-    async def declare_stream(self, channel: Any) -> None:
+    async def declare_stream(self, channel: Link) -> None:
         """Declare the history stream again (it was deleted, or the broker lost it)."""
-        await channel.queue_declare(self.stream, durable=True, arguments=self._stream_arguments())
+        await channel.declare(self.stream, durable=True, arguments=self._stream_arguments())
 
-    def _closed(self, channel: Any, future: asyncio.Future) -> None:
+    def _closed(self, channel: Link, error: BaseException | None) -> None:
         if channel is not self._channel:
             return
         self._channel = None
-        exc = future.exception() if not future.cancelled() else None
-        self.lost(self.layer._broker.error("closed the history channel", exc if isinstance(exc, Exception) else None))
+        self.lost(self.layer._broker.error("closed the history channel", error))
 
     def lost(self, error: BaseException) -> None:
         """The connection or the channel is gone: every request waiting for an answer fails."""
@@ -144,15 +146,14 @@ class HistoryClient:
         seq, written_ms = self.layer._groups.state.last_local
         if now_ms() - written_ms > self.layer.group_expiry * 500:
             seq = 0  # the sequencer need not wait for records older than it may have read
-        await self._call(["m", self.next_id(), self._deadline(), group, rule.size, int(rule.ttl * 1000), data,
-                          self.origin, seq])
+        await self._call(self._header("m") + [group, rule.size, int(rule.ttl * 1000), data, self.origin, seq])
 
     async def join(self, group: str, rule: HistoryRule, channel: str, since: tuple[str, int] | None) -> bool:
         """Join with notice and replay, in the sequence; ``False`` when the gap is not covered."""
         groups = self.layer._groups
         record = groups.record("a", group, channel, now_ms())
-        request = ["j", self.next_id(), self._deadline(), group, rule.size, int(rule.ttl * 1000), channel,
-                   list(since) if since is not None else None, record]
+        request = self._header("j") + [group, rule.size, int(rule.ttl * 1000), channel,
+                                       list(since) if since is not None else None, record]
         recovered, remote = await self._call(request)
         if remote:  # the sequencer wrote the membership for this process: its own record from now on
             groups.state.local(record)
@@ -160,10 +161,11 @@ class HistoryClient:
 
     async def flush(self) -> None:
         """Forget every group's history: the next messages start new epochs."""
-        await self._call(["f", self.next_id(), self._deadline()])
+        await self._call(self._header("f"))
 
-    def _deadline(self) -> int:
-        return now_ms() + int(self.layer.timeout * 1000)
+    def _header(self, kind: str) -> list:
+        """Every request starts ``[kind, id, deadline ms, reply queue]`` (see :mod:`.sequencer`)."""
+        return [kind, self.next_id(), now_ms() + int(self.layer.timeout * 1000), self.replies]
 
     async def _call(self, request: list) -> Any:
         """Have the sequencer handle ``request``; its answer (and whether it went through the queue)."""
@@ -193,22 +195,21 @@ class HistoryClient:
             raise self.layer._broker.error(f"did not sequence a history request in time ({reason})")
         raise RuntimeError(f"the history sequencer refused the request: {reason}")
 
-    async def _publish(self, channel: Any, request: list) -> None:
+    async def _publish(self, channel: Link, request: list) -> None:
         body = msgpack.packb(request, use_bin_type=True)
-        properties = spec.Basic.Properties(message_id=request[1], reply_to=_REPLY_TO, delivery_mode=1,
-                                           expiration=str(max(1, request[2] - now_ms())))
         for attempt in (0, 1):
             try:
-                await channel.basic_publish(body, routing_key=self.queue, properties=properties, mandatory=True)
+                if not await channel.publish(self.queue, body):
+                    raise self.layer._broker.error(f"refused a history request for {self.queue}")
                 return
-            except aiormq.exceptions.PublishError:  # returned: the queue is gone (unused for a day); again
-                await channel.queue_declare(self.queue, durable=False, arguments=_QUEUE_ARGUMENTS)
+            except Returned:  # the queue is gone (unused for a day, or the broker lost it): again
+                await channel.declare(self.queue, arguments=_QUEUE_ARGUMENTS)
         raise self.layer._broker.error(f"returned every history request sent to {self.queue}")
 
-    async def _on_reply(self, message: Any) -> None:
+    def _on_reply(self, body: bytes, tag: int) -> None:
         try:
-            msg_id, ok, value = msgpack.unpackb(message.body, raw=False)
-        except Exception as exc:  # noqa: BLE001 - a consumer callback: log, never raise into aiormq
+            msg_id, ok, value = msgpack.unpackb(body, raw=False)
+        except Exception as exc:  # noqa: BLE001 - a consumer callback: log, never raise into the client
             logger.warning("skipped an unreadable history answer: %s", exc)
             return
         future = self._waiting.get(msg_id)
@@ -225,13 +226,13 @@ class HistoryClient:
         await self.sequencer.close()
         self._channel = None
         self.lost(ChannelLayerConnectionError(f"the channel layer for {self.layer.url.redacted} was closed"))
-        if not channel.is_closed:
-            try:
-                await channel.close()
-            except Exception as exc:  # noqa: BLE001 - the connection is closed next anyway
-                logger.debug("history channel close failed: %s", exc)
+        await channel.close()
 
-    async def delete(self, ops: Any) -> None:
-        """Delete the queue and the stream (``destroy``)."""
-        await ops.queue_delete(self.queue)
-        await ops.queue_delete(self.stream)
+    async def delete(self) -> None:
+        """Delete the queue, the stream and this process's reply queue (``destroy``)."""
+        channel = await Link.open(Link.connection_of(await self.layer._broker.ops()))
+        try:
+            for name in (self.queue, self.stream, self.replies):
+                await channel.delete(name)
+        finally:
+            await channel.close()

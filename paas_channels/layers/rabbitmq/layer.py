@@ -513,7 +513,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
             for registry in (self._groups, self._beats):
                 await channel.queue_delete(registry.stream)
             await channel.queue_delete(self._expired_queue)
-            await self._history.delete(channel)
+            await self._history.delete()
             await channel.exchange_delete(self._dead_exchange)
 
         self._run(destroy())

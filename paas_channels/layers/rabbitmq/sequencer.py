@@ -16,7 +16,7 @@ active one, for each batch of requests in queue order:
    as its membership record, then ONE stored message holding the notice and
    the replay (:mod:`.handout`), between the messages before and after it:
    no gap and no duplicate, whoever sends;
-3. answers the senders (AMQP direct reply-to) and acknowledges the batch.
+3. answers the senders (on each one's reply queue) and acknowledges the batch.
 
 A candidate that becomes active (its first request) first catches up: it
 reads the stream from "now minus the window" (the longest ``ttl`` plus two
@@ -43,14 +43,13 @@ import time
 from collections import deque
 from typing import Any
 
-import aiormq.exceptions
 import msgpack
-from pamqp import commands as spec
 
 from ..base import RejectedMessage
 from ..history import message_meta, notice_meta, valid_since
-from .connection import CONNECTION_ERRORS, ChannelLayerConnectionError
+from .connection import ChannelLayerConnectionError
 from .handout import now_ms
+from .histlink import LINK_ERRORS, Link, NotFound, Returned
 from .histstate import HistoryState
 
 __all__ = ["Sequencer"]
@@ -61,23 +60,27 @@ _PREFETCH = 256  # requests the active sequencer holds: its batch size at most
 _READ_PREFETCH = 1000
 _ACK_EVERY = 200
 _SEEN_WAIT = 2.0  # seconds a request waits for its sender's group records to reach the sequencer
-_FAILURES = (aiormq.exceptions.AMQPError, *CONNECTION_ERRORS, ChannelLayerConnectionError)
+_FAILURES = LINK_ERRORS
 
 
 class _StreamLost(Exception):
     """The history stream is gone (deleted, or the broker lost its data)."""
 
 
+#: A request is ``[kind, id, deadline ms, reply queue, ...]``, then by kind:
+#: ``m`` group, size, ttl ms, data, origin, groups seq (the sender's last group record);
+#: ``j`` group, size, ttl ms, channel, since, membership record; ``f`` nothing more.
+_SHAPES = {"m": 10, "j": 10, "f": 4}
+
+
 class _Item:
-    """One request: from the queue (``tag``, ``reply_to``) or from this process (``future``)."""
+    """One request: from the queue (``tag``) or from this process (``future``)."""
 
-    __slots__ = ("request", "tag", "reply_to", "future", "message", "joined", "result")
+    __slots__ = ("request", "tag", "future", "message", "joined", "result")
 
-    def __init__(self, request: Any, tag: int | None = None, reply_to: str | None = None,
-                 future: asyncio.Future | None = None) -> None:
+    def __init__(self, request: Any, tag: int | None = None, future: asyncio.Future | None = None) -> None:
         self.request = request
         self.tag = tag
-        self.reply_to = reply_to
         self.future = future
         self.message: dict | None = None
         self.joined: Any = None
@@ -95,7 +98,7 @@ class Sequencer:
         self.layer = client.layer
         self.state: HistoryState | None = None
         self._state_for: Any = None  # the channel the state was caught up on
-        self.channel: Any = None  # where this process's candidate consumer is
+        self.channel: Link | None = None  # where this process's candidate consumer is
         self._active = False
         self._closing = False
         self._inbox: deque[_Item] = deque()
@@ -107,26 +110,25 @@ class Sequencer:
 
     ### Candidacy ###
 
-    async def stand(self, channel: Any) -> None:
+    async def stand(self, channel: Link) -> None:
         """Be a candidate on ``channel`` (the history client's): the broker picks one candidate at a time."""
         self._drop_inbox(self.layer._broker.error("closed the history channel"))
         self.channel, self._active, self._closing, self.state = channel, False, False, None
-        await channel.basic_qos(prefetch_count=_PREFETCH)
-        await channel.basic_consume(self.client.queue, self._on_request, no_ack=False)
+        await channel.consume(self.client.queue, lambda body, tag: self._on_request(channel, body, tag), _PREFETCH)
 
-    def is_active(self, channel: Any) -> bool:
+    def is_active(self, channel: Link) -> bool:
         """True while this process numbers the history (then its own requests skip the queue)."""
-        return self._active and channel is self.channel and not channel.is_closed and not self._closing
+        return self._active and channel is self.channel and not channel.closed and not self._closing
 
-    async def _on_request(self, message: Any) -> None:
-        if message.channel is not self.channel:
+    def _on_request(self, channel: Link, body: bytes, tag: int) -> None:
+        if channel is not self.channel:
             return  # delivered on an older channel: the broker has taken it back
         self._active = True
         try:
-            request = msgpack.unpackb(message.body, raw=False)
+            request = msgpack.unpackb(body, raw=False)
         except Exception:  # noqa: BLE001 - answered as unreadable
             request = None
-        self._push(_Item(request, message.delivery.delivery_tag, message.header.properties.reply_to))
+        self._push(_Item(request, tag))
 
     def local(self, request: list) -> asyncio.Future:
         """Sequence a request of this process (it is the active sequencer): a future of ``(ok, value)``."""
@@ -172,8 +174,8 @@ class Sequencer:
 
     ### The loop ###
 
-    async def _run(self, channel: Any) -> None:
-        while channel is self.channel and not channel.is_closed:
+    async def _run(self, channel: Link) -> None:
+        while channel is self.channel and not channel.closed:
             if self._closing:
                 return
             if not self._inbox:
@@ -202,7 +204,7 @@ class Sequencer:
                         item.future.set_exception(error)
                         item.future.exception()
                 logger.warning("history sequencing stopped: %s", error)
-                await _close(channel)
+                await channel.close()
                 return
             except Exception as exc:  # noqa: BLE001 - a bug: answer, drop the batch, rebuild, go on
                 logger.exception("history sequencing failed; the batch is answered with an error")
@@ -213,13 +215,13 @@ class Sequencer:
         if channel is self.channel:
             self._drop_inbox(self.layer._broker.error("closed the history channel"))
 
-    async def _batch(self, channel: Any, batch: list[_Item]) -> None:
+    async def _batch(self, channel: Link, batch: list[_Item]) -> None:
         layer = self.layer
         if self.state is None or self._state_for is not channel:
             await self._catch_up(channel)
         await layer._state(layer._groups)  # members as the groups stream says
         work = await self._admit(batch)
-        if channel is not self.channel or channel.is_closed:
+        if channel is not self.channel or channel.closed:
             raise layer._broker.error("closed the history channel")
         if work:
             try:
@@ -248,7 +250,7 @@ class Sequencer:
                 continue
             if request[0] == "j":
                 try:
-                    valid_since(request[7])
+                    valid_since(request[8])
                 except ValueError as exc:
                     item.result = (False, ["refused", str(exc)])
                     continue
@@ -257,13 +259,13 @@ class Sequencer:
                 if done is not None:  # a redelivered request: its sequencer appended it already
                     item.result = (True, list(done))
                     continue
-                message = layer.deserialize(request[6])
+                message = layer.deserialize(request[7])
                 if isinstance(message, RejectedMessage):
                     item.result = (False, ["refused", "the message failed authentication at the sequencer: every "
                                                       "process must use the same SECRET_KEY (or CONFIG['keys'])"])
                     continue
                 item.message = message
-                origin, seq = request[7], request[8]
+                origin, seq = request[8], request[9]
                 if item.future is None and seq and not await layer._groups.wait_seen(origin, seq, _SEEN_WAIT):
                     logger.warning("a history send waited %g s for its sender's group records; sent without", _SEEN_WAIT)
             work.append(item)
@@ -277,13 +279,13 @@ class Sequencer:
             request = item.request
             kind = request[0]
             if kind == "m":
-                _, msg_id, _, group, size, ttl_ms, data = request[:7]
+                msg_id, (group, size, ttl_ms, data) = request[1], request[4:8]
                 epoch, offset, record = state.append(group, size, ttl_ms, msg_id, data, now)
                 records.append(record)
                 item.result = (True, [epoch, offset])
             elif kind == "j":
-                since = valid_since(request[7])
-                item.joined, record = state.join(request[3], request[4], request[5], since, now)
+                group, size, ttl_ms, _, since = request[4:9]
+                item.joined, record = state.join(group, size, ttl_ms, valid_since(since), now)
                 if record is not None:
                     records.append(record)
                 item.result = (True, item.joined.recovered)
@@ -300,7 +302,7 @@ class Sequencer:
         for item in work:
             request = item.request
             if request[0] == "m" and item.result[0]:
-                group = request[3]
+                group = request[4]
                 epoch, offset = item.result[1]
                 data = layer.serialize({**item.message, "history": message_meta(group, epoch, offset)})
                 pending.append(asyncio.ensure_future(layer._send_group(group, data)))
@@ -312,7 +314,7 @@ class Sequencer:
 
     async def _join(self, item: _Item) -> None:
         layer = self.layer
-        _, _, _, group, _, _, channel, _, record = item.request
+        group, channel, record = item.request[4], item.request[7], item.request[9]
         joined = item.joined
         await layer._groups.write_as(record)  # the membership, at this point of the sequence
         blocks = [layer.serialize({"history": notice_meta(group, joined.epoch, joined.latest, joined.recovered)})]
@@ -324,7 +326,7 @@ class Sequencer:
         body = msgpack.packb([now + layer._expiry_ms, channel, blocks, group, now], use_bin_type=True)
         layer._count(name, refused=not await layer._queues.publish(name, body, group=True))
 
-    async def _answer(self, channel: Any, batch: list[_Item]) -> None:
+    async def _answer(self, channel: Link, batch: list[_Item]) -> None:
         """Step 3: answer every request of the batch; acknowledge the queue's."""
         replies = []
         last_tag = None
@@ -335,14 +337,14 @@ class Sequencer:
                     item.future.set_result(result)
                 continue
             last_tag = item.tag
-            if item.reply_to and isinstance(item.request, list) and len(item.request) > 1:
-                body = msgpack.packb([item.request[1], *result], use_bin_type=True)
-                properties = spec.Basic.Properties(message_id=self.client.next_id())
-                replies.append(channel.basic_publish(body, routing_key=item.reply_to, properties=properties))
-        if replies:  # a sender that is gone is no error
+            request = item.request
+            if isinstance(request, list) and len(request) >= 4 and isinstance(request[3], str):
+                body = msgpack.packb([request[1], *result], use_bin_type=True)
+                replies.append(channel.publish(request[3], body))
+        if replies:  # a sender that is gone (its reply queue with it) is no error
             await asyncio.gather(*replies, return_exceptions=True)
         if last_tag is not None:
-            await channel.basic_ack(last_tag, multiple=True)
+            channel.ack(last_tag, multiple=True)
 
     ### The stream ###
 
@@ -350,26 +352,23 @@ class Sequencer:
         layer = self.layer
         return HistoryState(lambda: layer.random_suffix(8), int(layer.group_expiry * 1000))
 
-    async def _append(self, channel: Any, records: list[list]) -> None:
+    async def _append(self, channel: Link, records: list[list]) -> None:
         """Append ``records`` to the history stream in order; return once the broker has them all."""
         if not records:
             return
         stream = self.client.stream
-        publishes = [
-            channel.basic_publish(msgpack.packb(record, use_bin_type=True), routing_key=stream, mandatory=True,
-                                  properties=spec.Basic.Properties(message_id=self.client.next_id(), delivery_mode=2))
-            for record in records
-        ]
+        publishes = [channel.publish(stream, msgpack.packb(record, use_bin_type=True), persistent=True)
+                     for record in records]
         results = await asyncio.gather(*publishes, return_exceptions=True)
         for result in results:
-            if isinstance(result, aiormq.exceptions.PublishError):
+            if isinstance(result, Returned):
                 raise _StreamLost()
             if isinstance(result, BaseException):
                 raise result
-            if isinstance(result, (spec.Basic.Nack, spec.Basic.Reject)):
+            if result is False:
                 raise self.layer._broker.error(f"refused a record for {stream}")
 
-    async def _checkpoint(self, channel: Any) -> None:
+    async def _checkpoint(self, channel: Link) -> None:
         if self.state is None or self._state_for is not channel:
             return
         if time.monotonic() - self._last_checkpoint < self.checkpoint_every:
@@ -377,13 +376,13 @@ class Sequencer:
         self._last_checkpoint = time.monotonic()
         await self._append(channel, self.state.checkpoint(now_ms()))
 
-    async def _catch_up(self, channel: Any) -> None:
+    async def _catch_up(self, channel: Link) -> None:
         """Read the stream's window up to a marker appended now: then this process knows every entry."""
         for attempt in (0, 1):
             try:
                 state = await self._read_window(channel)
                 break
-            except (aiormq.exceptions.ChannelNotFoundEntity, _StreamLost):
+            except (NotFound, _StreamLost):
                 if attempt:
                     raise
                 logger.warning("the history stream %s was missing: every group starts a new epoch", self.client.stream)
@@ -391,16 +390,16 @@ class Sequencer:
         state.trim_all(now_ms())
         self.state, self._state_for, self._last_checkpoint = state, channel, 0.0  # checkpoint at once
 
-    async def _read_window(self, channel: Any) -> HistoryState:
+    async def _read_window(self, channel: Link) -> HistoryState:
         layer, state = self.layer, self._new_state()
         marker = f"{self.client.origin}:{next(self._markers)}"
         found = asyncio.get_running_loop().create_future()
         read = [0]
-        reader = await channel.connection.channel()
+        reader = await channel.reader()
 
-        async def on_record(message: Any) -> None:
+        def on_record(body: bytes, tag: int) -> None:
             try:
-                record = msgpack.unpackb(message.body, raw=False)
+                record = msgpack.unpackb(body, raw=False)
             except Exception:  # noqa: BLE001 - skipped, like any unreadable record
                 record = None
             if isinstance(record, list) and record[:2] == ["s", marker]:
@@ -409,17 +408,12 @@ class Sequencer:
             else:
                 state.feed(record)
             read[0] += 1
-            if read[0] % _ACK_EVERY == 0 and not reader.is_closed:
-                try:
-                    await reader.basic_ack(message.delivery.delivery_tag, multiple=True)
-                except _FAILURES:
-                    pass
+            if read[0] % _ACK_EVERY == 0:  # a stream consumer gets more only once it acknowledged
+                reader.ack(tag, multiple=True)
 
         try:
-            await reader.basic_qos(prefetch_count=_READ_PREFETCH)
             start = datetime.datetime.fromtimestamp(time.time() - self.client.window, tz=datetime.timezone.utc)
-            await reader.basic_consume(self.client.stream, on_record, no_ack=False,
-                                       arguments={"x-stream-offset": start})
+            await reader.consume(self.client.stream, on_record, _READ_PREFETCH, arguments={"x-stream-offset": start})
             await self._append(channel, [["s", marker]])
             while True:  # as long as it takes while records keep coming
                 seen = read[0]
@@ -432,12 +426,7 @@ class Sequencer:
                             f"delivered nothing of the history stream for {layer.timeout:g} s while this process "
                             "caught up with it (broker overloaded?)") from None
         finally:
-            await _close(reader)
-
-
-#: Request kind -> its length: ["m", id, deadline_ms, group, size, ttl_ms, data, origin, groups_seq],
-#: ["j", id, deadline_ms, group, size, ttl_ms, channel, since, membership record], ["f", id, deadline_ms].
-_SHAPES = {"m": 9, "j": 9, "f": 3}
+            await reader.close()
 
 
 async def _settle(pending: list[asyncio.Future]) -> None:
@@ -448,10 +437,3 @@ async def _settle(pending: list[asyncio.Future]) -> None:
         if isinstance(result, BaseException):
             raise result
 
-
-async def _close(channel: Any) -> None:
-    if channel is not None and not channel.is_closed:
-        try:
-            await channel.close()
-        except Exception:  # noqa: BLE001 - it is being thrown away
-            pass

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from bench import http
 from bench._procs import rss_kib
-from paas_channels.testing import free_port, wait_until
+from paas_channels.testing import wait_until
 
 #: What a Standard-1X (and Basic) dyno may use before Heroku reports R14 (memory quota exceeded).
 DYNO_MIB = 512
@@ -89,39 +88,9 @@ def run(duration: float = 10.0, rate: float = 300.0, rounds: int = 1, warmup: in
     (workdir / "paas_bench_settings.py").write_text(http._SETTINGS)
     (workdir / "paas_bench_urls.py").write_text(http._URLS)
     chosen = [setup for setup in _setups(workdir) if not only or setup.name in only]
-    results: dict = {}
     try:
-        migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=http.ROOT,
-                                 env=chosen[0].env, capture_output=True, text=True)
-        if migrate.returncode != 0:
-            raise RuntimeError(f"migrate failed for the dyno benchmark's database:\n{migrate.stderr}")
-        for round_number in range(1, rounds + 1):
-            for setup in chosen:
-                port = free_port()
-                url = f"http://127.0.0.1:{port}/hello/"
-                log(f"== dyno round {round_number}/{rounds}: {setup.label}")
-                setup.start(port, workdir)
-                try:
-                    http._warm(url, warmup)
-                    memory = _idle_rss(setup, children=2)
-                    log(f"   idle: {memory['processes']} processes, {memory['total_mib']} MiB resident")
-                    throughput = http.run_throughput(url, duration)
-                    log(f"   {throughput['requests_per_s']:,.0f} requests/s, latency {throughput['latency_ms']}")
-                    fixed = http.run_fixed_rate(url, rate, duration)
-                    log(f"   at {rate:.0f}/s: {fixed['latency_ms']}, failures {fixed['failures']}")
-                except Exception:
-                    for path in setup.logs:  # the work directory goes away: say now what the servers said
-                        log(f"   {path.name}: ...{path.read_text(errors='replace')[-1500:]}")
-                    raise
-                finally:
-                    setup.stop()
-                best = results.setdefault(setup.name, {"label": setup.label, "rounds": []})
-                best["rounds"].append({"throughput": throughput, "fixed_rate": fixed, "idle_memory": memory})
-                if "throughput" not in best or throughput["requests_per_s"] > best["throughput"]["requests_per_s"]:
-                    best["throughput"] = throughput
-                if "fixed_rate" not in best or fixed["latency_ms"]["p99"] < best["fixed_rate"]["latency_ms"]["p99"]:
-                    best["fixed_rate"] = fixed
-                best["idle_memory"] = memory
+        results = http.run_rounds("dyno", chosen, workdir, duration, rate, rounds, warmup, log,
+                                  idle=lambda setup: _idle_rss(setup, children=2))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, this file (http.py) would shadow the standard library's `http`: drop its folder from the path.
@@ -405,32 +406,8 @@ def measure(duration: float = 10.0, rate: float = 300.0, rounds: int = 2, only: 
     chosen = [setup for setup in setups(workdir) if not only or setup.name in only]
     if not chosen:
         raise ValueError(f"no HTTP setup named {only}; choose from {', '.join(s.name for s in setups(workdir))}")
-    results: dict = {}
     try:
-        migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT,
-                                 env=chosen[0].env, capture_output=True, text=True)
-        if migrate.returncode != 0:
-            raise RuntimeError(f"migrate failed for the HTTP benchmark's database:\n{migrate.stderr}")
-        for round_number in range(1, rounds + 1):
-            for setup in chosen:
-                port = free_port()
-                url = f"http://127.0.0.1:{port}/hello/"
-                log(f"== http round {round_number}/{rounds}: {setup.label}")
-                setup.start(port, workdir)
-                try:
-                    _warm(url, warmup)
-                    throughput = run_throughput(url, duration)
-                    log(f"   {throughput['requests_per_s']:,.0f} requests/s, latency {throughput['latency_ms']}")
-                    fixed = run_fixed_rate(url, rate, duration)
-                    log(f"   at {rate:.0f}/s: {fixed['latency_ms']}, failures {fixed['failures']}")
-                finally:
-                    setup.stop()
-                best = results.setdefault(setup.name, {"label": setup.label, "rounds": []})
-                best["rounds"].append({"throughput": throughput, "fixed_rate": fixed})
-                if "throughput" not in best or throughput["requests_per_s"] > best["throughput"]["requests_per_s"]:
-                    best["throughput"] = throughput
-                if "fixed_rate" not in best or fixed["latency_ms"]["p99"] < best["fixed_rate"]["latency_ms"]["p99"]:
-                    best["fixed_rate"] = fixed
+        results = run_rounds("http", chosen, workdir, duration, rate, rounds, warmup, log)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {
@@ -439,6 +416,54 @@ def measure(duration: float = 10.0, rate: float = 300.0, rounds: int = 2, only: 
         "generator": "wrk" if shutil.which("wrk") else "python (wrk not installed)",
         "results": results, "ratios": ratios(results),
     }
+
+
+def run_rounds(kind: str, chosen: list, workdir: Path, duration: float, rate: float, rounds: int, warmup: int,
+               log=print, idle: Callable[[Any], dict] | None = None) -> dict:
+    """Migrate, then measure every setup in ``chosen`` ``rounds`` times, interleaved.
+
+    Each round starts the setup on a free port, warms it, takes ``idle(setup)``
+    (e.g. its resident memory) if given, then the throughput and the fixed-rate
+    latency; each setup keeps its best throughput and its best p99.  A failure
+    prints the servers' logs before the work directory goes away.
+    """
+    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT,
+                             env=chosen[0].env, capture_output=True, text=True)
+    if migrate.returncode != 0:
+        raise RuntimeError(f"migrate failed for the {kind} benchmark's database:\n{migrate.stderr}")
+    results: dict = {}
+    for round_number in range(1, rounds + 1):
+        for setup in chosen:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/hello/"
+            log(f"== {kind} round {round_number}/{rounds}: {setup.label}")
+            setup.start(port, workdir)
+            measured: dict = {}
+            try:
+                _warm(url, warmup)
+                if idle is not None:
+                    measured["idle_memory"] = idle(setup)
+                    log(f"   idle: {measured['idle_memory']['processes']} processes, "
+                        f"{measured['idle_memory']['total_mib']} MiB resident")
+                throughput = measured["throughput"] = run_throughput(url, duration)
+                log(f"   {throughput['requests_per_s']:,.0f} requests/s, latency {throughput['latency_ms']}")
+                fixed = measured["fixed_rate"] = run_fixed_rate(url, rate, duration)
+                log(f"   at {rate:.0f}/s: {fixed['latency_ms']}, failures {fixed['failures']}")
+            except Exception:
+                for path in getattr(setup, "logs", ()):
+                    log(f"   {path.name}: ...{path.read_text(errors='replace')[-1500:]}")
+                raise
+            finally:
+                setup.stop()
+            best = results.setdefault(setup.name, {"label": setup.label, "rounds": []})
+            best["rounds"].append(measured)
+            if "throughput" not in best or throughput["requests_per_s"] > best["throughput"]["requests_per_s"]:
+                best["throughput"] = throughput
+            if "fixed_rate" not in best or fixed["latency_ms"]["p99"] < best["fixed_rate"]["latency_ms"]["p99"]:
+                best["fixed_rate"] = fixed
+            if "idle_memory" in measured:
+                best["idle_memory"] = measured["idle_memory"]
+    return results
 
 
 def ratios(results: dict) -> dict:

@@ -118,6 +118,7 @@ class Worker:
         #: The settings fingerprint this worker's heartbeats carry (set by build_worker from the settings).
         self.fingerprint: str | None = None
         self._agreement: Agreement | None = None
+        self._agreement_checked = float("-inf")
         self._problems = RateLimitedLog(logger)
 
     ### Control ###
@@ -319,9 +320,18 @@ class Worker:
                                "restart this worker", self.threads - live, self.threads, self.worker_id)
 
     def _check_agreement(self) -> None:
-        """Warn (once per process) about live processes whose settings fingerprint differs from ours."""
+        """Warn (once per process) about live processes whose settings fingerprint differs from ours.
+
+        At most once per heartbeat interval: a worker also beats on every idle-to-busy
+        change, and reading every process's heartbeat each time would cost a layer
+        round trip per message on a worker that goes busy and idle in turn.
+        """
         if self.fingerprint is None:
             return
+        now = time.monotonic()
+        if now - self._agreement_checked < self.heartbeat_interval:
+            return
+        self._agreement_checked = now
         if self._agreement is None:
             self._agreement = Agreement(self.fingerprint)
         line = self._agreement.new_disagreements(self.layer.heartbeats())

@@ -41,6 +41,23 @@ def test_config_passed_to_backend():
     assert (layer.expiry, layer.capacity, layer.get_capacity("http.request")) == (5, 7, 9)
 
 
+@pytest.mark.parametrize(
+    "config, inbox, connect, other",
+    [
+        ({}, 2000, 1000, 100),  # the defaults: room for a deploy's reconnect burst
+        ({"capacity": 5000}, 5000, 5000, 5000),  # never below capacity
+        ({"channel_capacity": {"interface.*": 50}}, 50, 1000, 100),  # configured: theirs
+        ({"channel_capacity": {"*": 10}}, 10, 10, 10),  # any configured glob that matches wins
+    ],
+)
+def test_web_inbox_and_connect_capacity_defaults(config, inbox, connect, other):
+    layer = InMemoryChannelLayer(**config)
+    reply_channel = "interface.web-1.a1b2c3!d4e5f6"
+    assert layer.get_capacity(reply_channel) == inbox
+    assert layer.get_capacity("websocket.connect") == connect
+    assert layer.get_capacity("http.request") == other
+
+
 def test_wrong_backend_path_names_the_setting():
     layers = {"default": {"BACKEND": "paas_channels.layers.NoSuchLayer"}}
     with override_settings(CHANNEL_LAYERS=layers):

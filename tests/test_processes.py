@@ -111,6 +111,13 @@ def _chat_everyone_hears(sockets: list, text: str) -> None:
                 break
 
 
+def _position(frame: str) -> tuple[dict, str | None]:
+    """A frame of the resume protocol: ``(position, data)``."""
+    assert frame.startswith("\x1e"), frame
+    header, newline, data = frame[1:].partition("\n")
+    return json.loads(header), (data if newline else None)
+
+
 ### Combined mode, two processes, no Redis: the IPC layer ###
 
 
@@ -136,6 +143,22 @@ def test_combined_with_web_concurrency_2_and_no_redis_shares_groups_over_ipc(dat
         assert set(spread) == children and all(spread.values()), spread
         # Sent by a client of one process, heard by the clients of both.
         _chat_everyone_hears(sockets, "across the dyno")
+        # The rooms keep history over IPC too (example_project/settings.py): a client that comes
+        # back, to whichever process, gets what was said while it was away, from the shared database.
+        room = url.replace("http://", "ws://") + "/ws/chat/ipc/?paas_channels=1"
+        with connect(room, open_timeout=20) as away:
+            notice = _position(away.recv(timeout=20))[0]
+        assert notice["group"] == "chat-ipc" and notice["recovered"] is None
+        for n in range(3):
+            _chat_everyone_hears(sockets, f"while away {n}")
+        with connect(f"{room}&paas_resume=chat-ipc:{notice['epoch']}:{notice['offset']}", open_timeout=20) as back:
+            resumed = _position(back.recv(timeout=20))[0]
+            assert resumed["recovered"] is True and resumed["epoch"] == notice["epoch"]
+            replayed = [_position(back.recv(timeout=20)) for _ in range(resumed["offset"] - notice["offset"])]
+        assert [meta["offset"] for meta, _ in replayed] == list(range(notice["offset"] + 1, resumed["offset"] + 1))
+        assert all(meta["replayed"] for meta, _ in replayed)
+        said = [json.loads(data).get("text") for _, data in replayed]
+        assert [text for text in said if text and text.startswith("while away")] == [f"while away {n}" for n in range(3)]
     finally:
         stack.close()
         layer.close()

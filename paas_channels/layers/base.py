@@ -51,6 +51,9 @@ _rejections = RateLimitedLog(logger)
 MAX_MESSAGE_SIZE = 1024 * 1024
 #: Default capacity of ``websocket.connect``: a burst of this many handshakes is queued, not refused.
 CONNECT_CAPACITY = 1000
+#: Default capacity of a web process's inbox (``interface.*``): every connection of the process
+#: shares it, and a deploy's reconnect burst (with history: each join's notice) lands on it at once.
+INBOX_CAPACITY = 2000
 #: Channel and group names must be shorter than this.
 MAX_NAME_LENGTH = 100
 
@@ -182,6 +185,8 @@ class BaseChannelLayer:
         # connect message is small: room for CONNECT_CAPACITY of them unless configured.
         if not any(fnmatch.fnmatchcase("websocket.connect", pattern) for pattern in self.channel_capacity):
             self.channel_capacity["websocket.connect"] = max(self.capacity, CONNECT_CAPACITY)
+        # Appended after the configured globs, so any of them that matches an inbox wins.
+        self.channel_capacity.setdefault("interface.*", max(self.capacity, INBOX_CAPACITY))
         # Globs compiled once: capacity is looked up on every send.
         self._capacity_patterns = [
             (re.compile(fnmatch.translate(pattern)), value)

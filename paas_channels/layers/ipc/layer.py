@@ -17,6 +17,9 @@ and the time: one statement or one short transaction) plus what it leaves
 to do after its commit; :mod:`.steps` runs them with SQLite's own lock wait
 (sync) or with none, sleeping on the event loop between tries (async), so
 the loop never blocks on another process's lock.
+
+Group history (``CONFIG["history"]``, as on every layer that keeps it) is
+:mod:`.history`: a history group's send and a join are one transaction each.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ import time
 from collections import deque
 from typing import Any, Iterable
 
-from ..base import BaseChannelLayer, ChannelFull, _positive_number
+from ..base import BaseChannelLayer, _positive_number
+from ..history import HistoryRules
 from . import steps, store
-from .steps import FORGET, LOCK_TIMEOUT, WAKE, Effect, Outcome, Plan, plain
+from .history import HistoryPlans
+from .plans import Plans
+from .steps import LOCK_TIMEOUT, Outcome, Plan, plain
 from .wake import WakePool, address_is_live
 
 __all__ = ["IPCChannelLayer", "default_directory"]
@@ -47,8 +53,6 @@ _PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
 _SWEEP_INTERVAL = 1.0
 #: Seconds between checks for registrations of receivers whose process died.
 _PROBE_INTERVAL = 30.0
-#: Messages a receive takes at once from a ``!`` key (only this process reads it).
-_INBOX_BATCH = 100
 
 # Bumped in a forked child, whose threads then open connections of their own
 # (cheaper to compare on every operation than a getpid() system call).
@@ -62,7 +66,7 @@ def default_directory() -> str:
     return os.path.join(base, f"paas-channels-{os.getuid()}")
 
 
-class IPCChannelLayer(BaseChannelLayer):
+class IPCChannelLayer(Plans, HistoryPlans, BaseChannelLayer):
     """ASGI 1.0 channel layer shared by every process on this machine that uses the same ``prefix``.
 
     ``prefix``: names the layer (its database file); processes with the same
@@ -70,10 +74,12 @@ class IPCChannelLayer(BaseChannelLayer):
     database lives (default :func:`default_directory`, in memory under
     ``/dev/shm``); it is created for this user only.  ``blocking_timeout``:
     seconds a blocking receive waits.  ``expiry``, ``group_expiry``,
-    ``capacity``, ``channel_capacity``: as for every layer.
+    ``capacity``, ``channel_capacity``, ``history``: as for every layer (every
+    process of the prefix must have the same ``history``).
     """
 
     reach = "machine"
+    extensions = [*BaseChannelLayer.extensions, "history"]
 
     def __init__(
         self,
@@ -84,8 +90,10 @@ class IPCChannelLayer(BaseChannelLayer):
         capacity: int = 100,
         channel_capacity: dict[str, int] | None = None,
         blocking_timeout: float = 1,
+        history: dict[str, dict] | None = None,
     ) -> None:
         super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
+        self.history = HistoryRules(history)
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise ValueError(f"prefix must be 1-40 ASCII letters, digits, '_', '.' or '-'; got {prefix!r:.60}")
         self.prefix = prefix
@@ -166,6 +174,10 @@ class IPCChannelLayer(BaseChannelLayer):
         this never raises ``ChannelFull``.
         """
         self._execute(self._plan_send_group(group, message))
+
+    def group_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
+        """``group_add`` plus, for a history group, the notice and replay (see the base class), in one transaction."""
+        return self._execute(self._plan_group_join(group, channel, since))
 
     ### Flush, statistics, heartbeats, close ###
 
@@ -255,6 +267,9 @@ class IPCChannelLayer(BaseChannelLayer):
     async def asend_group(self, group: str, message: dict) -> None:
         await self._aexecute(self._plan_send_group(group, message))
 
+    async def agroup_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
+        return await self._aexecute(self._plan_group_join(group, channel, since))
+
     async def aflush(self) -> None:
         await self._aexecute(plain(store.flush))
         self._buffered.clear()
@@ -274,117 +289,7 @@ class IPCChannelLayer(BaseChannelLayer):
     async def aclose(self) -> None:
         self.close()
 
-    ### Plans: each operation once, for both drivers ###
-
-    def _plan_send(self, channel: str, message: dict) -> Plan:
-        self.valid_channel_name(channel)
-        data = self.serialize(message)
-        key = self.non_local_name(channel)
-        capacity = self.get_capacity(channel)
-        expiry = self.expiry
-
-        def run(conn: sqlite3.Connection, now: float) -> Outcome:
-            expires = now + expiry
-            if store.store(conn, key, channel, data, expires, capacity):
-                return None, [(WAKE, key)]
-            # At capacity, or expired messages hold the room: look closer, in one transaction.
-            with store.transaction(conn):
-                stored = store.store_or_refuse(conn, now, key, channel, data, expires, capacity)
-            return (None, [(WAKE, key)]) if stored else (ChannelFull(channel), [])
-
-        return Plan(run, transaction=False)
-
-    @staticmethod
-    def _plan_receive(keys: list[str], address: bytes | None = None, since: int = 0, wait: bool = False,
-                      registered: bool = False) -> Plan:
-        """Take from ``keys``; with ``address``, (un)register it as a waiter in the same transaction.
-
-        Without: single statements, no transaction.  A receiver that was
-        registered (and so may have been woken for a message on another of
-        its keys than the one it takes from) passes wakeups on.
-        """
-        def run(conn: sqlite3.Connection, now: float) -> Outcome:
-            effects: list[Effect] = []
-            for key in keys:
-                limit = _INBOX_BATCH if key.endswith("!") else 1
-                while True:
-                    items, expired = store.take(conn, now, key, limit)
-                    if expired:
-                        effects.append((FORGET, expired))
-                    if items:
-                        if registered:
-                            store.unregister(conn, address)
-                            effects += [(WAKE, other) for other in keys]
-                        return items, effects
-                    if not expired:
-                        break
-            if address is not None and wait:
-                store.register(conn, keys, address, since)
-            elif registered:
-                store.unregister(conn, address)
-            return None, effects
-
-        return Plan(run, transaction=address is not None)
-
-    def _plan_group_add(self, group: str, channel: str) -> Plan:
-        self.valid_group_name(group)
-        self.valid_channel_name(channel)
-        group_expiry = self.group_expiry
-        return Plan(lambda conn, now: (store.group_add(conn, group, channel, now + group_expiry), []), False)
-
-    def _plan_group_discard(self, group: str, channel: str) -> Plan:
-        self.valid_group_name(group)
-        self.valid_channel_name(channel)
-        return plain(store.group_discard, group, channel, transaction=False)
-
-    def _plan_group_channels(self, group: str) -> Plan:
-        self.valid_group_name(group)
-
-        def run(conn: sqlite3.Connection, now: float) -> Outcome:
-            store.sweep(conn, now)
-            return store.group_channels(conn, now, group), []
-
-        return Plan(run)
-
-    def _plan_send_group(self, group: str, message: dict) -> Plan:
-        self.valid_group_name(group)
-        data = self.serialize(message)
-        expiry = self.expiry
-
-        def run(conn: sqlite3.Connection, now: float) -> Outcome:
-            store.sweep(conn, now)
-            # Members of one ``!`` key (one process's connections) share one stored envelope naming them all.
-            targets: dict[str, list[str]] = {}
-            for channel in store.group_channels(conn, now, group):
-                key = self.non_local_name(channel)
-                if key.endswith("!"):
-                    targets.setdefault(key, []).append(channel)
-                else:
-                    targets[channel] = [channel]
-            stored = [key for key, channels in targets.items() if store.store_or_refuse(
-                conn, now, key, "\n".join(channels), data, now + expiry, self.get_capacity(key))]
-            return None, [(WAKE, key) for key in stored]
-
-        return Plan(run)
-
-    def _plan_channel_statistics(self, channel: str) -> Plan:
-        self.valid_channel_name(channel)
-        key, expiry = self.non_local_name(channel), self.expiry
-        return Plan(lambda conn, now: (store.channel_statistics(conn, now, key, expiry), []))
-
-    def _plan_heartbeat(self, worker_id: str, info: dict, ttl: float) -> Plan:
-        if not isinstance(worker_id, str) or not worker_id:
-            raise TypeError(f"worker_id must be a non-empty str; got {worker_id!r:.60}")
-        _positive_number("ttl", ttl)
-        data = self.serialize(info)
-        return Plan(lambda conn, now: (store.heartbeat(conn, worker_id, now + ttl, data), []), False)
-
-    @staticmethod
-    def _plan_heartbeats() -> Plan:
-        return Plan(lambda conn, now: (store.heartbeats(conn, now), []), False)
-
-    def _plan_channel_exists(self, name: str) -> Plan:
-        return plain(store.channel_exists, self.non_local_name(name), transaction=False)
+    ### This process's batch of taken messages ###
 
     def _delivered(self, items: list[store.Item] | None) -> tuple[str | None, dict | None]:
         """The first of ``items`` decoded; the rest (all of one ``!`` key) kept for the next receives."""
@@ -394,7 +299,7 @@ class IPCChannelLayer(BaseChannelLayer):
             key = self.non_local_name(items[0][0])
             with self._lock:
                 self._buffered.setdefault(key, deque()).extend(items[1:])
-        return items[0][0], self.deserialize(items[0][2])
+        return items[0][0], self._decoded(items[0][2])
 
     def _from_buffer(self, keys: list[str]) -> list[store.Item] | None:
         """The next live message this process already took from one of ``keys`` (``!`` keys only)."""
@@ -445,6 +350,7 @@ class IPCChannelLayer(BaseChannelLayer):
 
         def run(conn: sqlite3.Connection, now: float) -> Outcome:
             store.sweep(conn, now)
+            store.sweep_histories(conn, now)
             return plan.run(conn, now)
 
         return Plan(run)

@@ -25,7 +25,16 @@ Tables:
 * ``waiters(key, since, address)``: blocked receivers, by the abstract Unix
   socket address that wakes them (see :mod:`.wake`).  After a send the
   driver *claims* the oldest waiter on its key (deletes its rows) and wakes
-  only that one.
+  only that one;
+* ``histories(grp, epoch, latest, stored, expires)``: a history group's epoch,
+  last offset and the time of its last message (never going back, so its
+  entries expire in offset order); ``history(grp, seq, expires, data)``: its
+  entries, ``seq`` the offset (see :mod:`.history`).
+
+A message's ``channel`` column names its target, or for a group send to an
+inbox all its member channels separated by newlines; a history group's
+message adds its position after a space (no name has one):
+``members group epoch offset``, and ``... r`` when it is replayed after a join.
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ from typing import Iterator
 
 __all__ = ["SCHEMA_VERSION", "connect", "is_busy", "transaction"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Older schemas this one extends with new tables only: set up in place.
+_UPGRADES_FROM = (2,)
 #: Statistics of a channel with nothing pending are kept this long after its last message expired (as on Redis).
 STATS_TTL = 86_400.0
 # Small pages: a send writes a few small rows, and each commit appends whole pages to the WAL.
@@ -55,6 +66,11 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS waiters_by_address ON waiters(address)",
     "CREATE TABLE IF NOT EXISTS heartbeats(worker_id TEXT PRIMARY KEY, expires REAL NOT NULL, "
     "info BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS histories(grp TEXT PRIMARY KEY, epoch TEXT NOT NULL, latest INTEGER NOT NULL, "
+    "stored REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS history(grp TEXT NOT NULL, seq INTEGER NOT NULL, expires REAL NOT NULL, "
+    "data BLOB NOT NULL, PRIMARY KEY(grp, seq)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS history_by_expiry ON history(expires)",
     # Every stored message counts once in, every deleted one (taken, expired, flushed) once out.
     "CREATE TRIGGER IF NOT EXISTS counted_in AFTER INSERT ON messages BEGIN "
     "INSERT INTO channels VALUES(NEW.key, 1, NEW.seq, 1, 0, NEW.expires) ON CONFLICT(key) DO UPDATE "
@@ -75,8 +91,10 @@ _TAKE = (
     "RETURNING seq, channel, expires, data"
 )
 
-#: A message as a receiver gets it: (full channel name, expires, encoded message).
-Item = tuple[str, float, bytes]
+#: A message as a receiver gets it: (full channel name, expires, encoded message), the
+#: encoded message of a history group being (encoded message, (group, epoch, offset, replayed)).
+Position = tuple[str, str, int, bool]
+Item = tuple[str, float, "bytes | tuple[bytes, Position]"]
 
 
 ### Connections and transactions ###
@@ -120,7 +138,7 @@ def connect(path: str, busy_timeout: float, setup_timeout: float) -> sqlite3.Con
 def _set_up(conn: sqlite3.Connection) -> None:
     with transaction(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, *_UPGRADES_FROM, SCHEMA_VERSION):
             raise sqlite3.DatabaseError(
                 f"it has schema version {version}, this paas-channels uses {SCHEMA_VERSION}; "
                 "stop the processes of the other version, or give this one another prefix"
@@ -181,15 +199,25 @@ def take(conn: sqlite3.Connection, now: float, key: str, limit: int) -> tuple[li
     """Delete and return the oldest ``limit`` messages of ``key``; one statement, atomic on its own.
 
     Returns ``(live items in order, expired (key, channel column) pairs)``;
-    group envelopes are opened into one item per target.  The caller passes
+    group envelopes are opened into one item per target, a history group's
+    message as ``(channel, expires, (data, (group, epoch, offset, replayed)))``.  The caller passes
     the expired ones to :func:`forget_expired`.
     """
     rows = conn.execute(_TAKE, (key, limit)).fetchall()
     if len(rows) > 1:
         rows.sort()
-    items = [(channel, expires, data) for _, targets, expires, data in rows if expires > now
-             for channel in targets.split("\n")]
-    expired = [(key, targets) for _, targets, expires, _ in rows if expires <= now]
+    items: list[Item] = []
+    expired = []
+    for _, targets, expires, data in rows:
+        if expires <= now:
+            expired.append((key, targets))
+        elif " " in targets:  # a history group's message: its position follows the members
+            targets, _, position = targets.partition(" ")
+            group, epoch, offset, *replayed = position.split(" ")
+            held = (data, (group, epoch, int(offset), bool(replayed)))
+            items += [(channel, expires, held) for channel in targets.split("\n")]
+        else:
+            items += [(channel, expires, data) for channel in targets.split("\n")]
     return items, expired
 
 
@@ -251,6 +279,67 @@ def group_channels(conn: sqlite3.Connection, now: float, group: str) -> list[str
     )]
 
 
+### Group history ###
+
+#: Capacity given to a join's notice and replay: bounded by the history's size, not the channel's capacity.
+UNBOUNDED = 2**62
+
+
+def history_append(conn: sqlite3.Connection, now: float, group: str, new_epoch: str, keep: float,
+                   size: int, ttl: float, data: bytes) -> tuple[str, int]:
+    """In a transaction: keep ``data`` as ``group``'s next entry; returns ``(epoch, its offset)``.
+
+    A group without a live history starts one under ``new_epoch``.  The entry
+    expires ``ttl`` after it was stored (never before the one ahead of it:
+    stored times never go back), the history itself ``keep`` after its last
+    use; entries beyond the last ``size`` are dropped.
+    """
+    row = conn.execute(
+        "UPDATE histories SET latest = latest + 1, stored = max(stored, ?2), expires = ?3 "
+        "WHERE grp = ?1 AND expires > ?2 RETURNING epoch, latest, stored",
+        (group, now, now + keep),
+    ).fetchone()
+    if row is None:
+        _start_history(conn, now, group, new_epoch, keep, latest=1)
+        row = (new_epoch, 1, now)
+    epoch, offset, stored = row
+    conn.execute("INSERT INTO history VALUES(?, ?, ?, ?)", (group, offset, stored + ttl, data))
+    if offset > size:
+        conn.execute("DELETE FROM history WHERE grp = ? AND seq <= ?", (group, offset - size))
+    return epoch, offset
+
+
+def history_position(conn: sqlite3.Connection, now: float, group: str, new_epoch: str, keep: float) -> tuple[str, int]:
+    """In a transaction: ``group``'s ``(epoch, latest offset)``, starting a history under ``new_epoch`` if it has none."""
+    row = conn.execute(
+        "UPDATE histories SET expires = max(expires, ?3) WHERE grp = ?1 AND expires > ?2 RETURNING epoch, latest",
+        (group, now, now + keep),
+    ).fetchone()
+    if row is None:
+        _start_history(conn, now, group, new_epoch, keep, latest=0)
+        return new_epoch, 0
+    return row
+
+
+def history_after(conn: sqlite3.Connection, now: float, group: str, offset: int) -> list[tuple[int, bytes]]:
+    """``(offset, data)`` of ``group``'s live entries after ``offset``, oldest first."""
+    return conn.execute(
+        "SELECT seq, data FROM history WHERE grp = ? AND seq > ? AND expires > ? ORDER BY seq", (group, offset, now)
+    ).fetchall()
+
+
+def _start_history(conn: sqlite3.Connection, now: float, group: str, epoch: str, keep: float, latest: int) -> None:
+    # What an expired history left (nothing, normally: its entries expire first) is not the new one's.
+    conn.execute("DELETE FROM history WHERE grp = ?", (group,))
+    conn.execute("INSERT OR REPLACE INTO histories VALUES(?, ?, ?, ?, ?)", (group, epoch, latest, now, now + keep))
+
+
+def sweep_histories(conn: sqlite3.Connection, now: float) -> None:
+    """Drop expired history entries (by their index) and histories unused for their ``keep``."""
+    conn.execute("DELETE FROM history WHERE expires <= ?", (now,))
+    conn.execute("DELETE FROM histories WHERE expires <= ?", (now,))
+
+
 ### Expiry ###
 
 
@@ -277,9 +366,10 @@ def forget_expired(conn: sqlite3.Connection, expired: list[tuple[str, str]]) -> 
     A message left to expire means nobody reads that channel any more: stop
     sending it group messages (ASGI 1.0 group semantics, as the other layers).
     ``expired``: ``(key, channel column)``; a group envelope's column names
-    its targets separated by newlines (no channel name has one).
+    its targets separated by newlines (no channel name has one), then a
+    history group's position after a space.
     """
-    channels = {channel for _, targets in expired for channel in targets.split("\n")}
+    channels = {channel for _, targets in expired for channel in targets.partition(" ")[0].split("\n")}
     conn.executemany("DELETE FROM groups WHERE channel = ?", [(channel,) for channel in channels])
 
 
@@ -287,8 +377,8 @@ def forget_expired(conn: sqlite3.Connection, expired: list[tuple[str, str]]) -> 
 
 
 def flush(conn: sqlite3.Connection) -> None:
-    """Everything but the waiters: receivers blocked right now stay registered."""
-    for table in ("messages", "channels", "groups", "heartbeats"):
+    """Everything but the waiters (receivers blocked right now stay registered); histories too, so a new epoch."""
+    for table in ("messages", "channels", "groups", "heartbeats", "histories", "history"):
         conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
 
 

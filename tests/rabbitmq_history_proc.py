@@ -1,6 +1,6 @@
 """A process sending to a RabbitMQ history group, for tests/test_rabbitmq_history.py.
 
-    python -m tests.rabbitmq_history_proc URL PREFIX GROUP NAME COUNT
+    python -m tests.rabbitmq_history_proc URL PREFIX GROUP NAME COUNT [HEARTBEAT]
 
 Sends ``{"from": NAME, "n": i}`` to GROUP for i in 0..COUNT-1 (COUNT 0: until
 stopped), one after the other, and prints ``ok i`` once each send returned
@@ -22,7 +22,9 @@ KEY = "rabbitmq-history-test-key"
 
 def main() -> int:
     url, prefix, group, name, count = sys.argv[1:6]
-    layer = RabbitMQChannelLayer(url=url, prefix=prefix, history=HISTORY, timeout=20, capacity=5000)
+    heartbeat = float(sys.argv[6]) if len(sys.argv) > 6 else 15
+    layer = RabbitMQChannelLayer(url=url, prefix=prefix, history=HISTORY, timeout=20, capacity=5000,
+                                 heartbeat=heartbeat)
     layer.use_keys([KEY])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -70,8 +70,9 @@ LOGOUT_REDIRECT_URL = "/"
 configure(globals(), routing="example_project.routing.channel_routing")
 # Chat rooms keep their last 100 messages for 5 minutes: a page open through a deploy (web
 # processes included) gets what it missed when it reconnects (static/paas_demo/chat.js).
-# Only a layer that keeps history takes the key (Redis, in-memory, and IPC: combined mode with
-# several processes; RabbitMQ refuses it): there the chat works the same, a reconnect just does not replay.
+# Every layer keeps history (Redis, RabbitMQ, in-memory, and IPC: combined mode with several
+# processes); a layer that did not would refuse the key, and there the chat would work the same,
+# a reconnect just would not replay.
 # A web process's inbox serves all its connections: room for a reconnect storm.
 if "history" in layer_class(CHANNEL_LAYERS["default"]["BACKEND"]).extensions:
     CHANNEL_LAYERS["default"]["CONFIG"].setdefault("history", {"chat-*": {"size": 100, "ttl": 300}})

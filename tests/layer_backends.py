@@ -53,7 +53,7 @@ def make_rabbitmq(request: Any, **config: Any) -> BaseChannelLayer:
 
 #: name -> factory(pytest request, **layer config) -> layer
 #: The backends that keep group history (CONFIG["history"]): tests/test_layer_history.py runs on them.
-HISTORY_BACKENDS = frozenset({"ipc", "memory", "redis-1shard", "redis-3shard"})
+HISTORY_BACKENDS = frozenset({"ipc", "memory", "redis-1shard", "redis-3shard", "rabbitmq"})
 
 LAYER_BACKENDS: dict[str, Callable[..., BaseChannelLayer]] = {
     "ipc": make_ipc,

@@ -24,7 +24,7 @@ HISTORY = {"chat-*": {"size": 5, "ttl": 300}, "short-*": {"size": 100, "ttl": 1}
 
 @pytest.fixture(params=sorted(name for name in LAYER_BACKENDS if name in HISTORY_BACKENDS))
 def hlayer(request):
-    """A fresh layer with history, of each backend that keeps history (RabbitMQ does not yet)."""
+    """A fresh layer with history, of each backend that keeps history (all of them)."""
     layer = LAYER_BACKENDS[request.param](request, history=HISTORY, capacity=1000)
     assert "history" in layer.extensions
     layer.flush()

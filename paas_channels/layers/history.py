@@ -8,8 +8,8 @@ keeps its last ``size`` messages for ``ttl`` seconds.  Each message sent to it
 gets the group's next **offset** (1, 2, 3, ...) and the group's **epoch**, a
 random name made when the history starts, so a history that was lost (Redis
 flushed or restarted empty, an in-memory layer's process restarted, the IPC
-layer's database file made anew) is never mistaken for the same one: its
-offsets start again under a new epoch.
+layer's database file made anew, the RabbitMQ history stream lost) is never
+mistaken for the same one: its offsets start again under a new epoch.
 
 What members receive: the message as sent, plus ``"history": {"group",
 "epoch", "offset"}`` (and ``"replayed": True`` for a message given again

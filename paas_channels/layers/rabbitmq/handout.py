@@ -3,7 +3,9 @@
 A stored message is ``msgpack([expires ms, target(s), data, group?, sent ms?])``.
 A group message for an inbox names all its member channels there (one
 message per inbox, not per member): the first gets it when it is read, the
-others are kept here for this process's next receives.
+others are kept here for this process's next receives.  A history join's
+``data`` is a list, the notice then the replayed messages (:mod:`.sequencer`):
+one stored message, so the replay is not cut by the inbox's capacity.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class Handout:
         expires, target, data = envelope[0], envelope[1], envelope[2]
         if expires <= now_ms():
             return None
+        if type(data) is list:  # a history join: its notice, then the replay, for one channel
+            self._local.setdefault(name, deque()).extend((expires, target, block) for block in data[1:])
+            return target, self.deserialize(data[0])
         if "\n" in target:
             first, rest = target.split("\n", 1)
             self._local.setdefault(name, deque()).extend((expires, channel, data) for channel in rest.split("\n"))

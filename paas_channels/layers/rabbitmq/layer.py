@@ -9,6 +9,9 @@ RabbitMQ's own:
   process follows (:mod:`.registry`): a group send reads membership from
   memory and publishes ONE message per member inbox naming its local
   targets, in parallel, with publisher confirms;
+* group history (``CONFIG["history"]``) goes through ONE sequencer, chosen
+  by the broker among the processes (:mod:`.history`, :mod:`.sequencer`): a
+  hop more for history groups only;
 * all I/O runs on one connection on the layer's own loop thread
   (:mod:`.connection`), which reconnects after a broker restart; sync callers
   and the interface's event loop hand it coroutines, each with a deadline.
@@ -29,8 +32,10 @@ import aiormq.exceptions
 import msgpack
 
 from ..base import BaseChannelLayer, ChannelFull, _positive_int, _positive_number
+from ..history import HistoryRules, valid_since
 from .connection import CONNECTION_ERRORS, Broker, ChannelLayerConnectionError, LoopThread
 from .handout import Handout, now_ms
+from .history import HistoryClient
 from .queues import Queues
 from .registry import BEATS_WINDOW, STREAM_ARGUMENTS, Registry, State
 from .urls import parse_url
@@ -58,8 +63,12 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
     the URL sets one (a dead connection is noticed within about twice that).
     ``connect_timeout``/``timeout``: seconds to connect / for any one call.
     ``prefetch``: messages of a normal channel this process's consumer may
-    hold before a receive takes them.
+    hold before a receive takes them.  ``history``: ``{group glob: {"size": n,
+    "ttl": s}}``, the groups that keep their last messages for clients that
+    resume (:mod:`paas_channels.layers.history`).
     """
+
+    extensions = [*BaseChannelLayer.extensions, "history"]
 
     def __init__(
         self,
@@ -74,6 +83,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         connect_timeout: float = 5,
         timeout: float = 10,
         prefetch: int = 32,
+        history: dict[str, dict] | None = None,
     ) -> None:
         super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
@@ -83,6 +93,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         self.connect_timeout = _positive_number("connect_timeout", connect_timeout)
         self.timeout = _positive_number("timeout", timeout)
         self.prefetch = _positive_int("prefetch", prefetch)
+        self.history = HistoryRules(history)
         self.url = parse_url(DEFAULT_URL if url is None else url, heartbeat=heartbeat)
         self.prefix = prefix
         self._expiry_ms = int(self.expiry * 1000)
@@ -97,6 +108,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         self._beats = Registry(f"{prefix}::beats", State(origin, self.group_expiry), BEATS_WINDOW,
                                self._queues.publish_raw)
         self._wanted: set[str] = set()  # registries this process reads
+        self._history = HistoryClient(self)
         # Stored name -> (expires ms, channel, data) this process took from a group
         # message for several of its channels and has not handed out yet.
         self._local: dict[str, deque[tuple[int, str, bytes]]] = {}
@@ -145,9 +157,11 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         if self._groups.stream in self._wanted:
             await consume.basic_consume(self._expired_queue, self._on_expired, no_ack=True)
         await self._queues.restore(consume)
+        self._history.restore()
 
     def _on_lost(self, error: BaseException) -> None:
         self._queues.lost(error)
+        self._history.lost(error)
         self._groups.lost(error)
         self._beats.lost(error)
 
@@ -286,6 +300,8 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
     async def _flush(self) -> None:
         self._local.clear()
         self._counts.clear()
+        if self.history:
+            await self._history.flush()
         await self._queues.delete_known()
         for registry in (self._groups, self._beats):
             await registry.write(registry.record("f"))
@@ -306,6 +322,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         return {worker: self.deserialize(info) for worker, info in beats.items()}
 
     async def _close(self) -> None:
+        await self._history.close()
         await self._queues.cancel_all()
         await self._broker.close()
         self._on_lost(ChannelLayerConnectionError(f"the channel layer for {self.url.redacted} was closed"))
@@ -373,11 +390,24 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         return self._run(self._group_channels(group))
 
     def send_group(self, group: str, message: dict) -> None:
-        """Send ``message`` to every member: one message per member inbox; never ``ChannelFull``."""
+        """Send ``message`` to every member: one message per member inbox; never ``ChannelFull``.
+        A history group's message goes through the sequencer (:mod:`.history`)."""
         self.valid_group_name(group)
         data = self.serialize(message)
+        rule = self.history.for_group(group)
+        if rule is not None:
+            return self._run(self._history.send(group, rule, data), extra=1)
         self._caught_up(self._groups)
         return self._run(self._send_group(group, data))
+
+    def group_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
+        """``group_add`` and, for a history group, the notice and what ``channel`` missed, in the sequence."""
+        return self._run(self._join(group, channel, since), extra=1)
+
+    def _join(self, group: str, channel: str, since: Any) -> Coroutine[Any, Any, bool | None]:
+        self._group_args(group, channel)
+        since, rule = valid_since(since), self.history.for_group(group)
+        return self._group_add(group, channel) if rule is None else self._history.join(group, rule, channel, since)
 
     def flush(self) -> None:
         """Delete the queues this layer used, and every group and heartbeat of its prefix."""
@@ -443,8 +473,14 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
     async def asend_group(self, group: str, message: dict) -> None:
         self.valid_group_name(group)
         data = self.serialize(message)
+        rule = self.history.for_group(group)
+        if rule is not None:
+            return await self._arun(self._history.send(group, rule, data), extra=1)
         await self._acaught_up(self._groups)
         return await self._arun(self._send_group(group, data))
+
+    async def agroup_join(self, group: str, channel: str, since: tuple[str, int] | None = None) -> bool | None:
+        return await self._arun(self._join(group, channel, since), extra=1)
 
     async def aflush(self) -> None:
         return await self._arun(self._flush())
@@ -477,6 +513,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
             for registry in (self._groups, self._beats):
                 await channel.queue_delete(registry.stream)
             await channel.queue_delete(self._expired_queue)
+            await self._history.delete()
             await channel.exchange_delete(self._dead_exchange)
 
         self._run(destroy())

@@ -54,6 +54,8 @@ BEATS_WINDOW = 600
 _PREFETCH = 500
 _ACK_EVERY = 100
 _SWEEP_EVERY = 10_000
+_MAX_ORIGINS = 10_000
+_RESUME_CHECK = 3.0  # seconds for a marker to come back to a follower resumed after a reconnect
 
 
 def _now_ms() -> int:
@@ -77,6 +79,8 @@ message expired unread), ``f`` (flush), ``h`` worker expires_ms
         self.groups: dict[str, dict[str, int]] = {}
         self.beats: dict[str, tuple[int, bytes]] = {}
         self.echoed = 0  # the highest of this process's seqs seen in the stream
+        self.seen: dict[str, int] = {}  # origin -> the highest of its seqs seen in the stream
+        self.last_local = (0, 0)  # (seq, ms) of this process's latest write
         self._pending: dict[tuple, int] = {}
         self.applied = 0  # records fed: how a long replay shows it makes progress
 
@@ -84,6 +88,7 @@ message expired unread), ``f`` (flush), ``h`` worker expires_ms
 
     def local(self, record: list) -> None:
         seq = record[1]
+        self.last_local = (seq, _now_ms())
         self._apply(record)
         if seq > self.echoed:
             for key in self._keys(record):
@@ -95,6 +100,10 @@ message expired unread), ``f`` (flush), ``h`` worker expires_ms
         if not isinstance(record, list) or len(record) < 3:
             return
         origin, seq = record[0], record[1]
+        if seq > self.seen.get(origin, 0):
+            if origin not in self.seen and len(self.seen) >= _MAX_ORIGINS:
+                del self.seen[next(iter(self.seen))]  # the oldest process seen
+            self.seen[origin] = seq
         keys = self._keys(record)
         if origin == self.origin:
             self.echoed = max(self.echoed, seq)
@@ -173,6 +182,12 @@ message expired unread), ``f`` (flush), ``h`` worker expires_ms
             del self.groups[group]
         return members
 
+    def reset(self) -> None:
+        """Forget every group and heartbeat (the stream they came from is gone)."""
+        self.groups.clear()
+        self.beats.clear()
+        self._pending.clear()
+
     def live_beats(self) -> dict[str, bytes]:
         now = _now_ms()
         return {worker: info for worker, (expires, info) in self.beats.items() if expires > now}
@@ -204,8 +219,10 @@ class Registry:
         self.following = False
         self._ready: asyncio.Future | None = None
         self._marker = 0
-        self._waiters: list[tuple[int, asyncio.Future]] = []
+        self._waiters: list[tuple[str, int, asyncio.Future]] = []  # (origin, seq): until it is seen
         self._unacked = 0
+        self._consumer: tuple[Any, str] | None = None
+        self._resumed = False  # following from an offset of an earlier connection
 
     def record(self, op: str, *args: Any) -> list:
         return [self.state.origin, next(self._seq), op, *args]
@@ -215,6 +232,14 @@ class Registry:
         await self._publish(self.stream, msgpack.packb(record, use_bin_type=True))
         self.state.local(record)
 
+    async def write_as(self, record: list) -> None:
+        """Append a ``record`` made by another process (the history sequencer writes a join's
+        membership for its joiner) and apply it here at once; the joiner applies it as its own."""
+        if record[0] == self.state.origin:
+            return await self.write(record)
+        await self._publish(self.stream, msgpack.packb(record, use_bin_type=True))
+        self.state.feed(record)
+
     async def follow(self, channel: Any) -> None:
         """Start (or restart, after a reconnect) the consumer of the stream on ``channel``."""
         if self._next_offset is None:
@@ -223,13 +248,27 @@ class Registry:
             start = self._next_offset
         self._unacked = 0
         await channel.basic_qos(prefetch_count=_PREFETCH)
-        await channel.basic_consume(self.stream, self._on_record, no_ack=False,
-                                    arguments={"x-stream-offset": start})
+        ok = await channel.basic_consume(self.stream, self._on_record, no_ack=False,
+                                         arguments={"x-stream-offset": start})
+        self._consumer = (channel, ok.consumer_tag)
+        self._resumed = self._next_offset is not None
         self.following = True
+
+    async def _read_again(self) -> None:
+        """The stream gave nothing from the offset this process resumed at: it was made again (a
+        broker that lost its data).  What it said is gone: read the new one as a new process would."""
+        logger.warning("the stream %s has nothing after offset %s since the reconnect: it was made again (the "
+                       "broker lost its data?); its groups and heartbeats are gone, reading it anew",
+                       self.stream, self._next_offset)
+        channel, tag = self._consumer
+        await channel.basic_cancel(tag)
+        self._next_offset = None
+        self.state.reset()
+        await self.follow(channel)
 
     def lost(self, error: BaseException) -> None:
         self.following = False
-        for _, waiter in self._waiters:
+        for _, _, waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(error)
         self._waiters.clear()
@@ -266,11 +305,26 @@ class Registry:
         try:
             if not self.following:
                 await start()
-            marker = self.record("s")
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append((marker[1], waiter))
-            await self._publish(self.stream, msgpack.packb(marker, use_bin_type=True))
-            await waiter
+            while True:
+                marker = self.record("s")
+                waiter = asyncio.get_running_loop().create_future()
+                entry = (marker[0], marker[1], waiter)
+                self._waiters.append(entry)
+                applied = self.state.applied
+                await self._publish(self.stream, msgpack.packb(marker, use_bin_type=True))
+                if not self._resumed:
+                    await waiter
+                    break
+                try:  # resumed at an offset: the marker comes back at once, unless the stream is new
+                    await asyncio.wait_for(asyncio.shield(waiter), _RESUME_CHECK)
+                    break
+                except asyncio.TimeoutError:
+                    if self.state.applied != applied:
+                        self._resumed = False  # it is reading: slow, not new
+                        await waiter
+                        break
+                    self._waiters.remove(entry)
+                    await self._read_again()
         except BaseException as exc:  # noqa: BLE001 - handed to the waiters
             if not ready.done():
                 ready.set_exception(exc)
@@ -295,12 +349,32 @@ class Registry:
             self._unacked = 0
             await message.channel.basic_ack(message.delivery.delivery_tag, multiple=True)
         if self._waiters:
-            echoed = self.state.echoed
+            seen = self.state.seen
             still = []
-            for seq, waiter in self._waiters:
-                if seq <= echoed:
+            for origin, seq, waiter in self._waiters:
+                if seq <= seen.get(origin, 0):
                     if not waiter.done():
                         waiter.set_result(None)
                 else:
-                    still.append((seq, waiter))
+                    still.append((origin, seq, waiter))
             self._waiters = still
+
+    async def wait_seen(self, origin: str, seq: int, timeout: float) -> bool:
+        """Until this process has read record ``seq`` of ``origin`` (True), or ``timeout`` seconds (False).
+
+        The history sequencer's read-your-writes: a sender's ``group_add``
+        confirmed before its history send is in the members that send reaches.
+        """
+        if seq <= self.state.seen.get(origin, 0):
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (origin, seq, waiter)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)

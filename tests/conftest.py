@@ -113,6 +113,20 @@ def rabbitmq_url():
 
 
 @pytest.fixture(scope="session")
+def rabbitmq_node():
+    """One private RabbitMQ node for every module of the session that needs one (a node takes ~10 s to
+    start).  A module may stop, freeze, restart or wipe it; its ``node`` fixture takes it with
+    ``rabbitmq_node.running()`` and leaves behind no user or object a later module would count."""
+    from tests.rabbitmq_node import RabbitMQNode
+
+    node = RabbitMQNode().start()
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+@pytest.fixture(scope="session")
 def rabbitmq_made_layers():
     """RabbitMQ layers made by tests: their streams and exchange are deleted at the end of the session."""
     layers = []

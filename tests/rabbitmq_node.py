@@ -94,6 +94,16 @@ class RabbitMQNode:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
+    def running(self) -> "RabbitMQNode":
+        """The node up and answering, whatever an earlier test left (stopped, frozen): for a node shared
+        by several modules (``rabbitmq_node`` in tests/conftest.py)."""
+        if self.process is None or self.process.poll() is not None:
+            self.process = None
+            self.start()
+        else:
+            self.thaw()
+        return self
+
     def freeze(self) -> None:
         """SIGSTOP the node: it keeps its sockets open and answers nothing (a hung broker)."""
         assert self.process is not None

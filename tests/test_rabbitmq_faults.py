@@ -18,7 +18,6 @@ import pytest
 
 from paas_channels.layers.rabbitmq import ChannelLayerConnectionError, RabbitMQChannelLayer
 from paas_channels.testing import wait_until
-from tests.rabbitmq_node import RabbitMQNode
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]  # a private node takes ~10 s to start
 
@@ -26,15 +25,15 @@ PASSWORD = "s3cret-Pa55word"
 
 
 @pytest.fixture(scope="module")
-def node():
-    """One private node for the module (it takes seconds to start), with a user that has a password."""
-    node = RabbitMQNode().start()
+def node(rabbitmq_node):
+    """The session's private node (tests/conftest.py), with a user that has a password for this module."""
+    node = rabbitmq_node.running()
+    node.ctl("add_user", "paas", PASSWORD)
     try:
-        node.ctl("add_user", "paas", PASSWORD)
         node.ctl("set_permissions", "-p", "/", "paas", ".*", ".*", ".*")
         yield node
     finally:
-        node.close()
+        node.running().ctl("delete_user", "paas")
 
 
 @pytest.fixture

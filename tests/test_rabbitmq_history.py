@@ -27,7 +27,6 @@ from paas_channels.layers.rabbitmq import ChannelLayerConnectionError, RabbitMQC
 from paas_channels.testing import wait_until
 from tests.rabbitmq_history_proc import HISTORY as PROC_HISTORY
 from tests.rabbitmq_history_proc import KEY
-from tests.rabbitmq_node import RabbitMQNode
 
 HISTORY = {"chat-*": {"size": 1000, "ttl": 300}, **PROC_HISTORY}
 IDLE = {"idle-*": {"size": 10, "ttl": 1}}
@@ -300,12 +299,9 @@ def test_idle_group_keeps_its_position_across_sequencers(make):
 
 
 @pytest.fixture(scope="module")
-def node():
-    node = RabbitMQNode().start()
-    try:
-        yield node
-    finally:
-        node.close()
+def node(rabbitmq_node):
+    """The session's private node (tests/conftest.py), up whatever a module before left."""
+    return rabbitmq_node.running()
 
 
 def _history_send_works(layer):

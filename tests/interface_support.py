@@ -93,13 +93,14 @@ def start_web(env: dict[str, str], *args: str) -> tuple[ServerProcess, int]:
 
 
 def start_worker(env: dict[str, str], layer, *args: str, timeout: float = 30.0) -> ServerProcess:
-    """``paas-channels run worker``; returns once its heartbeat is on ``layer``."""
-    before = set(layer.heartbeats())
+    """``paas-channels run worker``; returns once its heartbeat (its pid's) is on ``layer``."""
     process = ServerProcess(["run", "worker", *args], env={**scrubbed_environ(), **env})
     process.start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if set(layer.heartbeats()) - before:
+        # Its own pid: a web process's first heartbeat may land meanwhile too.
+        if any(isinstance(info, dict) and info.get("pid") == process.process.pid
+               for info in layer.heartbeats().values()):
             return process
         if process.process.poll() is not None:
             break

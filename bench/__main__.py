@@ -7,7 +7,7 @@
 Scenarios, each run against this project and its peer in the same run:
 
 1. ``layer``: send, receive, request/reply, group deliveries (vs channels_redis);
-   ``layer-rabbitmq``: send, receive, group deliveries on RabbitMQ (vs channels_rabbitmq 4);
+   ``layer-rabbitmq``: send, receive, request/reply, group deliveries on RabbitMQ (vs channels_rabbitmq 4);
 2. ``http``: a small Django view, requests/s and p50/p99 at full load and at a
    fixed rate: combined, split with 1 and 2 workers (vs Daphne + Django ASGI, gunicorn);
 3. ``broadcast``: N WebSockets on one web process in one group, B broadcasts:

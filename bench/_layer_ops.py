@@ -19,10 +19,13 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 
 
-def sync_scenario(layer: Any, n: int, group_sends: int | None = None) -> dict[str, float]:
+def sync_scenario(layer: Any, n: int, group_sends: int | None = None, block: bool = False,
+                  warm_up: bool = False) -> dict[str, float]:
     """Sequential send, receive, request/reply over ``!`` channels, group deliveries: operations/s.
 
     ``group_sends``: group sends of 1,000 deliveries each (default ``max(10, n // 100)``).
+    ``block``: the sequential receives block as a worker's loop does (else they poll).
+    ``warm_up``: one untimed group send first (a layer that reads membership once per process).
     """
     out = {}
     started = time.perf_counter()
@@ -31,7 +34,7 @@ def sync_scenario(layer: Any, n: int, group_sends: int | None = None) -> dict[st
     out["send"] = rate(n, time.perf_counter() - started)
     started = time.perf_counter()
     for _ in range(n):
-        layer.receive(["bench.chan"])
+        layer.receive(["bench.chan"], block=block)
     out["receive"] = rate(n, time.perf_counter() - started)
 
     rounds = n // 2
@@ -45,22 +48,28 @@ def sync_scenario(layer: Any, n: int, group_sends: int | None = None) -> dict[st
 
     for i in range(GROUP_MEMBERS):
         layer.group_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
-    sends = group_sends or max(10, n // 100)
-    started = time.perf_counter()
-    for _ in range(sends):
+
+    def group_round() -> None:
         layer.send_group("bench.group", PAYLOAD)
         for _ in range(GROUP_MEMBERS // 2):
             layer.receive(["bench.inboxA!"], block=True)
             layer.receive(["bench.inboxB!"], block=True)
+
+    if warm_up:
+        group_round()
+    sends = group_sends or max(10, n // 100)
+    started = time.perf_counter()
+    for _ in range(sends):
+        group_round()
     out["group"] = rate(sends * GROUP_MEMBERS, time.perf_counter() - started)
     return out
 
 
-async def async_scenario(layer: Any, n: int) -> dict[str, float]:
+async def async_scenario(layer: Any, n: int, block: bool = False, warm_up: bool = False) -> dict[str, float]:
     """The same operations through the ``a``-prefixed coroutines."""
     out = {}
     out["send"] = await timed(n, lambda: layer.asend("bench.chan", PAYLOAD))
-    out["receive"] = await timed(n, lambda: layer.areceive(["bench.chan"]))
+    out["receive"] = await timed(n, lambda: layer.areceive(["bench.chan"], block=block))
 
     async def request_reply() -> None:
         await layer.asend("bench.request", {"reply_channel": "bench.inbox!c1"})
@@ -78,6 +87,8 @@ async def async_scenario(layer: Any, n: int) -> dict[str, float]:
             await layer.areceive(["bench.inboxA!"], block=True)
             await layer.areceive(["bench.inboxB!"], block=True)
 
+    if warm_up:
+        await group_round()
     out["group"] = await timed(max(10, n // 100), group_round) * GROUP_MEMBERS
     return out
 

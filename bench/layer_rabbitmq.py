@@ -3,14 +3,19 @@
     python bench/layer_rabbitmq.py                      # the broker on 127.0.0.1:5672 (guest/guest)
     python bench/layer_rabbitmq.py --url amqp://u:p@host:5672/vhost
 
-Measures sequential send, sequential receive and a group send to 1,000
-members spread over two inboxes (deliveries/s: the send plus every member
-receiving it), for our sync API (workers), our async API (interface) and
-channels_rabbitmq 4 (the Channels 4 RabbitMQ layer, async only), on the same
-broker in the same run; and this project's Redis layer (sync, on a private
-redis-server) beside them.  Every contender sends with what makes "at
-capacity" an error rather than a silent drop (our layer: publisher confirms
-on a queue with ``x-overflow: reject-publish``; channels_rabbitmq: its own
+The layer scenario of ``bench/_layer_ops.py`` (sequential send, sequential
+receive, request/reply over ``!`` channels, a group send to 1,000 members
+spread over two inboxes in deliveries/s: the send plus every member
+receiving it), for our sync API (workers, blocking receives as a worker's
+loop does), our async API (interface) and channels_rabbitmq 4 (the Channels
+4 RabbitMQ layer, async only, which receives only on channels it made: the
+same operations on its own channels), on the same broker in the same run;
+and this project's Redis layer (sync, on a private redis-server) beside
+them.  Each contender's group test starts with one untimed group send (we
+read the membership stream once per process; channels_rabbitmq binds its
+queue).  Every contender sends with what makes "at capacity" an error
+rather than a silent drop (our layer: a publisher confirm per send on a
+queue with ``x-overflow: reject-publish``; channels_rabbitmq: its own
 confirms).  Writes ``bench/results/layer_rabbitmq.json`` and ``.md`` and the
 table between README's ``bench:layer-rabbitmq`` markers.
 """
@@ -27,7 +32,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: `python bench/layer_rabbitmq.py`
@@ -35,54 +40,30 @@ if str(ROOT) not in sys.path:  # run as a script: `python bench/layer_rabbitmq.p
 
 from channels_rabbitmq.core import RabbitmqChannelLayer as ChannelsRabbitmqLayer  # noqa: E402
 
+from bench._layer_ops import CAPACITY, GROUP_MEMBERS, PAYLOAD, async_scenario, sync_scenario, timed  # noqa: E402
 from paas_channels.layers.rabbitmq import RabbitMQChannelLayer  # noqa: E402
 from paas_channels.layers.redis import RedisChannelLayer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-GROUP_MEMBERS = 1000
-CAPACITY = 1_000_000
-PAYLOAD = {"text": "x" * 100, "bytes": b"y" * 50, "n": 1}
 
 TESTS = [
     ("send", "sequential send", "sends/s"),
     ("receive", "sequential receive", "receives/s"),
+    ("request_reply", "request/reply over ! channels", "round trips/s"),
     ("group", f"group send to {GROUP_MEMBERS:,} members on 2 inboxes", "deliveries/s"),
 ]
 
 
-def _rate(count: int, seconds: float) -> float:
-    return count / seconds if seconds > 0 else float("inf")
-
-
-### paas_channels (sync: RabbitMQ and Redis alike) ###
+### paas_channels ###
 
 
 def ours_sync(layer: Any, n: int) -> dict[str, float]:
-    """The worker's view: send, then receive with ``block=True`` as a worker loop does."""
+    """The worker's view: blocking receives, as a worker's loop does."""
     try:
         layer.flush()
-        out = {}
-        started = time.perf_counter()
-        for _ in range(n):
-            layer.send("bench.chan", PAYLOAD)
-        out["send"] = _rate(n, time.perf_counter() - started)
-        started = time.perf_counter()
-        for _ in range(n):
-            layer.receive(["bench.chan"], block=True)
-        out["receive"] = _rate(n, time.perf_counter() - started)
-        for i in range(GROUP_MEMBERS):
-            layer.group_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
-        sends = max(10, n // 100)
-        started = time.perf_counter()
-        for _ in range(sends):
-            layer.send_group("bench.group", PAYLOAD)
-            for _ in range(GROUP_MEMBERS // 2):
-                layer.receive(["bench.inboxA!"], block=True)
-                layer.receive(["bench.inboxB!"], block=True)
-        out["group"] = _rate(sends * GROUP_MEMBERS, time.perf_counter() - started)
-        return out
+        return sync_scenario(layer, n, block=True, warm_up=True)
     finally:
         _dispose(layer)
 
@@ -98,20 +79,7 @@ def _dispose(layer: Any) -> None:
 async def ours_async(url: str, n: int) -> dict[str, float]:
     layer = RabbitMQChannelLayer(url=url, prefix="bra" + uuid.uuid4().hex[:8], capacity=CAPACITY)
     try:
-        out = {}
-        out["send"] = await _timed(n, lambda: layer.asend("bench.chan", PAYLOAD))
-        out["receive"] = await _timed(n, lambda: layer.areceive(["bench.chan"], block=True))
-        for i in range(GROUP_MEMBERS):
-            await layer.agroup_add("bench.group", f"bench.inbox{'AB'[i % 2]}!c{i}")
-
-        async def group_round() -> None:
-            await layer.asend_group("bench.group", PAYLOAD)
-            for _ in range(GROUP_MEMBERS // 2):
-                await layer.areceive(["bench.inboxA!"], block=True)
-                await layer.areceive(["bench.inboxB!"], block=True)
-
-        out["group"] = await _timed(max(10, n // 100), group_round) * GROUP_MEMBERS
-        return out
+        return await async_scenario(layer, n, block=True, warm_up=True)
     finally:
         await layer.aclose()
         layer.destroy()
@@ -121,7 +89,7 @@ async def ours_async(url: str, n: int) -> dict[str, float]:
 
 
 async def channels_rabbitmq(url: str, n: int) -> dict[str, float]:
-    """Its model: a layer receives only on channels it made, so the sends go to one of them."""
+    """Its model: a layer receives only on channels it made, so every send goes to one of them."""
     exchange = "bcr" + uuid.uuid4().hex[:8]
     # local_capacity is its consumer's prefetch count, an AMQP short: at most 65,535.
     options = dict(host=url, local_capacity=60_000, remote_capacity=CAPACITY, groups_exchange=exchange)
@@ -129,8 +97,17 @@ async def channels_rabbitmq(url: str, n: int) -> dict[str, float]:
     try:
         out = {}
         channel = await layer.new_channel()
-        out["send"] = await _timed(n, lambda: layer.send(channel, PAYLOAD))
-        out["receive"] = await _timed(n, lambda: layer.receive(channel))
+        out["send"] = await timed(n, lambda: layer.send(channel, PAYLOAD))
+        out["receive"] = await timed(n, lambda: layer.receive(channel))
+        requests, replies = await layer.new_channel(), await layer.new_channel()
+
+        async def request_reply() -> None:
+            await layer.send(requests, {"reply_channel": replies})
+            request = await layer.receive(requests)
+            await layer.send(request["reply_channel"], {"ok": True})
+            await layer.receive(replies)
+
+        out["request_reply"] = await timed(n // 2, request_reply)
         # Two "processes": each instance's channels share its queue; a layer adds only its own channels.
         owners = [layer if i % 2 == 0 else other for i in range(GROUP_MEMBERS)]
         members = [await owner.new_channel() for owner in owners]
@@ -142,7 +119,8 @@ async def channels_rabbitmq(url: str, n: int) -> dict[str, float]:
             for owner, member in zip(owners, members):
                 await owner.receive(member)
 
-        out["group"] = await _timed(max(10, n // 100), group_round) * GROUP_MEMBERS
+        await group_round()  # untimed, as for every contender
+        out["group"] = await timed(max(10, n // 100), group_round) * GROUP_MEMBERS
         return out
     finally:
         await layer.close()
@@ -159,13 +137,6 @@ async def _delete_exchange(url: str, exchange: str) -> None:
         await channel.exchange_delete(exchange)
     finally:
         await connection.close()
-
-
-async def _timed(count: int, operation: Callable[[], Awaitable[Any]]) -> float:
-    started = time.perf_counter()
-    for _ in range(count):
-        await operation()
-    return _rate(count, time.perf_counter() - started)
 
 
 ### Report ###

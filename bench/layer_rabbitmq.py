@@ -13,7 +13,10 @@ same operations on its own channels), on the same broker in the same run;
 and this project's Redis layer (sync, on a private redis-server) beside
 them.  Each contender's group test starts with one untimed group send (we
 read the membership stream once per process; channels_rabbitmq binds its
-queue).  Every contender sends with what makes "at capacity" an error
+queue).  One more receive test gives ours what the peer always has: a
+consumer running before the sends, with the peer's prefetch (60,000); the
+shared scenario's receive starts our consumer cold at its first receive,
+with the default prefetch.  Every contender sends with what makes "at capacity" an error
 rather than a silent drop (our layer: a publisher confirm per send on a
 queue with ``x-overflow: reject-publish``; channels_rabbitmq: its own
 confirms).  Writes ``bench/results/layer_rabbitmq.json`` and ``.md`` and the
@@ -40,7 +43,9 @@ if str(ROOT) not in sys.path:  # run as a script: `python bench/layer_rabbitmq.p
 
 from channels_rabbitmq.core import RabbitmqChannelLayer as ChannelsRabbitmqLayer  # noqa: E402
 
-from bench._layer_ops import CAPACITY, GROUP_MEMBERS, PAYLOAD, async_scenario, sync_scenario, timed  # noqa: E402
+from bench._layer_ops import (  # noqa: E402
+    CAPACITY, GROUP_MEMBERS, PAYLOAD, async_scenario, rate, sync_scenario, timed,
+)
 from paas_channels.layers.rabbitmq import RabbitMQChannelLayer  # noqa: E402
 from paas_channels.layers.redis import RedisChannelLayer  # noqa: E402
 
@@ -51,6 +56,8 @@ DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 TESTS = [
     ("send", "sequential send", "sends/s"),
     ("receive", "sequential receive", "receives/s"),
+    ("receive_warm", "sequential receive, reader consuming before the sends, prefetch 60,000 as the peer's",
+     "receives/s"),
     ("request_reply", "request/reply over ! channels", "round trips/s"),
     ("group", f"group send to {GROUP_MEMBERS:,} members on 2 inboxes", "deliveries/s"),
 ]
@@ -68,6 +75,48 @@ def ours_sync(layer: Any, n: int) -> dict[str, float]:
         _dispose(layer)
 
 
+#: channels_rabbitmq's ``local_capacity`` below (its consumer's prefetch): ours in the warm receive test.
+PEER_PREFETCH = 60_000
+
+
+def warm_receive_sync(url: str, n: int) -> float:
+    """Receives when this process's consumer ran before the sends, as the peer's does from ``new_channel``.
+
+    The peer consumes its queue from the moment it has a channel, with the
+    prefetch the bench gives it; the shared scenario's first receive starts
+    ours cold (prefetch 64), so its receives include the broker's deliveries.
+    Here both are measured the same way: consuming first, same prefetch.
+    """
+    layer = RabbitMQChannelLayer(url=url, prefix="brw" + uuid.uuid4().hex[:8], capacity=CAPACITY,
+                                 prefetch=PEER_PREFETCH)
+    try:
+        layer.send("bench.warm", PAYLOAD)
+        layer.receive(["bench.warm"], block=True)  # untimed: the consumer runs
+        for _ in range(n):
+            layer.send("bench.warm", PAYLOAD)
+        started = time.perf_counter()
+        for _ in range(n):
+            layer.receive(["bench.warm"], block=True)
+        return rate(n, time.perf_counter() - started)
+    finally:
+        layer.destroy()
+
+
+async def warm_receive_async(url: str, n: int) -> float:
+    """:func:`warm_receive_sync` through the coroutines."""
+    layer = RabbitMQChannelLayer(url=url, prefix="brv" + uuid.uuid4().hex[:8], capacity=CAPACITY,
+                                 prefetch=PEER_PREFETCH)
+    try:
+        await layer.asend("bench.warm", PAYLOAD)
+        await layer.areceive(["bench.warm"], block=True)
+        for _ in range(n):
+            await layer.asend("bench.warm", PAYLOAD)
+        return await timed(n, lambda: layer.areceive(["bench.warm"], block=True))
+    finally:
+        await layer.aclose()
+        layer.destroy()
+
+
 def _dispose(layer: Any) -> None:
     if isinstance(layer, RabbitMQChannelLayer):
         layer.destroy()  # its streams and exchange too: nothing left on the broker
@@ -79,10 +128,12 @@ def _dispose(layer: Any) -> None:
 async def ours_async(url: str, n: int) -> dict[str, float]:
     layer = RabbitMQChannelLayer(url=url, prefix="bra" + uuid.uuid4().hex[:8], capacity=CAPACITY)
     try:
-        return await async_scenario(layer, n, block=True, warm_up=True)
+        out = await async_scenario(layer, n, block=True, warm_up=True)
     finally:
         await layer.aclose()
         layer.destroy()
+    out["receive_warm"] = await warm_receive_async(url, n)
+    return out
 
 
 ### channels_rabbitmq 4 (async only) ###
@@ -99,6 +150,7 @@ async def channels_rabbitmq(url: str, n: int) -> dict[str, float]:
         channel = await layer.new_channel()
         out["send"] = await timed(n, lambda: layer.send(channel, PAYLOAD))
         out["receive"] = await timed(n, lambda: layer.receive(channel))
+        out["receive_warm"] = out["receive"]  # its consumer always runs before the sends, with PEER_PREFETCH
         requests, replies = await layer.new_channel(), await layer.new_channel()
 
         async def request_reply() -> None:
@@ -153,14 +205,15 @@ def table(results: dict[str, Any]) -> str:
     for key, label, unit in TESTS:
         lines.append(
             f"| {label} ({unit}) | {sync[key]:,.0f} | {asynchronous[key]:,.0f} | {peer[key]:,.0f} "
-            f"| {sync[key] / peer[key]:.1f}x | {asynchronous[key] / peer[key]:.1f}x | {redis[key]:,.0f} |"
+            f"| {sync[key] / peer[key]:.1f}x | {asynchronous[key] / peer[key]:.1f}x "
+            f"| {'-' if key not in redis else format(redis[key], ',.0f')} |"
         )
     lines.append("")
     lines.append(
         f"Same RabbitMQ broker, one run (best of {results['repeat']} alternating runs each), {results['machine']}, "
         f"{os.cpu_count()} cores, load average {results['load_before']:.1f} before and {results['load_after']:.1f} "
         f"after, n={results['n']:,}. The Redis column is this project's Redis layer on a private redis-server, "
-        f"for scale. `python bench/layer_rabbitmq.py` ({results['date']})."
+        f"for scale. The warm receive row is ours with the consumer started before the sends and the peer's prefetch; the peer's figure there is its sequential receive (its consumer always runs first). `python bench/layer_rabbitmq.py` ({results['date']})."
     )
     return "\n".join(lines)
 
@@ -193,13 +246,14 @@ def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -
         for round_number in range(1, repeat + 1):
             log(f"== layer-rabbitmq: round {round_number}/{repeat}, n={n:,}")
             runs["channels_rabbitmq"].append(asyncio.run(channels_rabbitmq(url, n)))
-            runs["paas_sync"].append(ours_sync(
-                RabbitMQChannelLayer(url=url, prefix="brs" + uuid.uuid4().hex[:8], capacity=CAPACITY), n))
+            runs["paas_sync"].append({**ours_sync(
+                RabbitMQChannelLayer(url=url, prefix="brs" + uuid.uuid4().hex[:8], capacity=CAPACITY), n),
+                "receive_warm": warm_receive_sync(url, n)})
             runs["paas_async"].append(asyncio.run(ours_async(url, n)))
             runs["paas_redis_sync"].append(ours_sync(
                 RedisChannelLayer(hosts=[redis_server.url], prefix="brr" + uuid.uuid4().hex[:8], capacity=CAPACITY), n))
         for name, measured in runs.items():
-            results[name] = {key: max(run[key] for run in measured) for key, _, _ in TESTS}
+            results[name] = {key: max(run[key] for run in measured) for key, _, _ in TESTS if key in measured[0]}
         results["repeat"] = repeat
         results["load_after"] = os.getloadavg()[0]
         results["ratios"] = {

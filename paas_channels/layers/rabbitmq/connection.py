@@ -192,6 +192,12 @@ class Broker:
             await self._ensure()
         return self._consume
 
+    async def channel(self) -> Any:
+        """A new AMQP channel of its own (a consumer's), connecting if needed."""
+        if not self.connected:
+            await self._ensure()
+        return await self._connection.channel()
+
     async def _ensure(self) -> None:
         if self._lock is None:
             self._lock = asyncio.Lock()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import deque
 from typing import Any, Coroutine, Iterable, TypeVar
 
@@ -82,7 +83,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         heartbeat: float = 15,
         connect_timeout: float = 5,
         timeout: float = 10,
-        prefetch: int = 32,
+        prefetch: int = 64,
         history: dict[str, dict] | None = None,
     ) -> None:
         super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
@@ -156,7 +157,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
                 await registry.follow(consume)
         if self._groups.stream in self._wanted:
             await consume.basic_consume(self._expired_queue, self._on_expired, no_ack=True)
-        await self._queues.restore(consume)
+        await self._queues.restore()
         self._history.restore()
 
     def _on_lost(self, error: BaseException) -> None:
@@ -207,7 +208,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         if local is not None:
             return local
         queues = self._queues
-        if not queues.consumers or any(name not in queues.consumers for name in names):
+        if not queues.consumed(names):
             return None
         for name in names:
             body = queues.take(name)
@@ -216,6 +217,48 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
                 if result is not None:
                     return result
                 body = queues.take(name)  # expired: the next one
+        return None
+
+    def _held(self, names: list[str]) -> bool:
+        """Whether this process holds a message for one of ``names`` (a receive would take it without I/O)."""
+        mailboxes, local = self._queues.mailboxes, self._local
+        return any(mailboxes.pending(name) or local.get(name) for name in names)
+
+    def _wait_delivered(self, names: list[str]) -> tuple[str | None, dict | None] | None:
+        """A sync blocking receive whose names all have consumers waits here, in its own thread.
+
+        ``(None, None)`` after ``blocking_timeout``; None when a consumer stopped
+        (a reconnect): the receive then goes to the loop, which starts it again.
+        """
+        deadline = time.monotonic() + self.blocking_timeout
+        queues = self._queues
+        losses = queues.losses
+        while queues.consumed(names):
+            held = self._take_delivered(names)
+            if held is not None:
+                return held
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, None
+            queues.mailboxes.wait_thread(remaining, lambda: self._held(names) or not queues.consumed(names))
+        queues.check(losses)
+        return None
+
+    async def _await_delivered(self, names: list[str]) -> tuple[str | None, dict | None] | None:
+        """:meth:`_wait_delivered` for an async receive, on the caller's loop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.blocking_timeout
+        queues = self._queues
+        losses = queues.losses
+        while queues.consumed(names):
+            held = self._take_delivered(names)
+            if held is not None:
+                return held
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None, None
+            await queues.mailboxes.wait(remaining, lambda: self._held(names) or not queues.consumed(names))
+        queues.check(losses)
         return None
 
     def _count(self, name: str, refused: bool) -> None:
@@ -238,13 +281,27 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.blocking_timeout
         poll = _POLL_MIN
-        started = False
+        consumed = [name for name in names if "?" not in name]
+        losses = queues.losses
         while True:
+            queues.check(losses)
+            if block and not queues.consumed(consumed):
+                # A blocking receive reads from consumers (prefetched, no round trip per
+                # message), started before anything is fetched: then the next receives need no I/O.
+                for name in consumed:
+                    await queues.consume(name)
             local = self._take_local(names)
             if local is not None:
                 return local
             for name in names:
-                body = queues.take(name) if name in queues.consumers else await queues.get(name)
+                if not queues.consumed([name]):
+                    body = await queues.get(name)
+                else:
+                    body = queues.take(name)
+                    if body is None and not block:
+                        # Sent (confirmed) but maybe not delivered to our consumer yet: ask the queue,
+                        # and after that round trip look again at what the consumer delivered.
+                        body = await queues.get(name) or queues.take(name)
                 if body is not None:
                     result = self._open_delivery(name, body)
                     if result is not None:
@@ -253,17 +310,11 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
             else:
                 if not block:
                     return None, None
-                if not started:
-                    for name in names:
-                        if "?" not in name:
-                            await queues.consume(name)
-                    started = True
-                    continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return None, None
-                polled = any(name not in queues.consumers for name in names)
-                await queues.wait(min(remaining, poll) if polled else remaining)
+                polled = not queues.consumed(names)
+                await queues.wait(min(remaining, poll) if polled else remaining, lambda: self._held(names))
                 poll = min(poll * 2, _POLL_MAX)
 
     async def _group_add(self, group: str, channel: str) -> None:
@@ -309,7 +360,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
     async def _channel_statistics(self, name: str) -> dict[str, Any]:
         declared = await self._queues.declare(name, force=True)
         pending = getattr(declared, "message_count", 0) or 0
-        pending += len(self._queues.mailboxes.get(name) or ()) + len(self._local.get(name) or ())
+        pending += self._queues.mailboxes.pending(name) + len(self._local.get(name) or ())
         sent, refused = self._counts.get(name, (0, 0))
         return {"messages_count": sent, "messages_pending": pending, "messages_max_age": 0.0,
                 "channel_full_count": refused}
@@ -365,6 +416,8 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         """
         names = self._valid_receive_names(channels)
         held = self._take_delivered(names)
+        if held is None and block and self._queues.consumed(names):
+            held = self._wait_delivered(names)
         if held is not None:
             return held
         return self._run(self._receive(names, block), self.blocking_timeout)
@@ -451,6 +504,8 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
     async def areceive(self, channels: Iterable[str], block: bool = False) -> tuple[str | None, dict | None]:
         names = self._valid_receive_names(channels)
         held = self._take_delivered(names)
+        if held is None and block and self._queues.consumed(names) and not self._loop.in_loop():
+            held = await self._await_delivered(names)
         if held is not None:
             return held
         return await self._arun(self._receive(names, block), self.blocking_timeout)

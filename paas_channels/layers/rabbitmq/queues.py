@@ -13,10 +13,11 @@ so the broker enforces them itself:
 * ``x-dead-letter-exchange``: group messages that expire unread go to the
   groups stream (see :mod:`.registry`).
 
-A blocking receive starts one consumer per queue for this process (kept
-while the layer lives; ``prefetch`` messages in flight, acknowledged when a
-receive hands them out); a non-blocking one, and ``?`` channels, use
-``basic.get``.
+A blocking receive starts one consumer per queue for this process, on an
+AMQP channel of its own (kept while the layer lives; ``prefetch`` messages
+in flight into a :mod:`.mailbox`, acknowledged in batches once receives
+took them); a non-blocking one, and ``?`` channels, use ``basic.get`` until
+then.
 """
 
 from __future__ import annotations
@@ -24,18 +25,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
 from typing import Any
 
 import aiormq.exceptions
 from pamqp import commands as spec
 
+from .mailbox import Consumer, Mailboxes
+
 __all__ = ["Queues"]
 
-
-def _ignore_result(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is not None:  # the channel closed: the message is requeued
-        logger.debug("acknowledgement not sent: %s", task.exception())
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +50,11 @@ class Queues:
         self._known: set[str] = set()  # every stored name used: flush deletes them
         self._ids = itertools.count()
         self._args_cache: dict[str, dict] = {}
-        # queue -> (consumer tag, channel) of this process's consumer
-        self.consumers: dict[str, tuple[str, Any]] = {}
-        # stored name -> deque of (channel, delivery tag, body) delivered, not handed out
-        self.mailboxes: dict[str, deque] = {}
-        self._arrival: asyncio.Future | None = None
+        self.consumers: dict[str, Consumer] = {}  # stored name -> this process's consumer of its queue
+        self.mailboxes = Mailboxes()
+        self._starting: asyncio.Lock | None = None
+        self.losses = 0  # connections lost so far
+        self.lost_error: BaseException | None = None
 
     def queue(self, name: str) -> str:
         """The queue of stored name ``name``: AMQP clients accept no ``!``/``?`` in names, nor do
@@ -152,91 +150,87 @@ class Queues:
             return None
         return message.body
 
-    ### Consumers and mailboxes ###
+    ### Consumers (deliveries into :mod:`.mailbox`) ###
+
+    def consumed(self, names: list[str]) -> bool:
+        """Whether every one of ``names`` has a live consumer here (its receives need no I/O)."""
+        consumers = self.consumers
+        for name in names:
+            consumer = consumers.get(name)
+            if consumer is None or not consumer.usable:
+                return False
+        return True
 
     async def consume(self, name: str) -> None:
-        """Start this process's consumer on ``name``'s queue, unless it has one."""
-        if name in self.consumers:
+        """Start this process's consumer on ``name``'s queue, unless it has a live one."""
+        consumer = self.consumers.get(name)
+        if consumer is not None and consumer.usable:
             return
-        channel = await self.broker.consume()
-        await self._start_consumer(channel, name)
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:  # one consumer per queue, even when a reconnect restores at once
+            consumer = self.consumers.get(name)
+            if consumer is None or not consumer.usable:
+                await self._start_consumer(name)
 
-    async def _start_consumer(self, channel: Any, name: str) -> None:
+    async def _start_consumer(self, name: str) -> None:
         await self.declare(name)
-        prefetch = self.layer.get_capacity(name) if "!" in name else self.layer.prefetch
-        await channel.basic_qos(prefetch_count=min(prefetch, 65535))
-        self.mailboxes.setdefault(name, deque())
+        prefetch = min(self.layer.get_capacity(name) if "!" in name else self.layer.prefetch, 65535)
+        # A channel per consumer: its delivery tags are its own, so one ack(multiple) covers
+        # exactly what was taken from it (mailbox.py).
+        channel = await self.broker.channel()
+        try:
+            await channel.basic_qos(prefetch_count=prefetch)
+            consumer = Consumer(name, channel, prefetch)
+            ok = await channel.basic_consume(self.queue(name), self.mailboxes.callback(consumer), no_ack=False)
+        except BaseException:
+            await _close(channel)
+            raise
+        consumer.tag = ok.consumer_tag
+        old = self.consumers.get(name)
+        self.consumers[name] = consumer
+        if old is not None:  # a reconnect's restore and a receive both started one
+            await self._stop(old)
 
-        async def deliver(message: Any) -> None:
-            self.mailboxes[name].append((message.channel, message.delivery.delivery_tag, message.body))
-            self._wake()
+    async def _stop(self, consumer: Consumer) -> None:
+        self.mailboxes.stop(consumer)
+        if consumer.ack is not None:  # written before the close, on the same channel
+            await asyncio.gather(consumer.ack, return_exceptions=True)
+        await _close(consumer.channel)
 
-        ok = await channel.basic_consume(self.queue(name), deliver, no_ack=False)
-        self.consumers[name] = (ok.consumer_tag, channel)
-
-    async def restore(self, channel: Any) -> None:
-        """After a reconnect: the old consumers and their undelivered messages are gone; start again."""
-        names = list(self.consumers)
-        self.consumers.clear()
-        for box in self.mailboxes.values():
-            box.clear()
-        for name in names:
-            await self._start_consumer(channel, name)
+    async def restore(self) -> None:
+        """After a reconnect: consumers on closed channels (their deliveries requeued) start again."""
+        for name, consumer in list(self.consumers.items()):
+            if consumer.channel.is_closed:
+                self.mailboxes.stop(consumer)
+                await self._start_consumer(name)  # not consume(): a receive may hold its lock, awaiting us
 
     def lost(self, error: BaseException) -> None:
         self._declared.clear()
-        arrival, self._arrival = self._arrival, None
-        if arrival is not None and not arrival.done():
-            arrival.set_exception(error)
-            arrival.exception()
+        self.losses += 1
+        self.lost_error = error
+        self.mailboxes.wake()  # waiting receives raise ``error`` (see :meth:`check`)
+
+    def check(self, losses: int) -> None:
+        """Raise the connection's error if it was lost since ``losses`` (a receive waiting then fails
+        like any call, rather than reconnecting in the middle of a broker's shutdown)."""
+        if self.losses != losses and self.lost_error is not None:
+            raise self.lost_error
 
     def take(self, name: str) -> bytes | None:
-        """A delivered message of ``name``, or None; from any thread (the receive fast path).
+        """A delivered message of ``name``, or None; from any thread, without I/O (acks are batched)."""
+        return self.mailboxes.take(name)
 
-        ``deque.popleft`` is atomic, so callers' threads take without a hop to
-        the loop; the acknowledgement is handed to the loop, not waited for.
-        """
-        box = self.mailboxes.get(name)
-        while box:
-            try:
-                channel, tag, body = box.popleft()
-            except IndexError:  # another thread took the last one
-                return None
-            if channel.is_closed:  # the broker gave it back to the queue when that channel closed
-                continue
-            self.layer._loop.loop.call_soon_threadsafe(self._ack, channel, tag)
-            return body
-        return None
-
-    def _ack(self, channel: Any, tag: int) -> None:
-        if not channel.is_closed:
-            task = asyncio.ensure_future(channel.basic_ack(tag))
-            task.add_done_callback(_ignore_result)
-
-    def _wake(self) -> None:
-        arrival, self._arrival = self._arrival, None
-        if arrival is not None and not arrival.done():
-            arrival.set_result(None)
-
-    async def wait(self, timeout: float) -> None:
-        """Until a consumer delivers something, or ``timeout`` seconds."""
-        if self._arrival is None:
-            self._arrival = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._arrival), timeout)
-        except asyncio.TimeoutError:
-            pass
+    async def wait(self, timeout: float, ready: Any) -> None:
+        """Until a consumer delivers something (``ready()`` then true), or ``timeout`` seconds."""
+        await self.mailboxes.wait(timeout, ready)
 
     async def cancel_all(self) -> None:
-        for name, (tag, channel) in list(self.consumers.items()):
-            if not channel.is_closed:
-                try:
-                    await channel.basic_cancel(tag)
-                except Exception as exc:  # noqa: BLE001 - the channel is going anyway
-                    logger.debug("cancel of consumer on %s failed: %s", name, exc)
+        """Stop every consumer: what was taken is acknowledged, what was not goes back to its queue."""
+        consumers = list(self.consumers.values())
         self.consumers.clear()
-        for box in self.mailboxes.values():
-            box.clear()
+        for consumer in consumers:
+            await self._stop(consumer)
 
     async def delete_known(self) -> None:
         """Delete every queue this layer has used (flush)."""
@@ -246,3 +240,13 @@ class Queues:
             await channel.queue_delete(self.queue(name))
         self._known.clear()
         self._declared.clear()
+
+
+async def _close(channel: Any) -> None:
+    """Close a consumer's channel (the broker requeues what it delivered and was not acknowledged)."""
+    if channel.is_closed:
+        return
+    try:
+        await channel.close()
+    except Exception as exc:  # noqa: BLE001 - the connection is going anyway
+        logger.debug("close of a consumer's channel failed: %s", exc)

@@ -73,7 +73,5 @@ configure(globals(), routing="example_project.routing.channel_routing")
 # Every layer keeps history (Redis, RabbitMQ, in-memory, and IPC: combined mode with several
 # processes); a layer that did not would refuse the key, and there the chat would work the same,
 # a reconnect just would not replay.
-# A web process's inbox serves all its connections: room for a reconnect storm.
 if "history" in layer_class(CHANNEL_LAYERS["default"]["BACKEND"]).extensions:
     CHANNEL_LAYERS["default"]["CONFIG"].setdefault("history", {"chat-*": {"size": 100, "ttl": 300}})
-CHANNEL_LAYERS["default"]["CONFIG"].setdefault("channel_capacity", {"interface.*": 2000})

@@ -415,8 +415,10 @@ def run(config: Config) -> int:
             logger.warning("second %s: forcing exit", signal.Signals(signum).name)
             worker.stop(force=True)
         else:
-            logger.info("%s received: finishing in-flight consumers", signal.Signals(signum).name)
+            # The flag before the log line: a second signal that comes while this one is still
+            # being handled (the handler runs again between bytecodes) must find it set and force.
             worker.stop()
+            logger.info("%s received: finishing in-flight consumers", signal.Signals(signum).name)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:

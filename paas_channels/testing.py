@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import Callable, Iterable
 
-__all__ = ["RedisServer", "ResumingClient", "TcpRouter", "cpu_seconds", "free_port", "rss_kib", "stop_process",
+__all__ = ["RedisServer", "ResumingClient", "TcpRouter", "cpu_seconds", "free_port", "free_ports", "rss_kib", "stop_process",
            "stop_processes", "wait_for_port", "wait_until"]
 
 
@@ -41,6 +41,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports (as honcho gives ``$PORT``, ``$PORT + 1``, ...).
+
+    Chosen below the kernel's ephemeral range (32768 and up on Linux), where
+    outgoing connections take their local ports, so ``$PORT + 1`` is not
+    taken a moment later by some client socket.
+    """
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - count)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports found between 20000 and 32000")
 
 
 def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:

@@ -26,6 +26,7 @@ from typing import Sequence
 from paas_channels.testing import (  # noqa: F401 - re-exported for the tests
     RedisServer,
     free_port,
+    free_ports,
     stop_process,
     stop_processes,
     wait_for_port,

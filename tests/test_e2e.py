@@ -33,7 +33,7 @@ import pytest
 import websockets
 from PIL import Image
 
-from .support import ROOT, Honcho, RedisServer, Started, free_port, platform_environment, wait_for_port
+from .support import ROOT, Honcho, RedisServer, Started, free_port, free_ports, platform_environment, wait_for_port
 
 pytestmark = pytest.mark.slow  # a deployed project and a browser per mode: 10-20 s each
 
@@ -83,7 +83,7 @@ class ProcfileDeployment:
     web_processes = 1
 
     def __init__(self, cleanup: list) -> None:
-        self.port = free_port()
+        self.port = free_ports(self.web_processes)
         self.url = f"http://127.0.0.1:{self.port}"
         self.other_url = self.url  # where the second chat client connects
         self.database = PrivateDatabase()

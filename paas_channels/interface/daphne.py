@@ -457,7 +457,9 @@ def serve_daphne(app: Any, config: Config, ready: Callable[[], None] | None = No
         for endpoint in endpoints:
             logger.info("listening on %s", _shown(endpoint, config))
         if ready is not None:
-            ready()
+            # Listening can complete before the reactor runs, i.e. before on_running installs the
+            # SIGTERM handler; "ready" waits for it, else a SIGTERM in between kills a serving process.
+            reactor.callWhenRunning(ready)
 
     server = server_class(
         app,

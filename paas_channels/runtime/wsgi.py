@@ -173,8 +173,9 @@ def run(config: Config) -> int:
             f"cannot listen on {config.bind}:{config.port} ({exc.strerror or exc}); "
             "choose another --port/$PORT or stop the process using it"
         ) from None
-    report_ready()
+    # The handlers first: the supervisor counts a SIGTERM after "ready" as a cut, not a boot's end.
     handles = [gevent.signal_handler(signum, shutdown.requested.set) for signum in (signal.SIGTERM, signal.SIGINT)]
+    report_ready()
     logger.info("wsgi: serving on http://%s:%s (gevent, up to %d requests at once)",
                 config.bind, server.server_port, POOL_SIZE)
     try:

@@ -3,6 +3,7 @@ and an access line per HTTP request in every serving mode, off with --no-access-
 
 from __future__ import annotations
 
+import calendar
 import re
 import subprocess
 import sys
@@ -126,3 +127,30 @@ def test_an_unreachable_layer_at_boot_is_said_once_and_promises_no_reconnect(mod
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("paas-channels: ") and "is unreachable: cannot reach Redis at redis://127.0.0.1:" in line
     assert line.count("Check") == 1 and "reconnect" not in line and ".." not in line, line
+
+
+def test_every_process_of_a_dyno_logs_in_utc_whatever_tz_and_time_zone_say(tmp_path):
+    """The supervisor never loads the settings (their TIME_ZONE); its children do: one clock for both."""
+    write_project(tmp_path, "tzproj", settings="""
+        from pathlib import Path
+        from paas_channels.conf import configure
+        BASE_DIR = Path(__file__).resolve().parent.parent
+        INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
+        ROOT_URLCONF = "tzproj.urls"
+        configure(globals())
+        TIME_ZONE = "Asia/Kolkata"
+    """, routing="channel_routing = []\n")
+    env = platform_environment(SECRET_KEY="k" * 50, PYTHONPATH=f"{tmp_path}:{ROOT}", TZ="America/Chicago",
+                               DJANGO_SETTINGS_MODULE="tzproj.settings", WEB_CONCURRENCY="2")
+    process, _ = _serve(["wsgi"], env, cwd=tmp_path)
+    try:
+        process.wait_for_stderr("is serving")
+    finally:
+        process.close()
+    stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ \w+ (paas_channels\.[\w.]+)\[", process.streams()[1],
+                        re.MULTILINE)
+    assert {"paas_channels.runtime.supervisor", "paas_channels.runtime.wsgi"} <= {name for _, name in stamps}, stamps
+    now = time.time()
+    for stamp, name in stamps:  # Chicago is 5-6 hours off UTC, Kolkata 5.5: none passes for UTC
+        logged = calendar.timegm(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
+        assert abs(logged - now) < 600, (stamp, name, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)))

@@ -9,7 +9,9 @@ generated from :data:`OPTIONS`, and every process logs the effective values
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import time
 from collections import ChainMap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -17,12 +19,23 @@ from typing import Any, Callable, Mapping
 from ..exceptions import ConfigError
 
 __all__ = [
-    "EXIT_BOOT_ERROR", "LOG_FORMAT", "PROCESSES_ENV", "MODES", "OPTIONS", "Config", "Option", "add_arguments", "load_config",
+    "EXIT_BOOT_ERROR", "LOG_FORMAT", "PROCESSES_ENV", "UTCFormatter", "MODES", "OPTIONS", "Config", "Option", "add_arguments", "load_config",
     "on_heroku", "parse_bool",
 ]
 
 #: The one format of every log line (stdout on a PaaS; see configure()'s LOGGING).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+class UTCFormatter(logging.Formatter):
+    """LOG_FORMAT's times in UTC, as a platform's own log times are.
+
+    Django sets each process's ``TZ`` from ``TIME_ZONE`` when it loads the
+    settings; a supervisor that never loads them kept the inherited one, so
+    one dyno's log mixed two clocks.  UTC whatever ``TZ`` or ``TIME_ZONE`` says.
+    """
+
+    converter = time.gmtime
 
 #: Set by ``paas-channels run`` to the effective number of processes, for the
 #: settings file (``configure()`` picks the IPC layer for several on one machine).

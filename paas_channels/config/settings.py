@@ -187,7 +187,7 @@ def _logging(environ: Mapping[str, str]) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "paas": {"format": LOG_FORMAT},
+            "paas": {"class": "paas_channels.config.options.UTCFormatter", "format": LOG_FORMAT},
         },
         # The one logging rule: every log line (access log and consumer tracebacks
         # included) goes to stderr in LOG_FORMAT; stdout is what a command prints

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..config.options import LOG_FORMAT, Config
+from ..config.options import LOG_FORMAT, Config, UTCFormatter
 from ..exceptions import ConfigError
 
 __all__ = [
@@ -100,7 +100,9 @@ def _check_database_drivers() -> None:
 
 def configure_logging(level: str, fmt: str = LOG_FORMAT) -> None:
     """Logging until ``django.setup()`` applies ``settings.LOGGING`` (boot errors, the effective options)."""
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(UTCFormatter(fmt))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def gevent_monkey_patch() -> None:

@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from paas_channels.conf import EXIT_BOOT_ERROR, OPTIONS, Config, add_arguments, load_config
 from paas_channels.exceptions import ConfigError
+from paas_channels.runtime.boot import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,7 @@ class Command(BaseCommand):
             # Several processes: the supervisor must fork before Django is imported, as gevent must patch.
             _exec_cli(config)
         if not logging.getLogger().handlers:
-            logging.basicConfig(
-                level=getattr(logging, config.log_level.upper()),
-                format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-                stream=sys.stderr,
-            )
+            configure_logging(config.log_level)
         from paas_channels import worker
 
         logger.info("runworker: %s", config.describe())

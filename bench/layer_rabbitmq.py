@@ -19,8 +19,10 @@ shared scenario's receive starts our consumer cold at its first receive,
 with the default prefetch.  Every contender sends with what makes "at capacity" an error
 rather than a silent drop (our layer: a publisher confirm per send on a
 queue with ``x-overflow: reject-publish``; channels_rabbitmq: its own
-confirms).  Writes ``bench/results/layer_rabbitmq.json`` and ``.md`` and the
-table between README's ``bench:layer-rabbitmq`` markers.
+confirms).  A second table is the ceiling of that send: one sequential
+confirmed publish with each AMQP client alone (:mod:`bench._amqp_floor`),
+against the peer's layer send.  Writes ``bench/results/layer_rabbitmq.json``
+and ``.md`` and the tables between README's ``bench:layer-rabbitmq`` markers.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ if str(ROOT) not in sys.path:  # run as a script: `python bench/layer_rabbitmq.p
 
 from channels_rabbitmq.core import RabbitmqChannelLayer as ChannelsRabbitmqLayer  # noqa: E402
 
+from bench._amqp_floor import aiormq_publishes, carehare_publishes, frames_publishes  # noqa: E402
 from bench._layer_ops import (  # noqa: E402
     CAPACITY, GROUP_MEMBERS, PAYLOAD, async_scenario, rate, sync_scenario, timed,
 )
@@ -191,6 +194,23 @@ async def _delete_exchange(url: str, exchange: str) -> None:
         await connection.close()
 
 
+### The send's ceiling: each client alone ###
+
+FLOOR = [
+    ("aiormq", "aiormq alone (this project's client)"),
+    ("carehare", "carehare alone (channels_rabbitmq's client)"),
+    ("frames", "pamqp frames on a bare socket (the broker's floor)"),
+]
+
+
+def client_floor(url: str, n: int) -> dict[str, float]:
+    return {
+        "aiormq": asyncio.run(aiormq_publishes(url, n)),
+        "carehare": asyncio.run(carehare_publishes(url, n)),
+        "frames": frames_publishes(url, n),
+    }
+
+
 ### Report ###
 
 
@@ -213,8 +233,22 @@ def table(results: dict[str, Any]) -> str:
         f"Same RabbitMQ broker, one run (best of {results['repeat']} alternating runs each), {results['machine']}, "
         f"{os.cpu_count()} cores, load average {results['load_before']:.1f} before and {results['load_after']:.1f} "
         f"after, n={results['n']:,}. The Redis column is this project's Redis layer on a private redis-server, "
-        f"for scale. The warm receive row is ours with the consumer started before the sends and the peer's prefetch; the peer's figure there is its sequential receive (its consumer always runs first). `python bench/layer_rabbitmq.py` ({results['date']})."
+        f"for scale. The warm receive row is ours with the consumer started before the sends and the peer's "
+        f"prefetch; the peer's figure there is its sequential receive (its consumer always runs first). "
+        f"`python bench/layer_rabbitmq.py` ({results['date']})."
     )
+    floor = results.get("floor")
+    if floor:
+        lines += [
+            "",
+            "The send's ceiling: one sequential publish waiting for its confirm, each client alone (no layer), "
+            "same broker, same run:",
+            "",
+            "| client | confirmed publishes/s | / channels_rabbitmq 4's layer send |",
+            "|---|---:|---:|",
+        ]
+        for key, label in FLOOR:
+            lines.append(f"| {label} | {floor[key]:,.0f} | {floor[key] / peer['send']:.1f}x |")
     return "\n".join(lines)
 
 
@@ -241,7 +275,7 @@ def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -
             "load_before": os.getloadavg()[0],
         }
         runs: dict[str, list[dict[str, float]]] = {
-            "channels_rabbitmq": [], "paas_sync": [], "paas_async": [], "paas_redis_sync": []
+            "channels_rabbitmq": [], "paas_sync": [], "paas_async": [], "paas_redis_sync": [], "floor": []
         }
         for round_number in range(1, repeat + 1):
             log(f"== layer-rabbitmq: round {round_number}/{repeat}, n={n:,}")
@@ -252,8 +286,10 @@ def measure(n: int = 3000, repeat: int = 3, url: str | None = None, log=print) -
             runs["paas_async"].append(asyncio.run(ours_async(url, n)))
             runs["paas_redis_sync"].append(ours_sync(
                 RedisChannelLayer(hosts=[redis_server.url], prefix="brr" + uuid.uuid4().hex[:8], capacity=CAPACITY), n))
+            runs["floor"].append(client_floor(url, n))
         for name, measured in runs.items():
-            results[name] = {key: max(run[key] for run in measured) for key, _, _ in TESTS if key in measured[0]}
+            keys = [key for key, _ in FLOOR] if name == "floor" else [key for key, _, _ in TESTS if key in measured[0]]
+            results[name] = {key: max(run[key] for run in measured) for key in keys}
         results["repeat"] = repeat
         results["load_after"] = os.getloadavg()[0]
         results["ratios"] = {

@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from collections import deque
-from typing import Any, Coroutine, Iterable, TypeVar
+from typing import Any, Callable, Coroutine, Generator, Iterable, TypeVar
 
 import aiormq.exceptions
 import msgpack
@@ -208,6 +208,13 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         if local is not None:
             return local
         queues = self._queues
+        if queues.mailboxes.pending(names[0]):
+            # The first name is the first choice whatever the others hold: its delivery will do.
+            body = queues.take(names[0])
+            if body is not None:
+                result = self._open_delivery(names[0], body)
+                if result is not None:
+                    return result
         if not queues.consumed(names):
             return None
         for name in names:
@@ -224,42 +231,48 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         mailboxes, local = self._queues.mailboxes, self._local
         return any(mailboxes.pending(name) or local.get(name) for name in names)
 
-    def _wait_delivered(self, names: list[str]) -> tuple[str | None, dict | None] | None:
-        """A sync blocking receive whose names all have consumers waits here, in its own thread.
-
-        ``(None, None)`` after ``blocking_timeout``; None when a consumer stopped
-        (a reconnect): the receive then goes to the loop, which starts it again.
-        """
-        deadline = time.monotonic() + self.blocking_timeout
+    def _waits(self, names: list[str], clock: Callable[[], float]) -> Generator[float, None, Any]:
+        """A blocking receive whose names all have consumers, as steps: each yields the seconds to wait
+        for a delivery, the driver waits (:meth:`_wait_delivered` in a thread, :meth:`_await_delivered`
+        on a loop); the return value is what was taken, ``(None, None)`` after ``blocking_timeout``, or
+        None when a consumer stopped (a reconnect: the receive then goes to the layer's loop, which
+        starts it again)."""
+        deadline = clock() + self.blocking_timeout
         queues = self._queues
         losses = queues.losses
         while queues.consumed(names):
             held = self._take_delivered(names)
             if held is not None:
                 return held
-            remaining = deadline - time.monotonic()
+            remaining = deadline - clock()
             if remaining <= 0:
                 return None, None
-            queues.mailboxes.wait_thread(remaining, lambda: self._held(names) or not queues.consumed(names))
+            yield remaining
         queues.check(losses)
         return None
+
+    def _woken(self, names: list[str]) -> Callable[[], bool]:
+        queues = self._queues
+        return lambda: self._held(names) or not queues.consumed(names)
+
+    def _wait_delivered(self, names: list[str]) -> tuple[str | None, dict | None] | None:
+        """:meth:`_waits` in the caller's thread (a sync receive)."""
+        steps, woken, wait = self._waits(names, time.monotonic), self._woken(names), self._queues.mailboxes.wait_thread
+        try:
+            while True:
+                wait(next(steps), woken)
+        except StopIteration as done:
+            return done.value
 
     async def _await_delivered(self, names: list[str]) -> tuple[str | None, dict | None] | None:
-        """:meth:`_wait_delivered` for an async receive, on the caller's loop."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.blocking_timeout
-        queues = self._queues
-        losses = queues.losses
-        while queues.consumed(names):
-            held = self._take_delivered(names)
-            if held is not None:
-                return held
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None, None
-            await queues.mailboxes.wait(remaining, lambda: self._held(names) or not queues.consumed(names))
-        queues.check(losses)
-        return None
+        """:meth:`_waits` on the caller's loop (an async receive)."""
+        steps, woken = self._waits(names, asyncio.get_running_loop().time), self._woken(names)
+        wait = self._queues.mailboxes.wait
+        try:
+            while True:
+                await wait(next(steps), woken)
+        except StopIteration as done:
+            return done.value
 
     def _count(self, name: str, refused: bool) -> None:
         counts = self._counts.get(name)

@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import httpx
-import pytest
 from websockets.sync.client import connect
 
 from .support import ROOT, ServerProcess, free_port, platform_environment, wait_for_port

@@ -36,7 +36,7 @@ from redis.exceptions import NoScriptError
 from .hosts import RedisHost
 from .scripts import Script
 from .spin import ReplySpin
-from .transport import CONNECTION_ERRORS, AsyncTransport, SyncTransport, pack
+from .transport import AsyncTransport, SyncTransport, pack
 
 __all__ = ["AsyncIO", "BlockingPop", "Call", "ChannelLayerConnectionError", "SyncIO", "packed", "script_call"]
 

@@ -113,6 +113,8 @@ class Worker:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._forced = threading.Event()
+        self._stopped_by: str | None = None  # the signal that asked for the stop / the forced stop
+        self._forced_by: str | None = None
         self._beat_now = threading.Event()
         self._loops: list[threading.Thread] = []
         #: The settings fingerprint this worker's heartbeats carry (set by build_worker from the settings).
@@ -123,11 +125,20 @@ class Worker:
 
     ### Control ###
 
-    def stop(self, force: bool = False) -> None:
-        """Stop receiving; in-flight consumers finish (``force``: don't wait for them)."""
-        self._stopping.set()
+    def stop(self, force: bool = False, signal_name: str | None = None) -> None:
+        """Stop receiving; in-flight consumers finish (``force``: don't wait for them).
+
+        Safe in a signal handler: only sets flags.  ``signal_name`` is logged by
+        the main thread (a log call in the handler could re-enter a write the
+        main thread was making, and logging would swallow the error, and with
+        it the stop that came after it).
+        """
         if force:
+            self._forced_by = signal_name
             self._forced.set()
+        else:
+            self._stopped_by = signal_name
+        self._stopping.set()
         self._beat_now.set()
 
     def beat_soon(self) -> None:
@@ -166,6 +177,8 @@ class Worker:
         try:
             while not self._stopping.wait(0.5):
                 pass
+            if self._stopped_by:
+                logger.info("%s received: finishing in-flight consumers", self._stopped_by)
             return self._drain()
         finally:
             self._beat_now.set()
@@ -185,6 +198,8 @@ class Worker:
         for loop in self._loops:
             while loop.is_alive() and not self._forced.is_set() and time.monotonic() < deadline:
                 loop.join(0.1)
+        if self._forced_by:
+            logger.warning("second %s: forcing exit", self._forced_by)
         cut = self.busy
         if cut:
             why = "forced stop" if self._forced.is_set() else f"graceful timeout {self.graceful_timeout:.0f} s"
@@ -408,17 +423,14 @@ def run(config: Config) -> int:
         logger.info("gevent pool of %d greenlets", config.gevent)
 
     def on_signal(signum: int, frame: Any) -> None:
-        # Only set flags here; the main loop does the work.
+        # Only set flags here (no logging: see Worker.stop); the main loop does the work.
+        name = signal.Signals(signum).name
         if worker.stopping:
             if config.supervised and signum == signal.SIGTERM:
                 return  # the platform and the supervisor both signal: not a request to force
-            logger.warning("second %s: forcing exit", signal.Signals(signum).name)
-            worker.stop(force=True)
+            worker.stop(force=True, signal_name=name)
         else:
-            # The flag before the log line: a second signal that comes while this one is still
-            # being handled (the handler runs again between bytecodes) must find it set and force.
-            worker.stop()
-            logger.info("%s received: finishing in-flight consumers", signal.Signals(signum).name)
+            worker.stop(signal_name=name)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:

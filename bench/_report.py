@@ -313,13 +313,15 @@ def write_readme(results: dict, table: str) -> None:
 
 
 def detail_tables(results: dict) -> dict[str, str]:
-    """bench/layer.py's and bench/http.py's own tables, from this run's figures."""
-    from bench import http, layer
+    """bench/layer.py's, bench/layer_rabbitmq.py's and bench/http.py's own tables, from this run's figures."""
+    from bench import http, layer, layer_rabbitmq
 
     s = {name: outcome for name, outcome in results["scenarios"].items() if "error" not in outcome}
     tables = {}
     if "layer" in s:
         tables["layer"] = layer.table(s["layer"])
+    if "layer-rabbitmq" in s:
+        tables["layer-rabbitmq"] = layer_rabbitmq.table(s["layer-rabbitmq"])
     if "http" in s:
         h = s["http"]
         labels = {name: result["label"] for name, result in h["results"].items()}
@@ -330,7 +332,9 @@ def detail_tables(results: dict) -> dict[str, str]:
 
 def write_details(results: dict, out: Path) -> None:
     """layer.json/.md and http.json/.md next to latest.*, so that every file in the folder is from one run."""
-    titles = {"layer": "# Channel layer benchmark\n\n", "http": ""}
+    titles = {"layer": "# Channel layer benchmark\n\n", "layer-rabbitmq": "# RabbitMQ channel layer benchmark\n\n",
+              "http": ""}
     for name, text in detail_tables(results).items():
-        (out / f"{name}.json").write_text(json.dumps(results["scenarios"][name], indent=2) + "\n")
-        (out / f"{name}.md").write_text(titles[name] + text + "\n")
+        stem = name.replace("-", "_")  # bench/layer_rabbitmq.py's own file names
+        (out / f"{stem}.json").write_text(json.dumps(results["scenarios"][name], indent=2) + "\n")
+        (out / f"{stem}.md").write_text(titles[name] + text + "\n")

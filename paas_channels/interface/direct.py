@@ -80,17 +80,24 @@ class DirectWSGI:
         loop = asyncio.get_running_loop()
         self.active += 1
         try:
-            await loop.run_in_executor(self.executor, self._run, _environ(scope, body), send, loop)
+            whole = await loop.run_in_executor(self.executor, self._run, _environ(scope, body), send, loop)
         finally:
             self.active -= 1
             body.close()
+        for message in whole:
+            await send(message)
 
-    def _run(self, environ: dict, send: Send, loop: asyncio.AbstractEventLoop) -> None:
-        """In a pool thread: call the app, send each chunk through the event loop as it comes."""
+    def _run(self, environ: dict, send: Send, loop: asyncio.AbstractEventLoop) -> tuple[dict, ...]:
+        """In a pool thread: call the app, send each chunk through the event loop as it comes.
+
+        A response whose body is all there at once (a Django HttpResponse, a list) is returned
+        instead, start and body, for the loop to send once this thread is done: no hop to the
+        loop and back per response (bench/http.py's combined --http direct, bench/dyno.py).
+        """
         started: list[Any] = []
 
-        def call(*messages: dict) -> None:
-            asyncio.run_coroutine_threadsafe(_send_all(send, messages), loop).result()
+        def call(message: dict) -> None:
+            asyncio.run_coroutine_threadsafe(send(message), loop).result()
 
         def start_response(status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
             if exc_info and started and started[0] is True:
@@ -110,15 +117,12 @@ class DirectWSGI:
         result: Iterable[bytes] = self.application(environ, start_response)
         try:
             if isinstance(result, (list, tuple)) or getattr(result, "streaming", True) is False:
-                # The whole body is there already (a Django HttpResponse, a list): start, body and
-                # end in one hop to the loop instead of three (bench/http.py's combined --http direct).
                 data = b"".join(result)
                 if started and started[0] is not True:
                     status, headers = started[0]
                     started[0] = True
-                    call({"type": "http.response.start", "status": status, "headers": headers},
-                         {"type": "http.response.body", "body": data, "more_body": False})
-                    return
+                    return ({"type": "http.response.start", "status": status, "headers": headers},
+                            {"type": "http.response.body", "body": data, "more_body": False})
                 write(data)
             else:
                 for chunk in result:
@@ -129,11 +133,7 @@ class DirectWSGI:
             if close is not None:
                 close()  # Django's request_finished: database connections are returned here
         call({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _send_all(send: Send, messages: tuple[dict, ...]) -> None:
-    for message in messages:
-        await send(message)
+        return ()
 
 
 def _environ(scope: Scope, body: Any) -> dict:

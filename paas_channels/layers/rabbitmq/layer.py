@@ -208,13 +208,6 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         if local is not None:
             return local
         queues = self._queues
-        if queues.mailboxes.pending(names[0]):
-            # The first name is the first choice whatever the others hold: its delivery will do.
-            body = queues.take(names[0])
-            if body is not None:
-                result = self._open_delivery(names[0], body)
-                if result is not None:
-                    return result
         if not queues.consumed(names):
             return None
         for name in names:

@@ -491,6 +491,16 @@ def _check_items(items: list | tuple, where: str) -> None:
             _check_items(value, f"{where}[{index}]")
 
 
+_PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
+
+
+def _valid_prefix(prefix: Any) -> str:
+    """A shared layer's ``prefix`` (it starts every key, queue or table name): 1-40 safe ASCII characters."""
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        raise ValueError(f"prefix must be 1-40 ASCII letters, digits, '_', '.' or '-'; got {prefix!r:.60}")
+    return prefix
+
+
 def _positive_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError(f"{name} must be a positive number of seconds; got {value!r}")

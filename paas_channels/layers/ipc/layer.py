@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import sqlite3
 import tempfile
 import threading
@@ -35,7 +34,7 @@ import time
 from collections import deque
 from typing import Any, Iterable
 
-from ..base import BaseChannelLayer, _positive_number
+from ..base import BaseChannelLayer, _positive_number, _valid_prefix
 from ..history import HistoryRules
 from . import steps, store
 from .history import HistoryPlans
@@ -47,7 +46,6 @@ __all__ = ["IPCChannelLayer", "default_directory"]
 
 logger = logging.getLogger(__name__)
 
-_PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
 #: Seconds between sweeps of everything expired, done by the next transaction
 #: (group sends and statistics sweep every time).
 _SWEEP_INTERVAL = 1.0
@@ -94,8 +92,7 @@ class IPCChannelLayer(Plans, HistoryPlans, BaseChannelLayer):
     ) -> None:
         super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
         self.history = HistoryRules(history)
-        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
-            raise ValueError(f"prefix must be 1-40 ASCII letters, digits, '_', '.' or '-'; got {prefix!r:.60}")
+        _valid_prefix(prefix)
         self.prefix = prefix
         self.blocking_timeout = _positive_number("blocking_timeout", blocking_timeout)
         self.directory = _own_directory(default_directory() if directory is None else os.fspath(directory))

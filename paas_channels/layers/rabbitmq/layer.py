@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
 from typing import Any, Callable, Coroutine, Generator, Iterable, TypeVar
@@ -32,7 +31,7 @@ from typing import Any, Callable, Coroutine, Generator, Iterable, TypeVar
 import aiormq.exceptions
 import msgpack
 
-from ..base import BaseChannelLayer, ChannelFull, _positive_int, _positive_number
+from ..base import BaseChannelLayer, ChannelFull, _positive_int, _positive_number, _valid_prefix
 from ..history import HistoryRules, valid_since
 from .connection import CONNECTION_ERRORS, Broker, ChannelLayerConnectionError, LoopThread
 from .handout import Handout, now_ms
@@ -48,7 +47,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-_PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
 _POLL_MIN, _POLL_MAX = 0.005, 0.05  # ``?`` channels are polled while a blocking receive waits
 
 
@@ -87,8 +85,7 @@ class RabbitMQChannelLayer(Handout, BaseChannelLayer):
         history: dict[str, dict] | None = None,
     ) -> None:
         super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
-        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
-            raise ValueError(f"prefix must be 1-40 ASCII letters, digits, '_', '.' or '-'; got {prefix!r:.60}")
+        _valid_prefix(prefix)
         self.blocking_timeout = _positive_number("blocking_timeout", blocking_timeout)
         self.amqp_heartbeat = _positive_number("heartbeat", heartbeat)  # not .heartbeat: that is the extension
         self.connect_timeout = _positive_number("connect_timeout", connect_timeout)

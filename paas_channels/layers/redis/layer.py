@@ -15,7 +15,6 @@ import inspect
 import itertools
 import logging
 import os
-import re
 from typing import Any, Iterable, Mapping
 
 import redis.connection
@@ -26,14 +25,13 @@ from .drivers import ChannelLayerConnectionError, SyncIO
 from .fanout import LocalFanout
 from .hosts import RedisHost, hosts_from_env, parse_hosts, redact_url
 from .ops import RedisOperations, _Route
-from ..base import BaseChannelLayer, _positive_number
+from ..base import BaseChannelLayer, _positive_number, _valid_prefix
 from ..history import HistoryRules
 
 __all__ = ["ChannelLayerConnectionError", "RedisChannelLayer", "config_from_env", "redact_url"]
 
 logger = logging.getLogger(__name__)
 
-_PREFIX = re.compile(r"^[a-zA-Z\d_.\-]{1,40}$")
 
 
 def _connection_keywords() -> frozenset[str]:
@@ -93,10 +91,7 @@ class RedisChannelLayer(AsyncLayerAPI, RedisOperations, LocalFanout, BaseChannel
         **kwargs: Any,
     ) -> None:
         super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
-        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
-            raise ValueError(
-                f"prefix must be 1-40 ASCII letters, digits, '_', '.' or '-'; got {prefix!r:.60}"
-            )
+        _valid_prefix(prefix)
         _positive_number("blocking_timeout", blocking_timeout)
         _positive_number("command_timeout", command_timeout)
         if isinstance(reply_spin_us, bool) or not isinstance(reply_spin_us, (int, float)) or not 0 <= reply_spin_us <= 10_000:

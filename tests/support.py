@@ -9,6 +9,7 @@ captured.  What tests and the benchmarks share (``RedisServer``, ``free_port``,
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import signal
@@ -117,6 +118,19 @@ def close_all(processes: "Sequence[ServerProcess]", timeout: float = 40.0) -> No
 #: Variables of the test run (or of a developer's shell) that a platform would not set.
 _NOT_FROM_A_PLATFORM = {"REDIS_URL", "REDIS_TLS_URL", "DATABASE_URL", "PORT", "DYNO", "WEB_CONCURRENCY", "DEBUG",
                         "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "ALLOWED_HOSTS", "CLOUDAMQP_URL", "RABBITMQ_URL"}
+
+
+def close_layers(layers: Sequence, broker_may_be_down: bool = False) -> None:
+    """A layer fixture's teardown: close every layer it made, then collect garbage, so that what a
+    test left to the collector is reported in that test, not a later one.  ``broker_may_be_down``:
+    a close that fails (a private node a failed test left stopped) is ignored."""
+    for layer in layers:
+        try:
+            layer.close()
+        except Exception:  # noqa: BLE001 - only when the caller said the broker may be gone
+            if not broker_may_be_down:
+                raise
+    gc.collect()
 
 
 def platform_environment(**extra: str) -> dict[str, str]:

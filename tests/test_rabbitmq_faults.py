@@ -9,7 +9,6 @@ deleted its queues and exchanges.  Each test here is one of those faults.
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
 import threading
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from paas_channels.layers.rabbitmq import ChannelLayerConnectionError, RabbitMQChannelLayer
 from paas_channels.testing import wait_until
+from tests.support import close_layers
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]  # a private node takes ~10 s to start
 
@@ -48,12 +48,7 @@ def make(node, request):
         return layer
 
     yield make
-    for layer in made:
-        try:
-            layer.close()
-        except Exception:  # noqa: BLE001 - the node may be down in a failed test
-            pass
-    gc.collect()  # what a test left to the garbage collector is reported in that test, not a later one
+    close_layers(made, broker_may_be_down=True)
 
 
 def _works(layer) -> bool:

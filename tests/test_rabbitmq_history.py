@@ -10,7 +10,6 @@ stream, and the history's objects being per prefix, never per group.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ import pytest
 
 from paas_channels.layers.rabbitmq import ChannelLayerConnectionError, RabbitMQChannelLayer
 from paas_channels.testing import wait_until
+from tests.support import close_layers
 from tests.rabbitmq_history_proc import HISTORY as PROC_HISTORY
 from tests.rabbitmq_history_proc import KEY
 
@@ -49,12 +49,7 @@ def make(rabbitmq_url, rabbitmq_made_layers):
         return layer
 
     yield make
-    for layer in made:
-        try:
-            layer.close()
-        except Exception:  # noqa: BLE001 - a private node may be down in a failed test
-            pass
-    gc.collect()
+    close_layers(made, broker_may_be_down=True)
 
 
 def drain(layer, channels, count=None, timeout=20.0):

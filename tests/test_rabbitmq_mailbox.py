@@ -11,7 +11,6 @@ process share the consumer without taking a message twice.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 
 from paas_channels.layers.rabbitmq import RabbitMQChannelLayer
 from paas_channels.testing import wait_until
+from tests.support import close_layers
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -46,9 +46,7 @@ def make(rabbitmq_url, rabbitmq_made_layers):
         return layer
 
     yield make
-    for layer in made:
-        layer.close()
-    gc.collect()
+    close_layers(made)
 
 
 def _prefix() -> str:

@@ -106,11 +106,18 @@ class DirectWSGI:
                            [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers])]
             return lambda data: write(data)
 
+        def take_start() -> dict | None:
+            """The response's start message, once: None before start_response and after it was taken."""
+            if not started or started[0] is True:
+                return None
+            status, headers = started[0]
+            started[0] = True
+            return {"type": "http.response.start", "status": status, "headers": headers}
+
         def write(data: bytes) -> None:
-            if started and started[0] is not True:
-                status, headers = started[0]
-                call({"type": "http.response.start", "status": status, "headers": headers})
-                started[0] = True
+            start = take_start()
+            if start is not None:
+                call(start)
             if data:
                 call({"type": "http.response.body", "body": data, "more_body": True})
 
@@ -118,11 +125,9 @@ class DirectWSGI:
         try:
             if isinstance(result, (list, tuple)) or getattr(result, "streaming", True) is False:
                 data = b"".join(result)
-                if started and started[0] is not True:
-                    status, headers = started[0]
-                    started[0] = True
-                    return ({"type": "http.response.start", "status": status, "headers": headers},
-                            {"type": "http.response.body", "body": data, "more_body": False})
+                start = take_start()
+                if start is not None:
+                    return start, {"type": "http.response.body", "body": data, "more_body": False}
                 write(data)
             else:
                 for chunk in result:
